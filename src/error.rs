@@ -1,0 +1,259 @@
+//! The crate's one error type. Every variant names the file, offset, dataset or rank concerned,
+//! so that a message read in a training log tells the user where to look.
+
+use std::path::{Path, PathBuf};
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in shardflow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file the caller named does not exist.
+    #[error("{path}: file not found", path = .path.display())]
+    MissingFile {
+        /// The missing file.
+        path: PathBuf,
+    },
+
+    /// An operating-system error on a file.
+    #[error("{path}: cannot {action}: {source}", path = .path.display())]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// What was being done: "open", "map", "write", …
+        action: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The `.idx` does not start with Megatron's magic `MMIDIDX\0\0`.
+    #[error(
+        "{path} offset 0: bad magic {found}, expected 4d4d49444944580000 (\"MMIDIDX\\0\\0\"); \
+         is this a Megatron .idx file?",
+        path = .path.display()
+    )]
+    BadMagic {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// The bytes found, in hex.
+        found: String,
+    },
+
+    /// The `.idx` header has a version other than 1.
+    #[error(
+        "{path} offset {offset}: unsupported index version {version}; shardflow reads version 1",
+        path = .path.display()
+    )]
+    UnsupportedVersion {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// Byte offset of the version field.
+        offset: u64,
+        /// The version found.
+        version: u64,
+    },
+
+    /// The dtype code is not one Megatron defines.
+    #[error(
+        "{path} offset {offset}: unknown dtype code {code}; Megatron defines 1..=8",
+        path = .path.display()
+    )]
+    UnknownDtype {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// Byte offset of the dtype code.
+        offset: u64,
+        /// The code found.
+        code: u8,
+    },
+
+    /// The dtype is a float type: the shard holds values, not token ids.
+    #[error(
+        "{path} offset {offset}: dtype {dtype} holds floating-point values, not token ids",
+        path = .path.display()
+    )]
+    NotTokenIds {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// Byte offset of the dtype code.
+        offset: u64,
+        /// The float dtype found.
+        dtype: &'static str,
+    },
+
+    /// The `.idx` is too short for the arrays its header announces.
+    #[error(
+        "{path}: the {what} array needs the file to reach byte {needed}, but it ends at byte {len} \
+         (truncated, or a corrupt count in the header)",
+        path = .path.display()
+    )]
+    TruncatedIndex {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// Which part does not fit: "header", "lengths", "pointers", "document indices".
+        what: &'static str,
+        /// The file length needed.
+        needed: u128,
+        /// The file length found.
+        len: u64,
+    },
+
+    /// A sequence length is negative.
+    #[error(
+        "{path} offset {offset}: sequence {sequence} has negative length {length}",
+        path = .path.display()
+    )]
+    NegativeLength {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// Byte offset of the length entry.
+        offset: u64,
+        /// The sequence.
+        sequence: u64,
+        /// The length found.
+        length: i64,
+    },
+
+    /// A pointer is not where the lengths before it put it.
+    #[error(
+        "{path} offset {offset}: sequence {sequence} points to byte {found} of the .bin, but the \
+         lengths before it end at byte {expected}",
+        path = .path.display()
+    )]
+    BadPointer {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// Byte offset of the pointer entry.
+        offset: u64,
+        /// The sequence.
+        sequence: u64,
+        /// The pointer found.
+        found: i64,
+        /// The pointer the lengths imply.
+        expected: i64,
+    },
+
+    /// A sequence runs past the end of the `.bin`.
+    #[error(
+        "{path} offset {offset}: sequence {sequence} ends at byte {end} of {bin}, which holds only \
+         {bin_len} bytes",
+        path = .path.display(), bin = .bin.display()
+    )]
+    SequenceOutOfBin {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// Byte offset of the sequence's length entry in the `.idx`.
+        offset: u64,
+        /// The sequence.
+        sequence: u64,
+        /// The `.bin` file.
+        bin: PathBuf,
+        /// The byte where the sequence ends.
+        end: u128,
+        /// The `.bin` length.
+        bin_len: u64,
+    },
+
+    /// The document indices break a rule: start at 0, rise monotonically, end at N.
+    #[error(
+        "{path} offset {offset}: document index entry {entry} is {value}, but {rule}",
+        path = .path.display()
+    )]
+    BadDocumentIndex {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// Byte offset of the entry (or of where it should be).
+        offset: u64,
+        /// Which entry.
+        entry: u64,
+        /// The value found.
+        value: i64,
+        /// The rule it breaks.
+        rule: String,
+    },
+
+    /// A flat token file cannot be read as the given dtype and window.
+    #[error("{path} offset {offset}: {reason}", path = .path.display())]
+    BadFlatFile {
+        /// The flat token file.
+        path: PathBuf,
+        /// The byte offset concerned.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A stored token id does not fit the requested output id type.
+    #[error(
+        "{path} offset {offset}: token id {token} does not fit the output type {target}",
+        path = .path.display()
+    )]
+    TokenOutOfRange {
+        /// The shard file.
+        path: PathBuf,
+        /// Byte offset of the token.
+        offset: u64,
+        /// The token id.
+        token: i64,
+        /// The output type.
+        target: &'static str,
+    },
+
+    /// A caller's buffer is shorter than the sequence decoded into it.
+    #[error(
+        "{path} offset {offset}: the sequence holds {needed} tokens but the output buffer only {got}",
+        path = .path.display()
+    )]
+    BufferTooSmall {
+        /// The shard file.
+        path: PathBuf,
+        /// Byte offset of the sequence.
+        offset: u64,
+        /// Tokens in the sequence.
+        needed: usize,
+        /// The buffer length.
+        got: usize,
+    },
+
+    /// A directory holds no shard.
+    #[error("{path}: no shard found (no PREFIX.idx with a PREFIX.bin beside it)", path = .path.display())]
+    EmptyDirectory {
+        /// The directory.
+        path: PathBuf,
+    },
+
+    /// An input record cannot be used (the `write` command's JSON lines or text).
+    #[error("{path} line {line}: {reason}", path = .path.display())]
+    Input {
+        /// The input file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A configuration that cannot work; the message says which setting and why.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// An I/O error on `path`; a missing file becomes [`Error::MissingFile`].
+    pub fn io(path: &Path, action: &'static str, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::MissingFile {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::Io {
+                path: path.to_path_buf(),
+                action,
+                source,
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! shardflow feeds training loops from memory-mapped token shards to device buffers: exact,
+//! fast, and impossible to corrupt.
+//!
+//! - [`error`]: the one [`Error`] type; every variant names the file, offset, dataset or rank.
+//! - [`atomic`]: atomic file writes (temporary name, fsync, rename, directory fsync).
+//! - [`shard`]: Megatron `.bin/.idx` shards (read, validate, write), flat token files,
+//!   multi-shard datasets, host decoding of token ids, the built-in synthetic corpus.
+//!
+//! # Example
+//!
+//! Write a Megatron shard, open it, and decode a sequence into an `i32` buffer:
+//!
+//! ```
+//! # fn main() -> shardflow::Result<()> {
+//! use shardflow::{Dataset, IndexedWriter, Shard};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let prefix = dir.path().join("corpus");
+//! let mut writer = IndexedWriter::create(&prefix, None)?; // dtype chosen: u16
+//! writer.add_sequence(&[15496u32, 995, 50256])?;
+//! writer.end_document()?;
+//! writer.add_sequence(&[40u32, 588])?;
+//! writer.add_sequence(&[340u32])?;
+//! writer.end_document()?;
+//! let summary = writer.finish()?;
+//! assert_eq!((summary.sequences, summary.documents, summary.tokens), (3, 2, 6));
+//!
+//! let data = Dataset::open(&[&prefix])?;
+//! let mut ids = vec![0i32; 8];
+//! let n = data.get(0).unwrap().decode_into(&mut ids)?;
+//! assert_eq!(&ids[..n], &[15496, 995, 50256]);
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `wgpu`: the wgpu device sink and reduction engine (filled by the wgpu issue).
+//! - `cuda`: the CUDA sink and NCCL engine through cudarc (filled by the CUDA issue).
+//! - `burn`: Burn's `DataLoader` over a shardflow loader (filled by the Burn issue).
+//!
+//! None is on by default; the tests run with all of them.
+
+#![warn(missing_docs)]
+
+pub mod atomic;
+pub mod error;
+pub mod shard;
+
+pub use error::{Error, Result};
+pub use shard::{
+    Dataset, Dtype, FlatShard, IndexedShard, IndexedWriter, LengthStats, Shard, ShardSummary,
+    TokenId, TokenSlice,
+};

@@ -1,0 +1,119 @@
+//! A dataset: one or more shards behind one global sample index.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::Shard;
+use super::dtype::TokenSlice;
+use super::indexed::{IndexedShard, shard_paths};
+use crate::error::{Error, Result};
+
+/// Several shards seen as one: global sample i lives in the shard whose prefix sum of lengths
+/// covers it.
+///
+/// | shard | sequences | global samples |
+/// |---|---|---|
+/// | a | 3 | 0, 1, 2 |
+/// | b | 0 | — |
+/// | c | 2 | 3, 4 |
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    shards: Vec<Arc<dyn Shard>>,
+    /// `starts[k]` is the global index of shard k's first sample; the last entry is the total.
+    starts: Vec<usize>,
+}
+
+impl Dataset {
+    /// A dataset over `shards`, in order.
+    pub fn from_shards(shards: Vec<Arc<dyn Shard>>) -> Self {
+        let mut starts = Vec::with_capacity(shards.len() + 1);
+        let mut total = 0;
+        starts.push(0);
+        for s in &shards {
+            total += s.len();
+            starts.push(total);
+        }
+        Dataset { shards, starts }
+    }
+
+    /// Opens the Megatron shards at `prefixes`, in order.
+    ///
+    /// # Errors
+    ///
+    /// The first shard's error from [`IndexedShard::open`].
+    pub fn open<P: AsRef<Path>>(prefixes: &[P]) -> Result<Self> {
+        let shards = prefixes
+            .iter()
+            .map(|p| IndexedShard::open(p).map(|s| Arc::new(s) as Arc<dyn Shard>))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::from_shards(shards))
+    }
+
+    /// Opens every Megatron shard in `dir` (each `NAME.idx` with a `NAME.bin` beside it), sorted
+    /// by name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EmptyDirectory`] when there is none; [`Error::Io`]; a shard's open error.
+    pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
+        let mut prefixes = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(dir, "list", e))?.path();
+            if path.extension().is_some_and(|e| e == "idx") {
+                let prefix = path.with_extension("");
+                if shard_paths(&prefix).1.is_file() {
+                    prefixes.push(prefix);
+                }
+            }
+        }
+        if prefixes.is_empty() {
+            return Err(Error::EmptyDirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        prefixes.sort();
+        Self::open(&prefixes)
+    }
+
+    /// The shards, in order.
+    pub fn shards(&self) -> &[Arc<dyn Shard>] {
+        &self.shards
+    }
+
+    /// Total samples over all shards.
+    pub fn len(&self) -> usize {
+        *self
+            .starts
+            .last()
+            .expect("starts holds at least the leading 0")
+    }
+
+    /// Whether the dataset holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The (shard, sample within shard) of global sample `i`.
+    pub fn locate(&self, i: usize) -> Option<(usize, usize)> {
+        if i >= self.len() {
+            return None;
+        }
+        // The last shard whose start is <= i; empty shards share a start and are skipped.
+        let k = self.starts.partition_point(|&s| s <= i) - 1;
+        Some((k, i - self.starts[k]))
+    }
+
+    /// Global sample `i`, borrowed from its shard's map.
+    pub fn get(&self, i: usize) -> Option<TokenSlice<'_>> {
+        let (k, j) = self.locate(i)?;
+        self.shards[k].get(j)
+    }
+
+    /// Tokens in global sample `i`, without touching token data.
+    pub fn sequence_len(&self, i: usize) -> Option<usize> {
+        let (k, j) = self.locate(i)?;
+        self.shards[k].sequence_len(j)
+    }
+}

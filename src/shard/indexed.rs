@@ -1,0 +1,375 @@
+//! Megatron-LM indexed datasets: `PREFIX.idx` (header, lengths, pointers, document indices) and
+//! `PREFIX.bin` (the raw ids), both memory-mapped and validated on open.
+//!
+//! The `.idx` layout, all little-endian:
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 0 | 9 | magic `MMIDIDX\0\0` |
+//! | 9 | 8 | u64 version, 1 |
+//! | 17 | 1 | u8 dtype code (1 u8, 2 i8, 3 i16, 4 i32, 5 i64, 6 f64, 7 f32, 8 u16) |
+//! | 18 | 8 | u64 sequence count N |
+//! | 26 | 8 | u64 document index count D (documents + 1) |
+//! | 34 | 4N | i32 sequence lengths, in tokens |
+//! | 34 + 4N | 8N | i64 byte pointers into `.bin` |
+//! | 34 + 12N | 8D | i64 document indices: sequence boundaries, first 0, last N |
+//!
+//! Bytes after the document indices (Megatron's multimodal sequence modes) are allowed. The i64
+//! arrays are usually not 8-aligned, so every read here is an unaligned little-endian read.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::dtype::{CodeMeaning, Dtype, TokenSlice};
+use super::{Shard, map_file};
+use crate::error::{Error, Result};
+
+/// The 9-byte magic that opens every Megatron `.idx`.
+pub const MAGIC: &[u8; 9] = b"MMIDIDX\0\0";
+/// The only `.idx` version Megatron writes.
+pub const VERSION: u64 = 1;
+/// Header length: magic, version, dtype code, N, D.
+pub const HEADER_LEN: usize = 34;
+
+/// The paths of a shard's two files, from its prefix.
+pub fn shard_paths(prefix: &Path) -> (PathBuf, PathBuf) {
+    let with = |ext: &str| {
+        let mut s = prefix.as_os_str().to_owned();
+        s.push(ext);
+        PathBuf::from(s)
+    };
+    (with(".idx"), with(".bin"))
+}
+
+/// A memory-mapped, validated Megatron shard.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> shardflow::Result<()> {
+/// use shardflow::{Dtype, IndexedShard, IndexedWriter, Shard};
+/// let dir = tempfile::tempdir().unwrap();
+/// let prefix = dir.path().join("tiny");
+/// let mut w = IndexedWriter::create(&prefix, Some(Dtype::U16))?;
+/// w.add_sequence(&[5u32, 6, 7])?;
+/// w.end_document()?;
+/// w.finish()?;
+///
+/// let shard = IndexedShard::open(&prefix)?;
+/// let mut ids = [0i32; 3];
+/// shard.get(0).unwrap().decode_into(&mut ids)?;
+/// assert_eq!(ids, [5, 6, 7]);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct IndexedShard {
+    idx_path: PathBuf,
+    bin_path: PathBuf,
+    idx: Mmap,
+    bin: Mmap,
+    dtype: Dtype,
+    sequences: usize,
+    doc_entries: usize,
+}
+
+impl IndexedShard {
+    /// Opens `PREFIX.idx` and `PREFIX.bin` and validates them.
+    ///
+    /// # Errors
+    ///
+    /// Each failure names the file and the byte offset: [`Error::MissingFile`],
+    /// [`Error::BadMagic`], [`Error::UnsupportedVersion`], [`Error::UnknownDtype`],
+    /// [`Error::NotTokenIds`], [`Error::TruncatedIndex`], [`Error::NegativeLength`],
+    /// [`Error::BadPointer`], [`Error::SequenceOutOfBin`], [`Error::BadDocumentIndex`].
+    pub fn open(prefix: impl AsRef<Path>) -> Result<Self> {
+        let (idx_path, bin_path) = shard_paths(prefix.as_ref());
+        let idx = map_file(&idx_path)?;
+        let header = Header::parse(&idx, &idx_path)?;
+        let bin = map_file(&bin_path)?;
+        let shard = IndexedShard {
+            idx_path,
+            bin_path,
+            idx,
+            bin,
+            dtype: header.dtype,
+            sequences: header.sequences,
+            doc_entries: header.doc_entries,
+        };
+        shard.validate_sequences()?;
+        shard.validate_documents()?;
+        Ok(shard)
+    }
+
+    /// The `.idx` path.
+    pub fn idx_path(&self) -> &Path {
+        &self.idx_path
+    }
+
+    /// The `.bin` path.
+    pub fn bin_path(&self) -> &Path {
+        &self.bin_path
+    }
+
+    /// Number of documents (document index entries less one).
+    pub fn documents(&self) -> usize {
+        self.doc_entries - 1
+    }
+
+    /// The sequences of document `d`, as a range of sequence indices.
+    pub fn document(&self, d: usize) -> Option<Range<usize>> {
+        (d < self.documents()).then(|| self.doc_entry(d) as usize..self.doc_entry(d + 1) as usize)
+    }
+
+    /// The document indices: sequence boundaries, first 0, last [`Shard::len`].
+    pub fn document_boundaries(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
+        (0..self.doc_entries).map(|e| self.doc_entry(e) as usize)
+    }
+
+    /// Total tokens over all sequences.
+    pub fn tokens(&self) -> u64 {
+        self.end_of(self.sequences) / self.dtype.size() as u64
+    }
+
+    fn lengths_offset(&self) -> usize {
+        HEADER_LEN
+    }
+
+    fn pointers_offset(&self) -> usize {
+        HEADER_LEN + 4 * self.sequences
+    }
+
+    fn docs_offset(&self) -> usize {
+        HEADER_LEN + 12 * self.sequences
+    }
+
+    fn raw_length(&self, i: usize) -> i32 {
+        read_i32(&self.idx, self.lengths_offset() + 4 * i)
+    }
+
+    fn raw_pointer(&self, i: usize) -> i64 {
+        read_i64(&self.idx, self.pointers_offset() + 8 * i)
+    }
+
+    fn doc_entry(&self, e: usize) -> i64 {
+        read_i64(&self.idx, self.docs_offset() + 8 * e)
+    }
+
+    /// Byte where the sequences before `i` end: the pointer of `i`, or the end of the last one.
+    fn end_of(&self, i: usize) -> u64 {
+        if i < self.sequences {
+            self.raw_pointer(i) as u64
+        } else if i == 0 {
+            0
+        } else {
+            let last = i - 1;
+            self.raw_pointer(last) as u64 + self.raw_length(last) as u64 * self.dtype.size() as u64
+        }
+    }
+
+    /// Checks every length and pointer: lengths non-negative, each pointer where the lengths
+    /// before it end (Megatron writes them as a running sum), every sequence inside `.bin`.
+    fn validate_sequences(&self) -> Result<()> {
+        let size = self.dtype.size() as i128;
+        let bin_len = self.bin.len() as u64;
+        let mut expected: i128 = 0;
+        for i in 0..self.sequences {
+            let len_off = (self.lengths_offset() + 4 * i) as u64;
+            let length = self.raw_length(i);
+            if length < 0 {
+                return Err(Error::NegativeLength {
+                    path: self.idx_path.clone(),
+                    offset: len_off,
+                    sequence: i as u64,
+                    length: length as i64,
+                });
+            }
+            let pointer = self.raw_pointer(i);
+            if pointer as i128 != expected {
+                return Err(Error::BadPointer {
+                    path: self.idx_path.clone(),
+                    offset: (self.pointers_offset() + 8 * i) as u64,
+                    sequence: i as u64,
+                    found: pointer,
+                    expected: expected as i64,
+                });
+            }
+            expected += length as i128 * size;
+            if expected > bin_len as i128 {
+                return Err(Error::SequenceOutOfBin {
+                    path: self.idx_path.clone(),
+                    offset: len_off,
+                    sequence: i as u64,
+                    bin: self.bin_path.clone(),
+                    end: expected as u128,
+                    bin_len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the document indices: start at 0, never fall, end at N.
+    fn validate_documents(&self) -> Result<()> {
+        let bad = |entry: usize, value: i64, rule: String| Error::BadDocumentIndex {
+            path: self.idx_path.clone(),
+            offset: (self.docs_offset() + 8 * entry) as u64,
+            entry: entry as u64,
+            value,
+            rule,
+        };
+        if self.doc_entries == 0 {
+            return Err(bad(
+                0,
+                0,
+                "the document index is empty; it must start with 0".into(),
+            ));
+        }
+        let first = self.doc_entry(0);
+        if first != 0 {
+            return Err(bad(0, first, "the first document index must be 0".into()));
+        }
+        let mut prev = 0;
+        for e in 1..self.doc_entries {
+            let value = self.doc_entry(e);
+            if value < prev {
+                let rule =
+                    format!("document indices must rise monotonically (entry before: {prev})");
+                return Err(bad(e, value, rule));
+            }
+            prev = value;
+        }
+        if prev != self.sequences as i64 {
+            let last = self.doc_entries - 1;
+            let rule = format!(
+                "the last document index must equal the sequence count {}",
+                self.sequences
+            );
+            return Err(bad(last, prev, rule));
+        }
+        Ok(())
+    }
+}
+
+impl Shard for IndexedShard {
+    fn len(&self) -> usize {
+        self.sequences
+    }
+
+    fn get(&self, i: usize) -> Option<TokenSlice<'_>> {
+        if i >= self.sequences {
+            return None;
+        }
+        let start = self.raw_pointer(i) as usize;
+        let end = start + self.raw_length(i) as usize * self.dtype.size();
+        Some(TokenSlice::new(
+            &self.bin[start..end],
+            self.dtype,
+            &self.bin_path,
+            start as u64,
+        ))
+    }
+
+    fn sequence_len(&self, i: usize) -> Option<usize> {
+        (i < self.sequences).then(|| self.raw_length(i) as usize)
+    }
+
+    fn path(&self) -> &Path {
+        &self.idx_path
+    }
+
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+}
+
+/// The parsed fixed header, with the array bounds already checked against the file length.
+struct Header {
+    dtype: Dtype,
+    sequences: usize,
+    doc_entries: usize,
+}
+
+impl Header {
+    fn parse(idx: &[u8], path: &Path) -> Result<Self> {
+        let head = &idx[..idx.len().min(MAGIC.len())];
+        if head != &MAGIC[..head.len()] {
+            return Err(Error::BadMagic {
+                path: path.to_path_buf(),
+                found: hex(head),
+            });
+        }
+        let truncated = |what, needed: u128| Error::TruncatedIndex {
+            path: path.to_path_buf(),
+            what,
+            needed,
+            len: idx.len() as u64,
+        };
+        if idx.len() < HEADER_LEN {
+            return Err(truncated("header", HEADER_LEN as u128));
+        }
+        let version = read_u64(idx, 9);
+        if version != VERSION {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                offset: 9,
+                version,
+            });
+        }
+        let dtype = match Dtype::from_megatron_code(idx[17]) {
+            CodeMeaning::Int(d) => d,
+            CodeMeaning::Float(dtype) => {
+                return Err(Error::NotTokenIds {
+                    path: path.to_path_buf(),
+                    offset: 17,
+                    dtype,
+                });
+            }
+            CodeMeaning::Unknown => {
+                return Err(Error::UnknownDtype {
+                    path: path.to_path_buf(),
+                    offset: 17,
+                    code: idx[17],
+                });
+            }
+        };
+        let n = read_u64(idx, 18) as u128;
+        let d = read_u64(idx, 26) as u128;
+        let len = idx.len() as u128;
+        let lengths_end = HEADER_LEN as u128 + 4 * n;
+        let pointers_end = lengths_end + 8 * n;
+        let docs_end = pointers_end + 8 * d;
+        for (what, end) in [
+            ("lengths", lengths_end),
+            ("pointers", pointers_end),
+            ("document indices", docs_end),
+        ] {
+            if end > len {
+                return Err(truncated(what, end));
+            }
+        }
+        // Both counts fit usize now: their arrays lie inside a mapped file.
+        Ok(Header {
+            dtype,
+            sequences: n as usize,
+            doc_entries: d as usize,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn read_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn read_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}

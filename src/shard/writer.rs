@@ -1,0 +1,211 @@
+//! The Megatron shard writer: sequences in, `PREFIX.idx` and `PREFIX.bin` out, atomically.
+
+use std::path::{Path, PathBuf};
+
+use super::dtype::Dtype;
+use super::indexed::{HEADER_LEN, MAGIC, VERSION, shard_paths};
+use crate::atomic::AtomicFile;
+use crate::error::{Error, Result};
+
+/// What a finished shard holds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ShardSummary {
+    /// The shard's prefix.
+    pub prefix: PathBuf,
+    /// The dtype written.
+    pub dtype: Dtype,
+    /// Number of sequences.
+    pub sequences: u64,
+    /// Number of documents.
+    pub documents: u64,
+    /// Number of tokens.
+    pub tokens: u64,
+}
+
+/// Writes a Megatron indexed dataset.
+///
+/// Both files are written under temporary names and renamed into place by
+/// [`IndexedWriter::finish`] (the `.bin` first, then the `.idx`, each fsynced, then the
+/// directory); a writer dropped before `finish` leaves nothing behind.
+///
+/// With the automatic dtype (`None`), ids are stored as u16 while every id fits, and the file
+/// written so far is widened once to i32 (or i64) when the first id that does not fit arrives.
+#[derive(Debug)]
+pub struct IndexedWriter {
+    prefix: PathBuf,
+    bin: AtomicFile,
+    idx_dest: PathBuf,
+    dtype: Dtype,
+    auto: bool,
+    lengths: Vec<i32>,
+    doc_idx: Vec<i64>,
+    tokens: u64,
+    scratch: Vec<u8>,
+}
+
+impl IndexedWriter {
+    /// Starts a shard at `prefix` with ids stored as `dtype`, or chosen automatically when `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for [`Dtype::U32`], which Megatron cannot store; [`Error::Io`] when the
+    /// directory is not writable.
+    pub fn create(prefix: impl AsRef<Path>, dtype: Option<Dtype>) -> Result<Self> {
+        let prefix = prefix.as_ref().to_path_buf();
+        if let Some(d) = dtype.filter(|d| d.megatron_code().is_none()) {
+            return Err(Error::Config(format!(
+                "dtype {d} has no Megatron code; use u16, i32 or i64 for a .bin/.idx shard"
+            )));
+        }
+        let (idx_dest, bin_dest) = shard_paths(&prefix);
+        Ok(IndexedWriter {
+            bin: AtomicFile::create(bin_dest)?,
+            prefix,
+            idx_dest,
+            dtype: dtype.unwrap_or(Dtype::U16),
+            auto: dtype.is_none(),
+            lengths: Vec::new(),
+            doc_idx: vec![0],
+            tokens: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The dtype ids are stored as now (with the automatic dtype, it may still widen).
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// Sequences written so far.
+    pub fn sequences(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Appends one sequence.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TokenOutOfRange`] when an id does not fit a fixed dtype (nothing of the sequence is
+    /// written); [`Error::Config`] for a sequence of more than `i32::MAX` tokens; [`Error::Io`].
+    pub fn add_sequence<T: Copy + Into<i64>>(&mut self, tokens: &[T]) -> Result<()> {
+        let length = i32::try_from(tokens.len()).map_err(|_| {
+            Error::Config(format!(
+                "a sequence of {} tokens exceeds the i32 length field",
+                tokens.len()
+            ))
+        })?;
+        if let Some(j) = tokens.iter().position(|&t| !self.dtype.holds(t.into())) {
+            let token = tokens[j].into();
+            if !self.auto {
+                let offset = (self.tokens + j as u64) * self.dtype.size() as u64;
+                let (_, bin_dest) = shard_paths(&self.prefix);
+                return Err(Error::TokenOutOfRange {
+                    path: bin_dest,
+                    offset,
+                    token,
+                    target: self.dtype.name(),
+                });
+            }
+            let (lo, hi) = tokens.iter().fold((token, token), |(lo, hi), &t| {
+                let t = t.into();
+                (lo.min(t), hi.max(t))
+            });
+            self.widen_to(if Dtype::I32.holds(lo) && Dtype::I32.holds(hi) {
+                Dtype::I32
+            } else {
+                Dtype::I64
+            })?;
+        }
+        self.scratch.clear();
+        for &t in tokens {
+            self.dtype.write_le(t.into(), &mut self.scratch);
+        }
+        self.bin.write_all(&self.scratch)?;
+        self.lengths.push(length);
+        self.tokens += tokens.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the current document: the sequences added since the last call form one document.
+    ///
+    /// # Errors
+    ///
+    /// None today; kept fallible so that a future buffered index can report I/O errors.
+    pub fn end_document(&mut self) -> Result<()> {
+        self.doc_idx.push(self.lengths.len() as i64);
+        Ok(())
+    }
+
+    /// Writes the `.idx` and moves both files into place. Sequences added after the last
+    /// [`IndexedWriter::end_document`] form a final document.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming the file; on error neither file is left at its final name.
+    pub fn finish(mut self) -> Result<ShardSummary> {
+        if self.doc_idx.last().copied() != Some(self.lengths.len() as i64) {
+            self.end_document()?;
+        }
+        let mut idx = AtomicFile::create(&self.idx_dest)?;
+        let code = self
+            .dtype
+            .megatron_code()
+            .expect("the writer only holds Megatron dtypes");
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&VERSION.to_le_bytes());
+        head.push(code);
+        head.extend_from_slice(&(self.lengths.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(self.doc_idx.len() as u64).to_le_bytes());
+        idx.write_all(&head)?;
+        idx.write_all(
+            &self
+                .lengths
+                .iter()
+                .flat_map(|l| l.to_le_bytes())
+                .collect::<Vec<_>>(),
+        )?;
+        let size = self.dtype.size() as i64;
+        let mut pointer = 0i64;
+        let mut pointers = Vec::with_capacity(8 * self.lengths.len());
+        for &l in &self.lengths {
+            pointers.extend_from_slice(&pointer.to_le_bytes());
+            pointer += l as i64 * size;
+        }
+        idx.write_all(&pointers)?;
+        idx.write_all(
+            &self
+                .doc_idx
+                .iter()
+                .flat_map(|d| d.to_le_bytes())
+                .collect::<Vec<_>>(),
+        )?;
+        self.bin.commit()?;
+        idx.commit()?;
+        Ok(ShardSummary {
+            prefix: self.prefix,
+            dtype: self.dtype,
+            sequences: self.lengths.len() as u64,
+            documents: self.doc_idx.len() as u64 - 1,
+            tokens: self.tokens,
+        })
+    }
+
+    /// Rewrites the `.bin` written so far in the wider `dtype`.
+    fn widen_to(&mut self, dtype: Dtype) -> Result<()> {
+        self.bin.flush()?;
+        let (_, bin_dest) = shard_paths(&self.prefix);
+        let old = std::fs::read(self.bin.temp_path())
+            .map_err(|e| Error::io(&bin_dest, "read back", e))?;
+        let mut wide = AtomicFile::create(&bin_dest)?;
+        let mut buf = Vec::with_capacity(old.len() / self.dtype.size() * dtype.size());
+        for chunk in old.chunks_exact(self.dtype.size()) {
+            dtype.write_le(self.dtype.read(chunk), &mut buf);
+        }
+        wide.write_all(&buf)?;
+        tracing::debug!(prefix = %self.prefix.display(), from = %self.dtype, to = %dtype, "widened shard dtype");
+        self.bin = wide;
+        self.dtype = dtype;
+        Ok(())
+    }
+}
