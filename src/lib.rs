@@ -51,3 +51,8 @@ pub use shard::{
     Dataset, Dtype, FlatShard, IndexedShard, IndexedWriter, LengthStats, Shard, ShardSummary,
     TokenId, TokenSlice,
 };
+
+/// The README's examples, compiled and run by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
