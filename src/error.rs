@@ -236,6 +236,55 @@ pub enum Error {
         reason: String,
     },
 
+    /// Two or more datasets share a name.
+    #[error("duplicate dataset names: {}; every dataset needs a unique name", .names.join(", "))]
+    DuplicateDatasets {
+        /// The names used more than once.
+        names: Vec<String>,
+    },
+
+    /// A mixture weight is not a finite positive number.
+    #[error("dataset {dataset}: weight {weight} is not a finite positive number")]
+    BadWeight {
+        /// The dataset.
+        dataset: String,
+        /// The weight given.
+        weight: f64,
+    },
+
+    /// A mixture with no dataset.
+    #[error("no datasets: a plan needs at least one")]
+    NoDatasets,
+
+    /// A dataset with no sample.
+    #[error("dataset {dataset} holds no samples")]
+    EmptyDataset {
+        /// The dataset.
+        dataset: String,
+    },
+
+    /// An ownership partition would leave a rank with no sample of a dataset.
+    #[error(
+        "dataset {dataset}: with {size} samples over world size {world}, the {partition} \
+         partition leaves rank {rank} no sample; use the global partition or fewer ranks"
+    )]
+    EmptyPartition {
+        /// The dataset.
+        dataset: String,
+        /// Its number of samples.
+        size: u64,
+        /// The world size.
+        world: usize,
+        /// The first rank left empty.
+        rank: usize,
+        /// The partition mode.
+        partition: String,
+    },
+
+    /// A cursor cannot continue its stream under the new configuration.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+
     /// A configuration that cannot work; the message says which setting and why.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -5,6 +5,8 @@
 //! - [`atomic`]: atomic file writes (temporary name, fsync, rename, directory fsync).
 //! - [`shard`]: Megatron `.bin/.idx` shards (read, validate, write), flat token files,
 //!   multi-shard datasets, host decoding of token ids, the built-in synthetic corpus.
+//! - [`order`]: the deterministic sample order: shuffles, epochs, the mixture of datasets, rank
+//!   partitions, and the [`order::Cursor`] a checkpoint stores.
 //!
 //! # Example
 //!
@@ -44,6 +46,7 @@
 
 pub mod atomic;
 pub mod error;
+pub mod order;
 pub mod shard;
 
 pub use error::{Error, Result};

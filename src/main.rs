@@ -1,4 +1,4 @@
-//! The `shardflow` command: `demo`, `write`, `inspect`, `cat`.
+//! The `shardflow` command: `demo`, `write`, `inspect`, `cat`, `plan`.
 
 mod cli;
 

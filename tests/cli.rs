@@ -177,3 +177,103 @@ fn demo_writes_and_inspects_the_builtin_corpus() {
         );
     }
 }
+
+#[test]
+fn plan_prints_the_tiny_table_and_json() {
+    let text = ok(&[
+        "plan",
+        "--data",
+        "a=4:3",
+        "--data",
+        "b=2:1",
+        "--shuffle",
+        "none",
+        "--world",
+        "2",
+        "--local-batch",
+        "2",
+        "--steps",
+        "3",
+    ]);
+    assert_eq!(
+        text,
+        "step  rank  rows (dataset:sample (epoch))\n\
+         \x20  0     0  a:0 (0), a:1 (0)\n\
+         \x20  0     1  b:0 (0), a:2 (0)\n\
+         \x20  1     0  a:3 (0), a:0 (1)\n\
+         \x20  1     1  b:1 (0), a:1 (1)\n\
+         \x20  2     0  a:2 (1), a:3 (1)\n\
+         \x20  2     1  b:0 (1), a:0 (2)\n"
+    );
+    // --start skips ahead: step 2 of rank 1 alone, as JSON.
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        "plan",
+        "--data",
+        "a=4:3",
+        "--data",
+        "b=2:1",
+        "--shuffle",
+        "none",
+        "--world",
+        "2",
+        "--local-batch",
+        "2",
+        "--start",
+        "2",
+        "--rank",
+        "1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([{ "step": 2, "rank": 1, "rows": [
+            { "dataset": "b", "sample": 0, "epoch": 1 },
+            { "dataset": "a", "sample": 0, "epoch": 2 },
+        ]}])
+    );
+}
+
+#[test]
+fn plan_reads_shard_sizes_and_reports_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.txt");
+    std::fs::write(&input, "a\n\nb\n\nc\n").unwrap();
+    let prefix = dir.path().join("three");
+    ok(&["write", "--input", p(&input), "--output", p(&prefix)]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        "plan",
+        "--data",
+        p(&prefix),
+        "--shuffle",
+        "none",
+        "--local-batch",
+        "3",
+        "--json",
+    ]))
+    .unwrap();
+    let samples: Vec<u64> = json[0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["sample"].as_u64().unwrap())
+        .collect();
+    assert_eq!(samples, [0, 1, 2]);
+    assert_eq!(json[0]["rows"][0]["dataset"], "three");
+
+    let out = shardflow(&[
+        "plan",
+        "--data",
+        "x=3",
+        "--partition",
+        "strided",
+        "--world",
+        "4",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dataset x: with 3 samples over world size 4"),
+        "{err}"
+    );
+}

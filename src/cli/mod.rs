@@ -3,6 +3,7 @@
 mod cat;
 mod demo;
 mod inspect;
+mod plan;
 mod write;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the sample order (dataset, sample, epoch of every row) without reading tokens.
+    Plan(plan::PlanArgs),
     /// Print sequences as JSON arrays of token ids, one per line.
     Cat {
         /// The shard prefix.
@@ -55,6 +58,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Demo { dir } => demo::run(dir),
         Command::Write(w) => write::run(w),
         Command::Inspect { prefixes, json } => inspect::run(&prefixes, json),
+        Command::Plan(p) => plan::run(p),
         Command::Cat { prefix, range } => cat::run(&prefix, &range),
     }
 }
