@@ -285,6 +285,63 @@ pub enum Error {
     #[error("cannot resume: {0}")]
     Resume(String),
 
+    /// A sample failed (decode error, transform error, or too long under the error policy).
+    #[error("batch {step}: dataset {dataset} sample {sample}: {reason}")]
+    Sample {
+        /// The batch (step) that held it.
+        step: u64,
+        /// The dataset.
+        dataset: String,
+        /// The sample index.
+        sample: u64,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A loader worker panicked.
+    #[error(
+        "batch {step}: a loader worker panicked at dataset {dataset} sample {sample}: {message}"
+    )]
+    WorkerPanic {
+        /// The batch (step) being built.
+        step: u64,
+        /// The dataset of the sample being processed ("-" if none yet).
+        dataset: String,
+        /// The sample being processed.
+        sample: u64,
+        /// The panic message.
+        message: String,
+    },
+
+    /// More samples were skipped in one epoch of a dataset than the policy allows.
+    #[error(
+        "batch {step}: dataset {dataset} skipped more than {limit} samples in epoch {epoch} \
+         (last: sample {sample}: {reason})"
+    )]
+    SkipLimit {
+        /// The batch where the limit was passed.
+        step: u64,
+        /// The dataset.
+        dataset: String,
+        /// Its epoch.
+        epoch: u64,
+        /// The limit.
+        limit: u64,
+        /// The sample that passed it.
+        sample: u64,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// A checkpoint file that cannot be read.
+    #[error("{path}: not a shardflow loader checkpoint: {reason}", path = .path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A configuration that cannot work; the message says which setting and why.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -7,6 +7,10 @@
 //!   multi-shard datasets, host decoding of token ids, the built-in synthetic corpus.
 //! - [`order`]: the deterministic sample order: shuffles, epochs, the mixture of datasets, rank
 //!   partitions, and the [`order::Cursor`] a checkpoint stores.
+//! - [`transform`]: per-sample truncation, BOS/EOS, user transforms, the bad-sample policy.
+//! - [`collate`]: padding and packing into staged batches in pooled, aligned memory.
+//! - [`device`]: the [`device::DeviceSink`] seam and the host reference sink.
+//! - [`loader`]: planner, workers, reorder buffer, checkpoint state and statistics.
 //!
 //! # Example
 //!
@@ -45,9 +49,13 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod collate;
+pub mod device;
 pub mod error;
+pub mod loader;
 pub mod order;
 pub mod shard;
+pub mod transform;
 
 pub use error::{Error, Result};
 pub use shard::{

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 /// by dataset name), and the configuration facts a resume must agree with.
 ///
 /// It serializes with serde; a checkpoint of any length of training is a few hundred bytes.
+/// The loader's checkpoint ([`crate::loader::LoaderState`]) wraps it with the packing remainder.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Cursor {
     /// The next global batch to plan.
@@ -35,10 +36,6 @@ pub struct Cursor {
     pub global_batch: u64,
     /// World size when the cursor was taken.
     pub world: usize,
-    /// The packing remainder: tokens of a cut document carried into the next batch (set by the
-    /// loader when it packs; the order itself never packs).
-    #[serde(default)]
-    pub packing: Option<serde_json::Value>,
 }
 
 /// One dataset's state in a [`Cursor`].

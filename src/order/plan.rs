@@ -340,7 +340,6 @@ impl Planner {
             partition: c.partition,
             global_batch: p.global_batch(),
             world: c.world,
-            packing: None,
         }
     }
 

@@ -177,21 +177,39 @@ pub trait TokenId:
     + TryFrom<i32>
     + TryFrom<u32>
     + TryFrom<i64>
+    + Into<i64>
+    + bytemuck::Pod
     + sealed::Sealed
     + 'static
 {
     /// The type's name, for errors.
     const NAME: &'static str;
+    /// The label that losses ignore: -100 for the signed types, `u32::MAX` for u32.
+    const IGNORE: Self;
+    /// A small non-negative number (positions, lengths) as this type.
+    fn from_usize(n: usize) -> Self;
 }
 
 impl TokenId for i32 {
     const NAME: &'static str = "i32";
+    const IGNORE: Self = -100;
+    fn from_usize(n: usize) -> Self {
+        n as i32
+    }
 }
 impl TokenId for i64 {
     const NAME: &'static str = "i64";
+    const IGNORE: Self = -100;
+    fn from_usize(n: usize) -> Self {
+        n as i64
+    }
 }
 impl TokenId for u32 {
     const NAME: &'static str = "u32";
+    const IGNORE: Self = u32::MAX;
+    fn from_usize(n: usize) -> Self {
+        n as u32
+    }
 }
 
 mod sealed {
@@ -254,6 +272,21 @@ impl<'a> TokenSlice<'a> {
     /// Byte offset of the sequence in its file.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Tokens `range` of the sequence, still borrowed.
+    ///
+    /// # Panics
+    ///
+    /// If the range runs past [`TokenSlice::len`].
+    pub fn sub(&self, range: std::ops::Range<usize>) -> TokenSlice<'a> {
+        let size = self.dtype.size();
+        TokenSlice {
+            bytes: &self.bytes[range.start * size..range.end * size],
+            dtype: self.dtype,
+            path: self.path,
+            offset: self.offset + (range.start * size) as u64,
+        }
     }
 
     /// Token `j`, widened to `i64`.

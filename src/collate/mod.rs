@@ -1,0 +1,298 @@
+//! Batches: padding and packing into a [`StagedBatch`] in pooled, aligned host memory, and the
+//! host reference padding that turns it into a [`Batch`].
+//!
+//! A staged batch holds only the real tokens, row after row (ragged), with row offsets: that is
+//! what crosses to a device. A [`Batch`] is the padded result every sink must produce exactly:
+//!
+//! | field | shape | content |
+//! |---|---|---|
+//! | `ids` | `[B, T]` | token ids, `pad_id` after each row's length |
+//! | `lengths` | `[B]` | real tokens per row |
+//! | `attention_mask` | `[B, T]` | 1 on real tokens, 0 on padding (optional) |
+//! | `labels` | `[B, T]` | the next token of the same document, else the ignore id (optional) |
+//! | `position_ids` | `[B, T]` | 0, 1, … per row, restarting at each document when packed (optional) |
+//! | `cu_seqlens` | `[segments + 1]` | document boundaries over the real tokens, row-major (packed only) |
+//! | `docs` | `[segments]` | per row piece: dataset, sample, epoch, where it sits |
+
+mod pool;
+
+pub use pool::*;
+
+use crate::error::{Error, Result};
+use crate::shard::TokenId;
+
+/// How rows are padded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// To the longest row of the batch.
+    Longest,
+    /// To the longest row, rounded up to a multiple of this.
+    Multiple(usize),
+    /// Always to the sequence length.
+    Fixed,
+}
+
+/// How samples become a batch.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CollateConfig {
+    /// The longest row, T; samples are truncated to it (see the transform policies). When
+    /// packing, every row holds exactly T tokens.
+    pub seq_len: usize,
+    /// How rows are padded (ignored when packing, which fills rows).
+    pub padding: Padding,
+    /// Concatenate documents (separated by the transform's EOS) and cut them into rows of T
+    /// tokens; the cut remainder opens the next batch.
+    pub pack: bool,
+    /// The padding id.
+    pub pad_id: i64,
+    /// Emit the attention mask.
+    pub attention_mask: bool,
+    /// Emit labels: ids shifted by one within each document, the ignore id elsewhere.
+    pub labels: bool,
+    /// Emit position ids.
+    pub position_ids: bool,
+}
+
+impl Default for CollateConfig {
+    fn default() -> Self {
+        CollateConfig {
+            seq_len: 2048,
+            padding: Padding::Longest,
+            pack: false,
+            pad_id: 0,
+            attention_mask: true,
+            labels: true,
+            position_ids: true,
+        }
+    }
+}
+
+impl CollateConfig {
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a zero sequence length or padding multiple.
+    pub fn check(&self) -> Result<()> {
+        if self.seq_len == 0 {
+            return Err(Error::Config(
+                "the sequence length must be at least 1".into(),
+            ));
+        }
+        if self.padding == Padding::Multiple(0) {
+            return Err(Error::Config(
+                "the padding multiple must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The padded width of a batch whose longest row holds `longest` tokens.
+    pub fn width(&self, longest: usize) -> usize {
+        if self.pack {
+            return self.seq_len;
+        }
+        match self.padding {
+            Padding::Longest => longest.max(1),
+            Padding::Multiple(m) => longest.max(1).div_ceil(m) * m,
+            Padding::Fixed => self.seq_len,
+        }
+    }
+}
+
+/// One piece of a document in a batch: a whole sample in a padded batch; in a packed batch, the
+/// part of a document that falls in one row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct DocRef {
+    /// The sample index in its dataset.
+    pub sample: u64,
+    /// The dataset epoch of the draw.
+    pub epoch: u64,
+    /// The dataset, as an index into the loader's dataset names.
+    pub dataset: u32,
+    /// The row.
+    pub row: u32,
+    /// The column where the piece starts.
+    pub start: u32,
+    /// Tokens in the piece.
+    pub len: u32,
+    /// Where the piece starts within its transformed document (0 unless packing cut it).
+    pub doc_offset: u32,
+    /// [`DocRef::TRUNCATED`], [`DocRef::DROPPED`], [`DocRef::SKIPPED`].
+    pub flags: u32,
+}
+
+impl DocRef {
+    /// Tokens were cut from the sample.
+    pub const TRUNCATED: u32 = 1;
+    /// The truncation policy dropped the sample: its row is empty.
+    pub const DROPPED: u32 = 2;
+    /// The sample failed and the skip policy skipped it: its row is empty.
+    pub const SKIPPED: u32 = 4;
+}
+
+/// A collated batch in host staging memory: real tokens only, ragged, ready to cross to a device.
+#[derive(Debug)]
+pub struct StagedBatch<T: TokenId> {
+    /// The step (global batch index) this batch belongs to.
+    pub step: u64,
+    /// Rows, B.
+    pub rows: usize,
+    /// The padded width T of this batch.
+    pub width: usize,
+    /// The real tokens, row after row.
+    pub tokens: PooledBuf<T>,
+    /// Row starts in `tokens`: `rows + 1` entries.
+    pub offsets: PooledBuf<u32>,
+    /// The document pieces, in row order.
+    pub docs: PooledBuf<DocRef>,
+    /// Whether the batch was packed.
+    pub packed: bool,
+}
+
+impl<T: TokenId> StagedBatch<T> {
+    /// Real tokens in the batch.
+    pub fn real_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Row `r`'s real tokens.
+    pub fn row(&self, r: usize) -> &[T] {
+        &self.tokens[self.offsets[r] as usize..self.offsets[r + 1] as usize]
+    }
+}
+
+/// A padded batch in host memory: the reference every device sink must match.
+#[derive(Debug, PartialEq)]
+pub struct Batch<T: TokenId> {
+    /// The step this batch belongs to.
+    pub step: u64,
+    /// Rows, B.
+    pub rows: usize,
+    /// Columns, T.
+    pub width: usize,
+    /// Token ids `[B, T]`.
+    pub ids: PooledBuf<T>,
+    /// Real tokens per row `[B]`.
+    pub lengths: PooledBuf<u32>,
+    /// `[B, T]`: 1 on real tokens, 0 on padding.
+    pub attention_mask: Option<PooledBuf<u8>>,
+    /// `[B, T]`: the next token of the same document, else [`TokenId::IGNORE`].
+    pub labels: Option<PooledBuf<T>>,
+    /// `[B, T]`: position within the row, restarting per document when packed.
+    pub position_ids: Option<PooledBuf<T>>,
+    /// Document boundaries over the real tokens, row-major (packed batches only).
+    pub cu_seqlens: Option<PooledBuf<i32>>,
+    /// The document pieces, in row order.
+    pub docs: PooledBuf<DocRef>,
+}
+
+impl<T: TokenId> Batch<T> {
+    /// Real (unpadded) tokens.
+    pub fn real_tokens(&self) -> usize {
+        self.lengths.iter().map(|&l| l as usize).sum()
+    }
+
+    /// Row `r` of the ids, padding included.
+    pub fn ids_row(&self, r: usize) -> &[T] {
+        &self.ids[r * self.width..(r + 1) * self.width]
+    }
+
+    /// Every field as bytes, in a fixed order: two batches are equal exactly when these are.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.rows as u64).to_le_bytes());
+        out.extend_from_slice(&(self.width as u64).to_le_bytes());
+        out.extend_from_slice(self.ids.as_bytes());
+        out.extend_from_slice(self.lengths.as_bytes());
+        for part in [
+            self.attention_mask.as_ref().map(|b| b.as_bytes()),
+            self.labels.as_ref().map(|b| b.as_bytes()),
+            self.position_ids.as_ref().map(|b| b.as_bytes()),
+            self.cu_seqlens.as_ref().map(|b| b.as_bytes()),
+        ] {
+            out.extend_from_slice(part.unwrap_or(&[]));
+        }
+        out.extend_from_slice(self.docs.as_bytes());
+        out
+    }
+}
+
+/// Pads a staged batch on the host: the reference for every device sink.
+pub fn pad_host<T: TokenId>(
+    staged: StagedBatch<T>,
+    config: &CollateConfig,
+    pool: &Pool,
+) -> Batch<T> {
+    let (b, w) = (staged.rows, staged.width);
+    let pad = T::try_from(config.pad_id).unwrap_or_default();
+    let mut ids = pool.take::<T>(b * w);
+    let mut lengths = pool.take::<u32>(b);
+    for r in 0..b {
+        let row = staged.row(r);
+        let dst = &mut ids[r * w..(r + 1) * w];
+        dst[..row.len()].copy_from_slice(row);
+        dst[row.len()..].fill(pad);
+        lengths[r] = row.len() as u32;
+    }
+    let attention_mask = config.attention_mask.then(|| {
+        let mut m = pool.take::<u8>(b * w);
+        for r in 0..b {
+            let len = lengths[r] as usize;
+            m[r * w..r * w + len].fill(1);
+            m[r * w + len..(r + 1) * w].fill(0);
+        }
+        m
+    });
+    let labels = config.labels.then(|| {
+        let mut l = pool.take::<T>(b * w);
+        l.fill(T::IGNORE);
+        for d in staged.docs.iter() {
+            let at = d.row as usize * w + d.start as usize;
+            let n = d.len as usize;
+            if n > 1 {
+                l[at..at + n - 1].copy_from_slice(&ids[at + 1..at + n]);
+            }
+        }
+        l
+    });
+    let position_ids = config.position_ids.then(|| {
+        let mut p = pool.take::<T>(b * w);
+        p.fill(T::default());
+        for d in staged.docs.iter() {
+            let at = d.row as usize * w + d.start as usize;
+            for (j, slot) in p[at..at + d.len as usize].iter_mut().enumerate() {
+                *slot = T::from_usize(j);
+            }
+        }
+        p
+    });
+    let cu_seqlens = staged.packed.then(|| {
+        let pieces: Vec<u32> = staged
+            .docs
+            .iter()
+            .filter(|d| d.len > 0)
+            .map(|d| d.len)
+            .collect();
+        let mut cu = pool.take::<i32>(pieces.len() + 1);
+        cu[0] = 0;
+        for (i, len) in pieces.iter().enumerate() {
+            cu[i + 1] = cu[i] + *len as i32;
+        }
+        cu
+    });
+    Batch {
+        step: staged.step,
+        rows: b,
+        width: w,
+        ids,
+        lengths,
+        attention_mask,
+        labels,
+        position_ids,
+        cu_seqlens,
+        docs: staged.docs,
+    }
+}

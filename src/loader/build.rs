@@ -1,0 +1,323 @@
+//! The parallel side of the loader: a worker turns a job into a staged batch by decoding token
+//! ids straight from the memory maps into pooled staging memory and applying the transforms.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::collate::{CollateConfig, DocRef, Pool, StagedBatch};
+use crate::error::{Error, Result};
+use crate::shard::{Dataset, TokenId, TokenSlice};
+use crate::transform::{
+    BadSamplePolicy, SampleInfo, Shape, TransformConfig, TruncatePolicy, UserTransform,
+};
+
+use super::job::Job;
+
+/// A sample the skip policy skipped; the consumer counts it against the limit.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Skip {
+    pub dataset: u32,
+    pub epoch: u64,
+    pub sample: u64,
+    pub reason: String,
+}
+
+/// What every worker shares.
+pub(crate) struct Builder<T: TokenId> {
+    pub datasets: Vec<Dataset>,
+    pub names: Vec<String>,
+    pub transform: TransformConfig,
+    pub user: Vec<UserTransform<T>>,
+    pub collate: CollateConfig,
+    pub pool: Pool,
+    pub stop: Arc<AtomicBool>,
+    bos: Option<T>,
+    eos: Option<T>,
+    max_len: usize,
+}
+
+/// The sample a worker is on, for reporting a panic.
+pub(crate) type Current = Option<(u32, u64)>;
+
+impl<T: TokenId> Builder<T> {
+    pub fn new(
+        datasets: Vec<Dataset>,
+        names: Vec<String>,
+        transform: TransformConfig,
+        user: Vec<UserTransform<T>>,
+        collate: CollateConfig,
+        pool: Pool,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let id = |v: Option<i64>| v.and_then(|v| T::try_from(v).ok());
+        let cap = transform.max_len.unwrap_or(collate.seq_len);
+        Builder {
+            bos: id(transform.bos),
+            eos: id(transform.eos),
+            max_len: if collate.pack {
+                cap
+            } else {
+                cap.min(collate.seq_len)
+            },
+            datasets,
+            names,
+            transform,
+            user,
+            collate,
+            pool,
+            stop,
+        }
+    }
+
+    /// Builds the staged batch of `job`; skipped samples are listed in `skips`.
+    pub fn build(
+        &self,
+        job: Job,
+        current: &mut Current,
+        scratch: &mut Vec<T>,
+        skips: &mut Vec<Skip>,
+    ) -> Result<StagedBatch<T>> {
+        if job.packed {
+            self.build_packed(job, current, skips)
+        } else {
+            self.build_padded(job, current, scratch, skips)
+        }
+    }
+
+    fn build_padded(
+        &self,
+        mut job: Job,
+        current: &mut Current,
+        scratch: &mut Vec<T>,
+        skips: &mut Vec<Skip>,
+    ) -> Result<StagedBatch<T>> {
+        let rows = job.rows;
+        let extra = self.transform.extra();
+        let cap: usize = if self.user.is_empty() {
+            job.pieces
+                .iter()
+                .map(|p| self.dataset(p).sequence_len(p.sample as usize).unwrap_or(0) + extra)
+                .map(|n| n.min(self.max_len))
+                .sum()
+        } else {
+            rows * self.max_len
+        };
+        let mut tokens = self.pool.take::<T>(cap);
+        let mut offsets = self.pool.take::<u32>(rows + 1);
+        let mut pos = 0;
+        let mut longest = 0;
+        for (r, piece) in job.pieces.iter_mut().enumerate() {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(Error::Config("the loader was dropped".into()));
+            }
+            *current = Some((piece.dataset, piece.sample));
+            offsets[r] = pos as u32;
+            match self.fill_row(piece, &mut tokens[pos..], scratch) {
+                Ok(n) => {
+                    piece.len = n as u32;
+                    pos += n;
+                    longest = longest.max(n);
+                }
+                Err(reason) => match self.transform.bad_samples {
+                    BadSamplePolicy::Error => {
+                        return Err(self.sample_error(job.batch, piece, reason));
+                    }
+                    BadSamplePolicy::Skip { .. } => {
+                        piece.flags |= DocRef::SKIPPED;
+                        piece.len = 0;
+                        skips.push(Skip {
+                            dataset: piece.dataset,
+                            epoch: piece.epoch,
+                            sample: piece.sample,
+                            reason,
+                        });
+                    }
+                },
+            }
+        }
+        offsets[rows] = pos as u32;
+        tokens.truncate(pos);
+        Ok(StagedBatch {
+            step: job.batch,
+            rows,
+            width: self.collate.width(longest),
+            tokens,
+            offsets,
+            docs: job.pieces,
+            packed: false,
+        })
+    }
+
+    /// Writes one padded row's sample at the start of `out`; returns its length.
+    fn fill_row(
+        &self,
+        piece: &mut DocRef,
+        out: &mut [T],
+        scratch: &mut Vec<T>,
+    ) -> Result<usize, String> {
+        let slice = self.slice(piece)?;
+        let content = match self.transform.shape(slice.len(), self.max_len)? {
+            Shape::Dropped => {
+                piece.flags |= DocRef::DROPPED;
+                return Ok(0);
+            }
+            Shape::Keep { content, truncated } => {
+                if truncated {
+                    piece.flags |= DocRef::TRUNCATED;
+                }
+                content
+            }
+        };
+        let mut n = 0;
+        if let Some(bos) = self.bos {
+            out[0] = bos;
+            n = 1;
+        }
+        n += slice
+            .sub(0..content)
+            .decode_into(&mut out[n..])
+            .map_err(|e| e.to_string())?;
+        if let Some(eos) = self.eos {
+            out[n] = eos;
+            n += 1;
+        }
+        if self.user.is_empty() {
+            return Ok(n);
+        }
+        scratch.clear();
+        scratch.extend_from_slice(&out[..n]);
+        let info = SampleInfo {
+            dataset: &self.names[piece.dataset as usize],
+            sample: piece.sample,
+            epoch: piece.epoch,
+        };
+        for f in &self.user {
+            f(&info, scratch)?;
+        }
+        if scratch.len() > self.max_len {
+            match self.transform.truncate {
+                TruncatePolicy::Truncate => {
+                    scratch.truncate(self.max_len);
+                    piece.flags |= DocRef::TRUNCATED;
+                }
+                TruncatePolicy::Drop => {
+                    piece.flags |= DocRef::DROPPED;
+                    return Ok(0);
+                }
+                TruncatePolicy::Error => {
+                    return Err(format!(
+                        "a transform made the sample {} tokens long, over the maximum {}",
+                        scratch.len(),
+                        self.max_len
+                    ));
+                }
+            }
+        }
+        out[..scratch.len()].copy_from_slice(scratch);
+        Ok(scratch.len())
+    }
+
+    fn build_packed(
+        &self,
+        job: Job,
+        current: &mut Current,
+        skips: &mut Vec<Skip>,
+    ) -> Result<StagedBatch<T>> {
+        let total: usize = job.pieces.iter().map(|p| p.len as usize).sum();
+        let mut tokens = self.pool.take::<T>(total);
+        let mut offsets = self.pool.take::<u32>(job.rows + 1);
+        let mut pos = 0;
+        let mut row = 0;
+        offsets[0] = 0;
+        for piece in job.pieces.iter() {
+            *current = Some((piece.dataset, piece.sample));
+            while row < piece.row as usize {
+                row += 1;
+                offsets[row] = pos as u32;
+            }
+            if piece.flags & DocRef::SKIPPED != 0 {
+                let reason = "longer than the maximum length".to_string();
+                skips.push(Skip {
+                    dataset: piece.dataset,
+                    epoch: piece.epoch,
+                    sample: piece.sample,
+                    reason,
+                });
+            }
+            if piece.len == 0 {
+                continue;
+            }
+            let n = self
+                .write_piece(piece, &mut tokens[pos..pos + piece.len as usize])
+                .map_err(|reason| self.sample_error(job.batch, piece, reason))?;
+            pos += n;
+        }
+        while row < job.rows {
+            row += 1;
+            offsets[row] = pos as u32;
+        }
+        Ok(StagedBatch {
+            step: job.batch,
+            rows: job.rows,
+            width: self.collate.seq_len,
+            tokens,
+            offsets,
+            docs: job.pieces,
+            packed: true,
+        })
+    }
+
+    /// Writes tokens `doc_offset .. doc_offset + len` of a transformed document
+    /// (`[BOS] + content + [EOS]`) into `out`.
+    fn write_piece(&self, piece: &DocRef, out: &mut [T]) -> Result<usize, String> {
+        let slice = self.slice(piece)?;
+        let Shape::Keep { content, .. } = self.transform.shape(slice.len(), self.max_len)? else {
+            return Ok(0);
+        };
+        let nb = self.bos.is_some() as usize;
+        let (a, b) = (
+            piece.doc_offset as usize,
+            (piece.doc_offset + piece.len) as usize,
+        );
+        let mut n = 0;
+        if let (Some(bos), 0) = (self.bos, a) {
+            out[0] = bos;
+            n = 1;
+        }
+        let (lo, hi) = (a.max(nb) - nb, b.min(nb + content).saturating_sub(nb));
+        if hi > lo {
+            n += slice
+                .sub(lo..hi)
+                .decode_into(&mut out[n..])
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(eos) = self.eos.filter(|_| b == nb + content + 1) {
+            out[n] = eos;
+            n += 1;
+        }
+        debug_assert_eq!(
+            n, piece.len as usize,
+            "a piece fills exactly its planned length"
+        );
+        Ok(n)
+    }
+
+    fn dataset(&self, p: &DocRef) -> &Dataset {
+        &self.datasets[p.dataset as usize]
+    }
+
+    fn slice(&self, p: &DocRef) -> Result<TokenSlice<'_>, String> {
+        self.dataset(p)
+            .get(p.sample as usize)
+            .ok_or_else(|| format!("sample {} is outside the dataset", p.sample))
+    }
+
+    pub fn sample_error(&self, step: u64, p: &DocRef, reason: String) -> Error {
+        Error::Sample {
+            step,
+            dataset: self.names[p.dataset as usize].clone(),
+            sample: p.sample,
+            reason,
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The sequential side of the loader: turning the plan into jobs (one per batch), padded or
+//! packed. Cheap: it reads sequence lengths from the index, never token data.
+
+use crate::collate::{DocRef, Pool, PooledBuf};
+use crate::error::{Error, Result};
+use crate::order::{Planner, Row};
+use crate::shard::Dataset;
+use crate::transform::{BadSamplePolicy, Shape, TransformConfig};
+
+/// One piece of work: the rows (padded) or document pieces (packed) of one batch.
+pub(crate) struct Job {
+    /// The loader's batch index (equal to the plan step when padding).
+    pub batch: u64,
+    pub rows: usize,
+    pub packed: bool,
+    /// Padded: one per row, `len` filled in by the worker. Packed: the pieces, with lengths.
+    pub pieces: PooledBuf<DocRef>,
+    /// Where the stream stands once this batch is delivered.
+    pub after: Position,
+}
+
+/// The stream position after a batch: the plan step to resume the planner at, and when packing
+/// the rows of that step already consumed and the tokens of the next row's document already
+/// emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// Batches delivered.
+    pub batches: u64,
+    /// The plan step to resume the planner at.
+    pub plan_step: u64,
+    /// Packing: rows of `plan_step` consumed.
+    pub rows_taken: u64,
+    /// Packing: tokens of the next row's document already emitted.
+    pub doc_offset: u64,
+}
+
+/// Makes jobs from a planner.
+pub(crate) struct Scheduler {
+    pub planner: Planner,
+    pub pool: Pool,
+    pub datasets: Vec<Dataset>,
+    pub transform: TransformConfig,
+    pub seq_len: usize,
+    pub local_batch: usize,
+    pub pack: Option<Packer>,
+    pub batch: u64,
+    rows: Vec<Row>,
+    scratch: Vec<DocRef>,
+}
+
+/// The packer's place in the plan's rows.
+pub(crate) struct Packer {
+    rows: Vec<Row>,
+    plan_step: u64,
+    next: usize,
+    offset: usize,
+    fresh: bool,
+}
+
+impl Packer {
+    /// A packer at `rows_taken` rows and `doc_offset` tokens into the planner's next step.
+    pub fn at(rows_taken: u64, doc_offset: u64) -> Self {
+        Packer {
+            rows: Vec::new(),
+            plan_step: 0,
+            next: rows_taken as usize,
+            offset: doc_offset as usize,
+            fresh: true,
+        }
+    }
+}
+
+impl Scheduler {
+    pub fn new(
+        planner: Planner,
+        pool: Pool,
+        datasets: Vec<Dataset>,
+        transform: TransformConfig,
+        seq_len: usize,
+        pack: Option<Packer>,
+        batch: u64,
+    ) -> Self {
+        let local_batch = planner.plan().config().local_batch;
+        Scheduler {
+            planner,
+            pool,
+            datasets,
+            transform,
+            seq_len,
+            local_batch,
+            pack,
+            batch,
+            rows: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The next job, `None` at the end of the stream.
+    pub fn next_job(&mut self) -> Result<Option<Job>> {
+        let job = if self.pack.is_some() {
+            self.next_packed()?
+        } else {
+            self.next_padded()
+        };
+        if job.is_some() {
+            self.batch += 1;
+        }
+        Ok(job)
+    }
+
+    fn next_padded(&mut self) -> Option<Job> {
+        if !self.planner.next_rows(&mut self.rows) {
+            return None;
+        }
+        let mut pieces = self.pool.take::<DocRef>(self.rows.len());
+        for (r, (row, piece)) in self.rows.iter().zip(pieces.iter_mut()).enumerate() {
+            *piece = DocRef {
+                sample: row.sample,
+                epoch: row.epoch,
+                dataset: row.dataset,
+                row: r as u32,
+                ..DocRef::default()
+            };
+        }
+        let after = Position {
+            batches: self.batch + 1,
+            plan_step: self.planner.step(),
+            rows_taken: 0,
+            doc_offset: 0,
+        };
+        Some(Job {
+            batch: self.batch,
+            rows: self.rows.len(),
+            packed: false,
+            pieces,
+            after,
+        })
+    }
+
+    /// Fills up to `local_batch` rows of `seq_len` tokens with document pieces.
+    fn next_packed(&mut self) -> Result<Option<Job>> {
+        let Scheduler {
+            planner,
+            pool,
+            datasets,
+            transform,
+            pack,
+            scratch: out,
+            batch,
+            ..
+        } = self;
+        let batch = *batch;
+        let (b, t) = (self.local_batch, self.seq_len);
+        out.clear();
+        let mut any = false;
+        let mut used_rows = 0;
+        let p = pack.as_mut().expect("next_packed runs only when packing");
+        'rows: for row in 0..b {
+            let mut col = 0;
+            while col < t {
+                if p.fresh || p.next == p.rows.len() {
+                    if !p.fresh {
+                        p.next = 0;
+                        p.offset = 0;
+                    }
+                    p.plan_step = planner.step();
+                    if !planner.next_rows(&mut p.rows) {
+                        break 'rows;
+                    }
+                    p.fresh = false;
+                    if p.next >= p.rows.len() {
+                        // Resumed at the end of a step: that step is spent.
+                        p.next = p.rows.len();
+                        continue;
+                    }
+                }
+                any = true;
+                let r = p.rows[p.next];
+                let (doc_len, flags) =
+                    doc_len(datasets, transform, &r).map_err(|reason| Error::Sample {
+                        step: batch,
+                        dataset: planner.plan().names()[r.dataset as usize].clone(),
+                        sample: r.sample,
+                        reason,
+                    })?;
+                let take = (doc_len - p.offset).min(t - col);
+                if take > 0 || (p.offset == 0 && flags != 0) {
+                    out.push(DocRef {
+                        sample: r.sample,
+                        epoch: r.epoch,
+                        dataset: r.dataset,
+                        row: row as u32,
+                        start: col as u32,
+                        len: take as u32,
+                        doc_offset: p.offset as u32,
+                        flags,
+                    });
+                }
+                used_rows = row + 1;
+                col += take;
+                p.offset += take;
+                if p.offset == doc_len {
+                    p.next += 1;
+                    p.offset = 0;
+                }
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        let mut pieces = pool.take::<DocRef>(out.len());
+        pieces.copy_from_slice(out);
+        let after = Position {
+            batches: batch + 1,
+            plan_step: p.plan_step,
+            rows_taken: p.next as u64,
+            doc_offset: p.offset as u64,
+        };
+        Ok(Some(Job {
+            batch,
+            rows: used_rows,
+            packed: true,
+            pieces,
+            after,
+        }))
+    }
+}
+
+/// The transformed length of a row's document when packing, with its flags; a document the
+/// policies drop or skip has length 0. The skip limit is enforced where batches are delivered.
+fn doc_len(datasets: &[Dataset], t: &TransformConfig, r: &Row) -> Result<(usize, u32), String> {
+    let raw = datasets[r.dataset as usize]
+        .sequence_len(r.sample as usize)
+        .ok_or_else(|| format!("sample {} is outside the dataset", r.sample))?;
+    match t.shape(raw, t.max_len.unwrap_or(usize::MAX)) {
+        Ok(Shape::Keep { content, truncated }) => Ok((
+            content + t.extra(),
+            if truncated { DocRef::TRUNCATED } else { 0 },
+        )),
+        Ok(Shape::Dropped) => Ok((0, DocRef::DROPPED)),
+        Err(reason) => match t.bad_samples {
+            BadSamplePolicy::Error => Err(reason),
+            BadSamplePolicy::Skip { .. } => Ok((0, DocRef::SKIPPED)),
+        },
+    }
+}

@@ -1,0 +1,686 @@
+//! The loader: a sequential planner thread, worker threads that decode, transform and collate
+//! whole batches in parallel, a reorder buffer that hands batches out in plan order, and the
+//! checkpoint state of exactly what the caller has received.
+//!
+//! ```text
+//! planner ──jobs──▶ workers ×N ──staged+prepared──▶ reorder ──upload──▶ caller
+//!    ▲                                                 │
+//!    └──────────────── tickets (prefetch) ◀────────────┘
+//! ```
+//!
+//! The planner takes a ticket before it plans a batch and the caller returns one when it
+//! receives a batch, so at most `prefetch` batches exist beyond the caller's. Worker count is a
+//! performance knob only: the stream is the same with 0 workers (everything on the caller's
+//! thread) or 16.
+
+mod build;
+mod job;
+mod state;
+
+pub use state::*;
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+
+use crate::collate::{CollateConfig, Pool};
+use crate::device::{DeviceSink, HostSink};
+use crate::error::{Error, Result};
+use crate::order::{DatasetSpec, OrderConfig, Plan, Planner, ResumeOptions};
+use crate::shard::{Dataset, TokenId};
+use crate::transform::{BadSamplePolicy, TransformConfig, UserTransform};
+use build::{Builder, Current, Skip};
+use job::{Job, Packer, Scheduler};
+
+/// A named dataset with its mixture weight.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// Unique name; checkpoints key state by it.
+    pub name: String,
+    /// The shards.
+    pub data: Dataset,
+    /// Mixture weight (finite, positive; normalized over the sources).
+    pub weight: f64,
+}
+
+impl Source {
+    /// A source named `name` over `data` with weight `weight`.
+    pub fn new(name: impl Into<String>, data: Dataset, weight: f64) -> Self {
+        Source {
+            name: name.into(),
+            data,
+            weight,
+        }
+    }
+}
+
+/// Builds a [`Loader`]: `LoaderBuilder::new(sources).with_workers(2).build_host()`.
+pub struct LoaderBuilder<T: TokenId> {
+    sources: Vec<Source>,
+    order: OrderConfig,
+    collate: CollateConfig,
+    transform: TransformConfig,
+    user: Vec<UserTransform<T>>,
+    workers: usize,
+    prefetch: usize,
+    watchdog: Duration,
+    resume: Option<(LoaderState, ResumeOptions)>,
+}
+
+impl<T: TokenId> LoaderBuilder<T> {
+    /// A builder over `sources` with default order, collation and transforms, 2 workers and a
+    /// prefetch depth of 4.
+    pub fn new(sources: Vec<Source>) -> Self {
+        LoaderBuilder {
+            sources,
+            order: OrderConfig::default(),
+            collate: CollateConfig::default(),
+            transform: TransformConfig::default(),
+            user: Vec::new(),
+            workers: 2,
+            prefetch: 4,
+            watchdog: Duration::from_secs(30),
+            resume: None,
+        }
+    }
+
+    /// The order: seed, shuffle, mixture, partition, rank and world, local batch size, limit.
+    pub fn with_order(mut self, order: OrderConfig) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Padding or packing, sequence length, optional fields.
+    pub fn with_collate(mut self, collate: CollateConfig) -> Self {
+        self.collate = collate;
+        self
+    }
+
+    /// Truncation, BOS/EOS, bad-sample policy.
+    pub fn with_transform(mut self, transform: TransformConfig) -> Self {
+        self.transform = transform;
+        self
+    }
+
+    /// Appends a user transform to the chain (not available with packing).
+    pub fn with_user_transform(
+        mut self,
+        f: impl Fn(&crate::transform::SampleInfo<'_>, &mut Vec<T>) -> Result<(), String>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.user.push(Arc::new(f));
+        self
+    }
+
+    /// Worker threads; 0 builds batches on the caller's thread.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Batches planned ahead of the caller at most (at least 1).
+    pub fn with_prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// How long the caller may wait for a batch before the loader logs a warning (it keeps
+    /// waiting: a slow disk is not an error).
+    pub fn with_watchdog(mut self, watchdog: Duration) -> Self {
+        self.watchdog = watchdog;
+        self
+    }
+
+    /// Continues the stream that `state` was taken from.
+    pub fn resume(self, state: LoaderState) -> Self {
+        self.resume_with(state, ResumeOptions::default())
+    }
+
+    /// Continues the stream that `state` was taken from, with `options` for changed datasets.
+    pub fn resume_with(mut self, state: LoaderState, options: ResumeOptions) -> Self {
+        self.resume = Some((state, options));
+        self
+    }
+
+    /// Builds a loader whose batches are padded host [`crate::collate::Batch`]es.
+    ///
+    /// # Errors
+    ///
+    /// As [`LoaderBuilder::build`].
+    pub fn build_host(self) -> Result<Loader<T, HostSink>> {
+        self.build(HostSink)
+    }
+
+    /// Builds the loader and starts its threads.
+    ///
+    /// # Errors
+    ///
+    /// The plan's construction errors ([`OrderConfig::init`]); [`Error::Config`] for a bad
+    /// collate or transform configuration; [`Error::Resume`] when the resumed state does not fit
+    /// this configuration.
+    pub fn build<S: DeviceSink<T>>(self, sink: S) -> Result<Loader<T, S>> {
+        let LoaderBuilder {
+            sources,
+            order,
+            collate,
+            transform,
+            user,
+            workers,
+            prefetch,
+            watchdog,
+            resume,
+        } = self;
+        collate.check()?;
+        transform.check_ids::<T>(collate.pad_id)?;
+        if collate.pack && !user.is_empty() {
+            return Err(Error::Config(
+                "user transforms cannot be combined with packing: the packer lays documents out \
+                 from their stored lengths before any worker sees them"
+                    .into(),
+            ));
+        }
+        if prefetch == 0 {
+            return Err(Error::Config(
+                "the prefetch depth must be at least 1".into(),
+            ));
+        }
+        let specs = sources
+            .iter()
+            .map(|s| DatasetSpec::new(&s.name, s.data.len() as u64, s.weight))
+            .collect();
+        let (rank, world) = (order.rank, order.world);
+        let plan = Arc::new(order.init(specs)?);
+        let (planner, shadow, position, skips) = match &resume {
+            None => {
+                let p = Position {
+                    batches: 0,
+                    plan_step: 0,
+                    rows_taken: 0,
+                    doc_offset: 0,
+                };
+                (
+                    Planner::new(plan.clone()),
+                    Planner::new(plan.clone()),
+                    p,
+                    BTreeMap::new(),
+                )
+            }
+            Some((state, options)) => {
+                check_resume(state, &collate, &transform, rank, world)?;
+                let planner = Planner::resume(plan.clone(), &state.cursor, *options)?;
+                let shadow = Planner::resume(plan.clone(), &state.cursor, *options)?;
+                let names = plan.names();
+                let skips = state
+                    .skips
+                    .iter()
+                    .filter_map(|s| {
+                        let d = names.iter().position(|n| *n == s.dataset)?;
+                        Some(((d as u32, s.epoch), s.skipped))
+                    })
+                    .collect();
+                (planner, shadow, state.position, skips)
+            }
+        };
+        let pool = Pool::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let datasets: Vec<Dataset> = sources.into_iter().map(|s| s.data).collect();
+        let builder = Arc::new(Builder::new(
+            datasets.clone(),
+            plan.names().to_vec(),
+            transform.clone(),
+            user,
+            collate.clone(),
+            pool.clone(),
+            stop.clone(),
+        ));
+        let packer = collate
+            .pack
+            .then(|| Packer::at(position.rows_taken, position.doc_offset));
+        let scheduler = Scheduler::new(
+            planner,
+            pool.clone(),
+            datasets,
+            transform.clone(),
+            collate.seq_len,
+            packer,
+            position.batches,
+        );
+        let sink = Arc::new(sink);
+        let busy = Arc::new(AtomicU64::new(0));
+        let planned = Arc::new(AtomicU64::new(position.batches));
+        let mode = if workers == 0 {
+            Mode::Inline {
+                scheduler: Box::new(scheduler),
+                scratch: Vec::new(),
+            }
+        } else {
+            spawn(
+                scheduler, &builder, &sink, workers, prefetch, &busy, &planned,
+            )
+        };
+        Ok(Loader {
+            sink,
+            builder,
+            plan,
+            shadow,
+            position,
+            skips,
+            stats: LoaderStats::default(),
+            busy,
+            planned,
+            mode,
+            stop,
+            done: false,
+            watchdog,
+            rank,
+            collate,
+            transform,
+        })
+    }
+}
+
+fn check_resume(
+    state: &LoaderState,
+    collate: &CollateConfig,
+    transform: &TransformConfig,
+    rank: usize,
+    world: usize,
+) -> Result<()> {
+    if state.collate != *collate {
+        return Err(Error::Resume(format!(
+            "the collate configuration changed (was {:?}, is {:?}); the batches would change",
+            state.collate, collate
+        )));
+    }
+    if state.transform != *transform {
+        return Err(Error::Resume(format!(
+            "the transform configuration changed (was {:?}, is {:?}); the samples would change",
+            state.transform, transform
+        )));
+    }
+    if collate.pack && (state.rank != rank || state.cursor.world != world) {
+        return Err(Error::Resume(format!(
+            "a packed stream belongs to its rank: the state is rank {} of {}, the loader rank {} \
+             of {}",
+            state.rank, state.cursor.world, rank, world
+        )));
+    }
+    Ok(())
+}
+
+/// What a batch's build produced besides the prepared batch.
+struct Info {
+    rows: usize,
+    real: usize,
+    padded: usize,
+    skips: Vec<Skip>,
+    after: Position,
+}
+
+type Outcome<P> = Result<(P, Info)>;
+
+enum Msg<P> {
+    Done { batch: u64, outcome: Outcome<P> },
+    End { batches: u64 },
+}
+
+enum Mode<T: TokenId, S: DeviceSink<T>> {
+    Inline {
+        scheduler: Box<Scheduler>,
+        scratch: Vec<T>,
+    },
+    Threads {
+        tickets: Option<Sender<()>>,
+        results: Option<Receiver<Msg<S::Prepared>>>,
+        ready: BTreeMap<u64, Outcome<S::Prepared>>,
+        end: Option<u64>,
+        threads: Vec<JoinHandle<()>>,
+    },
+}
+
+/// Builds a batch on the current thread: staged by the builder, prepared by the sink.
+fn make<T: TokenId, S: DeviceSink<T>>(
+    builder: &Builder<T>,
+    sink: &S,
+    job: Job,
+    scratch: &mut Vec<T>,
+) -> Outcome<S::Prepared> {
+    let batch = job.batch;
+    let after = job.after;
+    let mut current: Current = None;
+    let mut skips = Vec::new();
+    let run = catch_unwind(AssertUnwindSafe(|| -> Outcome<S::Prepared> {
+        let staged = builder.build(job, &mut current, scratch, &mut skips)?;
+        let (rows, real, padded) = (
+            staged.rows,
+            staged.real_tokens(),
+            staged.rows * staged.width,
+        );
+        let prepared = sink.prepare(staged, &builder.collate, &builder.pool)?;
+        Ok((
+            prepared,
+            Info {
+                rows,
+                real,
+                padded,
+                skips: std::mem::take(&mut skips),
+                after,
+            },
+        ))
+    }));
+    run.unwrap_or_else(|panic| {
+        let (dataset, sample) = match current {
+            Some((d, s)) => (builder.names[d as usize].clone(), s),
+            None => ("-".into(), 0),
+        };
+        Err(Error::WorkerPanic {
+            step: batch,
+            dataset,
+            sample,
+            message: panic_message(&panic),
+        })
+    })
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+fn spawn<T: TokenId, S: DeviceSink<T>>(
+    mut scheduler: Scheduler,
+    builder: &Arc<Builder<T>>,
+    sink: &Arc<S>,
+    workers: usize,
+    prefetch: usize,
+    busy: &Arc<AtomicU64>,
+    planned: &Arc<AtomicU64>,
+) -> Mode<T, S> {
+    let (ticket_tx, ticket_rx) = bounded::<()>(prefetch);
+    for _ in 0..prefetch {
+        ticket_tx
+            .send(())
+            .expect("the ticket channel holds `prefetch` tickets");
+    }
+    let (job_tx, job_rx) = bounded::<Job>(prefetch);
+    let (res_tx, res_rx) = unbounded::<Msg<S::Prepared>>();
+    let mut threads = Vec::with_capacity(workers + 1);
+    {
+        let res_tx = res_tx.clone();
+        let planned = planned.clone();
+        let stop = builder.stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("shardflow-planner".into())
+                .spawn(move || {
+                    while ticket_rx.recv().is_ok() && !stop.load(Ordering::Relaxed) {
+                        let batch = scheduler.batch;
+                        let next = catch_unwind(AssertUnwindSafe(|| scheduler.next_job()))
+                            .unwrap_or_else(|panic| {
+                                Err(Error::WorkerPanic {
+                                    step: batch,
+                                    dataset: "-".into(),
+                                    sample: 0,
+                                    message: format!("in the planner: {}", panic_message(&panic)),
+                                })
+                            });
+                        match next {
+                            Ok(Some(job)) => {
+                                planned.fetch_add(1, Ordering::Relaxed);
+                                if job_tx.send(job).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {
+                                let _ = res_tx.send(Msg::End {
+                                    batches: scheduler.batch,
+                                });
+                                return;
+                            }
+                            Err(e) => {
+                                let _ = res_tx.send(Msg::Done {
+                                    batch,
+                                    outcome: Err(e),
+                                });
+                                return;
+                            }
+                        }
+                    }
+                })
+                .expect("spawning the planner thread"),
+        );
+    }
+    for w in 0..workers {
+        let job_rx = job_rx.clone();
+        let res_tx = res_tx.clone();
+        let builder = builder.clone();
+        let sink = sink.clone();
+        let busy = busy.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("shardflow-worker-{w}"))
+                .spawn(move || {
+                    let mut scratch = Vec::new();
+                    while let Ok(job) = job_rx.recv() {
+                        let start = Instant::now();
+                        let batch = job.batch;
+                        let outcome = make(&builder, &*sink, job, &mut scratch);
+                        busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        if res_tx.send(Msg::Done { batch, outcome }).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawning a loader worker thread"),
+        );
+    }
+    Mode::Threads {
+        tickets: Some(ticket_tx),
+        results: Some(res_rx),
+        ready: BTreeMap::new(),
+        end: None,
+        threads,
+    }
+}
+
+/// A stream of batches in plan order, ending when the plan's stream limit is reached.
+///
+/// `next()` returns `Some(Err(..))` once for a failed batch (naming the batch, dataset and
+/// sample) and `None` after it. Dropping the loader stops and joins its threads.
+pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
+    sink: Arc<S>,
+    builder: Arc<Builder<T>>,
+    plan: Arc<Plan>,
+    shadow: Planner,
+    position: Position,
+    skips: BTreeMap<(u32, u64), u64>,
+    stats: LoaderStats,
+    busy: Arc<AtomicU64>,
+    planned: Arc<AtomicU64>,
+    mode: Mode<T, S>,
+    stop: Arc<AtomicBool>,
+    done: bool,
+    watchdog: Duration,
+    rank: usize,
+    collate: CollateConfig,
+    transform: TransformConfig,
+}
+
+impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
+    /// The plan the loader follows.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    /// The state after the batches the caller has received (not those prefetched).
+    pub fn state(&self) -> LoaderState {
+        let names = self.plan.names();
+        LoaderState {
+            version: LoaderState::VERSION,
+            cursor: self.shadow.cursor(),
+            position: self.position,
+            rank: self.rank,
+            collate: self.collate.clone(),
+            transform: self.transform.clone(),
+            skips: self
+                .skips
+                .iter()
+                .map(|(&(d, epoch), &skipped)| SkipCount {
+                    dataset: names[d as usize].clone(),
+                    epoch,
+                    skipped,
+                })
+                .collect(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> LoaderStats {
+        let mut s = self.stats.clone();
+        s.worker_busy = Duration::from_nanos(self.busy.load(Ordering::Relaxed));
+        s.queue_depth = self
+            .planned
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.position.batches) as usize;
+        s.pool = self.builder.pool.stats();
+        s
+    }
+
+    fn fail(&mut self, e: Error) -> Option<Result<S::Output>> {
+        self.done = true;
+        Some(Err(e))
+    }
+
+    /// Accounts for a built batch in plan order and uploads it.
+    fn deliver(&mut self, outcome: Outcome<S::Prepared>) -> Option<Result<S::Output>> {
+        let (prepared, info) = match outcome {
+            Ok(x) => x,
+            Err(e) => return self.fail(e),
+        };
+        for skip in &info.skips {
+            let count = self.skips.entry((skip.dataset, skip.epoch)).or_default();
+            *count += 1;
+            self.stats.skipped += 1;
+            if let BadSamplePolicy::Skip { max_per_epoch } = self.transform.bad_samples
+                && *count > max_per_epoch
+            {
+                let e = Error::SkipLimit {
+                    step: self.position.batches,
+                    dataset: self.plan.names()[skip.dataset as usize].clone(),
+                    epoch: skip.epoch,
+                    limit: max_per_epoch,
+                    sample: skip.sample,
+                    reason: skip.reason.clone(),
+                };
+                return self.fail(e);
+            }
+        }
+        self.position = info.after;
+        self.shadow.skip_to(info.after.plan_step);
+        self.stats.batches += 1;
+        self.stats.rows += info.rows as u64;
+        self.stats.real_tokens += info.real as u64;
+        self.stats.padded_tokens += info.padded as u64;
+        match self.sink.upload(prepared) {
+            Ok(out) => Some(Ok(out)),
+            Err(e) => self.fail(e),
+        }
+    }
+}
+
+impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
+    type Item = Result<S::Output>;
+
+    fn next(&mut self) -> Option<Result<S::Output>> {
+        if self.done {
+            return None;
+        }
+        let start = Instant::now();
+        let want = self.position.batches;
+        let outcome = match &mut self.mode {
+            Mode::Inline { scheduler, scratch } => match scheduler.next_job() {
+                Ok(Some(job)) => {
+                    self.planned.fetch_add(1, Ordering::Relaxed);
+                    make(&self.builder, &*self.sink, job, scratch)
+                }
+                Ok(None) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => Err(e),
+            },
+            Mode::Threads {
+                tickets,
+                results,
+                ready,
+                end,
+                ..
+            } => loop {
+                if let Some(outcome) = ready.remove(&want) {
+                    if let Some(t) = tickets.as_ref() {
+                        let _ = t.send(());
+                    }
+                    break outcome;
+                }
+                if *end == Some(want) {
+                    self.done = true;
+                    return None;
+                }
+                let rx = results
+                    .as_ref()
+                    .expect("results are open while the loader lives");
+                match rx.recv_timeout(self.watchdog) {
+                    Ok(Msg::Done { batch, outcome }) => {
+                        ready.insert(batch, outcome);
+                    }
+                    Ok(Msg::End { batches }) => *end = Some(batches),
+                    Err(RecvTimeoutError::Timeout) => tracing::warn!(
+                        batch = want,
+                        waited_s = start.elapsed().as_secs_f64(),
+                        ready = ready.len(),
+                        "no batch has arrived for a while; still waiting"
+                    ),
+                    Err(RecvTimeoutError::Disconnected) => {
+                        break Err(Error::Config(format!(
+                            "the loader threads stopped before batch {want} was built"
+                        )));
+                    }
+                }
+            },
+        };
+        let out = self.deliver(outcome);
+        self.stats.wait += start.elapsed();
+        out
+    }
+}
+
+impl<T: TokenId, S: DeviceSink<T>> Drop for Loader<T, S> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Mode::Threads {
+            tickets,
+            results,
+            ready,
+            threads,
+            ..
+        } = &mut self.mode
+        {
+            tickets.take();
+            results.take();
+            ready.clear();
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
