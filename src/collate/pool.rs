@@ -70,31 +70,29 @@ impl Pool {
         let bytes = len * size_of::<T>();
         let lines = bytes.div_ceil(64).max(1);
         let mut shared = self.lock();
-        // Best fit: the smallest idle buffer that is large enough, else the largest to grow.
+        // The smallest idle buffer that is large enough; else a new one, its size rounded up to
+        // a power of two so that it also serves later, slightly larger requests.
         let pick = shared
             .free
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= lines)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i)
-            .or_else(|| (0..shared.free.len()).max_by_key(|&i| shared.free[i].capacity()));
-        // Growing a buffer copies what it holds; a fresh one is as good when nothing fits.
-        let mut buf = match pick {
-            Some(i) => shared.free.swap_remove(i),
-            None => Vec::new(),
+            .filter(|(_, b)| b.len() >= lines)
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i);
+        let buf = match pick {
+            Some(i) => {
+                let buf = shared.free.swap_remove(i);
+                shared.stats.reuses += 1;
+                shared.stats.idle_bytes -= (buf.len() * 64) as u64;
+                buf
+            }
+            None => {
+                shared.stats.allocations += 1;
+                vec![Line([0; 64]); lines.next_power_of_two()]
+            }
         };
-        if buf.capacity() >= lines {
-            shared.stats.reuses += 1;
-        } else {
-            shared.stats.allocations += 1;
-        }
         shared.stats.idle = shared.free.len() as u64;
-        shared.stats.idle_bytes -= (buf.capacity() * 64) as u64;
         drop(shared);
-        if buf.len() < lines {
-            buf.resize(lines, Line([0; 64]));
-        }
         PooledBuf {
             lines: buf,
             len,
@@ -106,7 +104,7 @@ impl Pool {
     fn give_back(&self, lines: Vec<Line>) {
         let mut shared = self.lock();
         if shared.free.len() < MAX_IDLE {
-            shared.stats.idle_bytes += (lines.capacity() * 64) as u64;
+            shared.stats.idle_bytes += (lines.len() * 64) as u64;
             shared.free.push(lines);
             shared.stats.idle = shared.free.len() as u64;
         }

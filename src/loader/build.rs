@@ -50,15 +50,16 @@ impl<T: TokenId> Builder<T> {
         stop: Arc<AtomicBool>,
     ) -> Self {
         let id = |v: Option<i64>| v.and_then(|v| T::try_from(v).ok());
-        let cap = transform.max_len.unwrap_or(collate.seq_len);
+        // Packed documents are cut across rows, so only an explicit maximum caps them (as in the
+        // packer); padded rows are capped by the row length too.
+        let max_len = match (collate.pack, transform.max_len) {
+            (true, cap) => cap.unwrap_or(usize::MAX),
+            (false, cap) => cap.unwrap_or(collate.seq_len).min(collate.seq_len),
+        };
         Builder {
             bos: id(transform.bos),
             eos: id(transform.eos),
-            max_len: if collate.pack {
-                cap
-            } else {
-                cap.min(collate.seq_len)
-            },
+            max_len,
             datasets,
             names,
             transform,

@@ -1,0 +1,711 @@
+//! The loader: exact batch contents, exact resume, partitions, policies, threads, memory.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{lengths, mixture, token, write_dataset};
+use shardflow::Error;
+use shardflow::collate::{Batch, CollateConfig, DocRef, Padding};
+use shardflow::loader::{Loader, LoaderBuilder, LoaderState, Source};
+use shardflow::order::{MixtureMode, OrderConfig, Shuffle, StreamLimit};
+use shardflow::transform::{BadSamplePolicy, TransformConfig, TruncatePolicy};
+
+type HostLoader = Loader<i32>;
+
+fn builder(sources: Vec<Source>, order: OrderConfig, collate: CollateConfig) -> LoaderBuilder<i32> {
+    LoaderBuilder::new(sources)
+        .with_order(order)
+        .with_collate(collate)
+}
+
+fn take(loader: &mut HostLoader, n: usize) -> Vec<Vec<u8>> {
+    loader
+        .by_ref()
+        .take(n)
+        .map(|b| b.unwrap().to_bytes())
+        .collect()
+}
+
+/// The real tokens of each row, as ids.
+fn rows(b: &Batch<i32>) -> Vec<Vec<i32>> {
+    (0..b.rows)
+        .map(|r| b.ids_row(r)[..b.lengths[r] as usize].to_vec())
+        .collect()
+}
+
+fn collate(padding: Padding, pack: bool) -> CollateConfig {
+    CollateConfig {
+        seq_len: 32,
+        padding,
+        pack,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn padded_batch_holds_exact_ids_labels_positions_and_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), "d", 0, &[3, 1, 4]);
+    let order = OrderConfig {
+        shuffle: Shuffle::None,
+        local_batch: 3,
+        ..Default::default()
+    };
+    let cfg = CollateConfig {
+        seq_len: 8,
+        padding: Padding::Multiple(4),
+        pad_id: -1,
+        ..Default::default()
+    };
+    let mut loader = builder(vec![Source::new("d", data, 1.0)], order, cfg)
+        .with_workers(1)
+        .build_host()
+        .unwrap();
+    let b = loader.next().unwrap().unwrap();
+    let t = |s, j| token(0, s, j) as i32;
+    assert_eq!((b.rows, b.width), (3, 4));
+    assert_eq!(
+        &b.ids[..],
+        &[
+            t(0, 0),
+            t(0, 1),
+            t(0, 2),
+            -1,
+            t(1, 0),
+            -1,
+            -1,
+            -1,
+            t(2, 0),
+            t(2, 1),
+            t(2, 2),
+            t(2, 3)
+        ]
+    );
+    assert_eq!(&b.lengths[..], &[3, 1, 4]);
+    assert_eq!(
+        &b.attention_mask.as_ref().unwrap()[..],
+        &[1, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1, 1]
+    );
+    assert_eq!(
+        &b.labels.as_ref().unwrap()[..],
+        &[
+            t(0, 1),
+            t(0, 2),
+            -100,
+            -100,
+            -100,
+            -100,
+            -100,
+            -100,
+            t(2, 1),
+            t(2, 2),
+            t(2, 3),
+            -100
+        ]
+    );
+    assert_eq!(
+        &b.position_ids.as_ref().unwrap()[..],
+        &[0, 1, 2, 0, 0, 0, 0, 0, 0, 1, 2, 3]
+    );
+    assert!(b.cu_seqlens.is_none());
+    let docs: Vec<(u32, u64)> = b.docs.iter().map(|d| (d.dataset, d.sample)).collect();
+    assert_eq!(docs, [(0, 0), (0, 1), (0, 2)]);
+}
+
+#[test]
+fn packed_batches_cut_documents_and_carry_the_remainder() {
+    let dir = tempfile::tempdir().unwrap();
+    // Documents of 3, 5 and 2 tokens, EOS 9 after each: 4 + 6 + 3 = 13 tokens per epoch.
+    let data = write_dataset(dir.path(), "d", 0, &[3, 5, 2]);
+    let order = OrderConfig {
+        shuffle: Shuffle::None,
+        local_batch: 2,
+        ..Default::default()
+    };
+    let cfg = CollateConfig {
+        seq_len: 4,
+        pack: true,
+        ..Default::default()
+    };
+    let transform = TransformConfig {
+        eos: Some(9),
+        ..Default::default()
+    };
+    let make = || {
+        builder(
+            vec![Source::new("d", data.clone(), 1.0)],
+            order.clone(),
+            cfg.clone(),
+        )
+        .with_transform(transform.clone())
+        .with_workers(0)
+    };
+    let mut loader = make().build_host().unwrap();
+    let t = |s, j| token(0, s, j) as i32;
+    let b0 = loader.next().unwrap().unwrap();
+    assert_eq!(
+        rows(&b0),
+        [
+            vec![t(0, 0), t(0, 1), t(0, 2), 9],
+            vec![t(1, 0), t(1, 1), t(1, 2), t(1, 3)]
+        ]
+    );
+    assert_eq!(
+        &b0.position_ids.as_ref().unwrap()[..],
+        &[0, 1, 2, 3, 0, 1, 2, 3]
+    );
+    assert_eq!(&b0.cu_seqlens.as_ref().unwrap()[..], &[0, 4, 8]);
+    assert_eq!(
+        &b0.labels.as_ref().unwrap()[..],
+        &[t(0, 1), t(0, 2), 9, -100, t(1, 1), t(1, 2), t(1, 3), -100]
+    );
+    let state = loader.state();
+    assert_eq!(
+        (state.position.rows_taken, state.position.doc_offset),
+        (1, 4)
+    );
+    let b1 = loader.next().unwrap().unwrap();
+    // The cut document continues (positions restart per piece), then the next one, then the
+    // next epoch begins.
+    assert_eq!(
+        rows(&b1),
+        [
+            vec![t(1, 4), 9, t(2, 0), t(2, 1)],
+            vec![9, t(0, 0), t(0, 1), t(0, 2)]
+        ]
+    );
+    assert_eq!(
+        &b1.position_ids.as_ref().unwrap()[..],
+        &[0, 1, 0, 1, 0, 0, 1, 2]
+    );
+    assert_eq!(&b1.cu_seqlens.as_ref().unwrap()[..], &[0, 2, 4, 5, 8]);
+    let pieces: Vec<(u64, u32, u32, u32)> = b1
+        .docs
+        .iter()
+        .map(|d| (d.sample, d.row, d.start, d.doc_offset))
+        .collect();
+    assert_eq!(
+        pieces,
+        [(1, 0, 0, 4), (2, 0, 2, 0), (2, 1, 0, 2), (0, 1, 1, 0)]
+    );
+
+    // Resuming from the state after batch 0 gives batch 1 again, exactly.
+    let mut resumed = make().resume(state).build_host().unwrap();
+    assert_eq!(resumed.next().unwrap().unwrap().to_bytes(), b1.to_bytes());
+}
+
+/// A loader over the mixture, optionally resumed.
+fn mixture_loader(
+    sources: &[Source],
+    shuffle: Shuffle,
+    collate: &CollateConfig,
+    workers: usize,
+    state: Option<LoaderState>,
+) -> HostLoader {
+    let order = OrderConfig {
+        seed: 7,
+        shuffle,
+        world: 1,
+        local_batch: 4,
+        ..Default::default()
+    };
+    let transform = TransformConfig {
+        bos: Some(1),
+        eos: Some(2),
+        ..Default::default()
+    };
+    let mut b = builder(sources.to_vec(), order, collate.clone())
+        .with_transform(transform)
+        .with_workers(workers)
+        .with_prefetch(3);
+    if let Some(s) = state {
+        b = b.resume(s);
+    }
+    b.build_host().unwrap()
+}
+
+#[test]
+fn resume_is_exact_for_every_worker_count_shuffle_padding_and_packing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = mixture(dir.path());
+    let paddings = [
+        collate(Padding::Longest, false),
+        collate(Padding::Multiple(8), false),
+        collate(Padding::Fixed, false),
+        collate(Padding::Longest, true),
+    ];
+    for shuffle in [Shuffle::None, Shuffle::Full] {
+        for cfg in &paddings {
+            let whole = take(&mut mixture_loader(&sources, shuffle, cfg, 2, None), 40);
+            assert_eq!(whole.len(), 40);
+            for (workers, resumed_workers, k) in [(0, 3, 7), (1, 0, 13), (3, 1, 26), (3, 3, 1)] {
+                let mut first = mixture_loader(&sources, shuffle, cfg, workers, None);
+                let head = take(&mut first, k);
+                assert_eq!(head, whole[..k], "{shuffle:?} {cfg:?} workers {workers}");
+                // Through a checkpoint file, as a training job would.
+                let path = dir.path().join("ckpt.json");
+                first.state().save(&path).unwrap();
+                drop(first);
+                let state = LoaderState::load(&path).unwrap();
+                let mut second =
+                    mixture_loader(&sources, shuffle, cfg, resumed_workers, Some(state));
+                let tail = take(&mut second, 40 - k);
+                assert_eq!(
+                    tail,
+                    whole[k..],
+                    "{shuffle:?} {cfg:?} {workers}->{resumed_workers} at {k}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn resume_exactly_at_an_epoch_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), "d", 0, &lengths(40, 20, 0));
+    let make = |workers, state: Option<LoaderState>| {
+        let order = OrderConfig {
+            seed: 1,
+            local_batch: 4,
+            ..Default::default()
+        };
+        let mut b = builder(
+            vec![Source::new("d", data.clone(), 1.0)],
+            order,
+            collate(Padding::Longest, false),
+        )
+        .with_workers(workers);
+        if let Some(s) = state {
+            b = b.resume(s);
+        }
+        b.build_host().unwrap()
+    };
+    let whole = take(&mut make(2, None), 25);
+    let mut first = make(1, None);
+    take(&mut first, 10); // 40 samples: exactly one epoch
+    let state = first.state();
+    assert_eq!(state.cursor.datasets["d"].consumed, 40);
+    assert_eq!(take(&mut make(3, Some(state)), 15), whole[10..]);
+}
+
+#[test]
+fn resume_with_world_4_to_2_continues_the_global_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = mixture(dir.path());
+    let cfg = collate(Padding::Longest, false);
+    let rank_loader = |world, rank, local_batch, state: Option<LoaderState>| {
+        let order = OrderConfig {
+            seed: 3,
+            world,
+            rank,
+            local_batch,
+            ..Default::default()
+        };
+        let mut b = builder(sources.clone(), order, cfg.clone()).with_workers(1);
+        if let Some(s) = state {
+            b = b.resume(s);
+        }
+        b.build_host().unwrap()
+    };
+    let steps = 12;
+    // Rows of every step, from world 4 (local batch 2) throughout.
+    let mut four: Vec<HostLoader> = (0..4).map(|r| rank_loader(4, r, 2, None)).collect();
+    let mut global: Vec<Vec<Vec<i32>>> = vec![Vec::new(); steps];
+    for step in global.iter_mut() {
+        for l in four.iter_mut() {
+            step.extend(rows(&l.next().unwrap().unwrap()));
+        }
+    }
+    // World 4 up to step 5, then world 2 (local batch 4) from rank 0's state.
+    let mut before: Vec<HostLoader> = (0..4).map(|r| rank_loader(4, r, 2, None)).collect();
+    for l in before.iter_mut() {
+        take(l, 5);
+    }
+    let state = before[0].state();
+    let mut two: Vec<HostLoader> = (0..2)
+        .map(|r| rank_loader(2, r, 4, Some(state.clone())))
+        .collect();
+    for step in &global[5..] {
+        let mut got = Vec::new();
+        for l in two.iter_mut() {
+            got.extend(rows(&l.next().unwrap().unwrap()));
+        }
+        assert_eq!(&got, step);
+    }
+}
+
+#[test]
+fn one_epoch_over_all_ranks_and_workers_yields_every_sample_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), "d", 0, &lengths(96, 16, 0));
+    let mut seen = Vec::new();
+    for rank in 0..3 {
+        let order = OrderConfig {
+            seed: 9,
+            world: 3,
+            rank,
+            local_batch: 4,
+            limit: StreamLimit::Epochs(1.0),
+            ..Default::default()
+        };
+        let loader = builder(
+            vec![Source::new("d", data.clone(), 1.0)],
+            order,
+            collate(Padding::Longest, false),
+        )
+        .with_workers(rank) // 0, 1 and 2 workers
+        .build_host()
+        .unwrap();
+        for b in loader {
+            let b = b.unwrap();
+            for (r, d) in b.docs.iter().enumerate() {
+                // The row holds exactly that sample's tokens.
+                assert_eq!(b.ids_row(r)[0] as i64, token(0, d.sample as usize, 0));
+                seen.push(d.sample);
+            }
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..96).collect::<Vec<u64>>());
+}
+
+fn dataset_counts(mode: MixtureMode, dir: &std::path::Path) -> (BTreeMap<u32, f64>, u64) {
+    let sources = mixture(dir);
+    let order = OrderConfig {
+        seed: 5,
+        mixture: mode,
+        local_batch: 100,
+        ..Default::default()
+    };
+    let loader = builder(sources, order, collate(Padding::Longest, false))
+        .with_workers(2)
+        .build_host()
+        .unwrap();
+    let mut counts = BTreeMap::new();
+    let mut n = 0;
+    for b in loader.take(100) {
+        for d in b.unwrap().docs.iter() {
+            *counts.entry(d.dataset).or_insert(0.0) += 1.0;
+            n += 1;
+        }
+    }
+    (counts, n)
+}
+
+#[test]
+fn mixture_counts_follow_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = [3.0 / 6.0, 1.0 / 6.0, 2.0 / 6.0];
+    let (counts, n) = dataset_counts(MixtureMode::Deterministic, dir.path());
+    assert_eq!(n, 10_000);
+    for (d, w) in weights.iter().enumerate() {
+        assert!(
+            (counts[&(d as u32)] - w * n as f64).abs() <= 1.0,
+            "{counts:?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (counts, n) = dataset_counts(MixtureMode::Stochastic, dir.path());
+    for (d, w) in weights.iter().enumerate() {
+        assert!(
+            (counts[&(d as u32)] / n as f64 - w).abs() <= 0.02,
+            "{counts:?}"
+        );
+    }
+}
+
+/// Drops `loader` on another thread and fails if that takes longer than `limit`.
+fn drops_within(loader: HostLoader, limit: Duration) -> Duration {
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        drop(loader);
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(limit)
+        .expect("dropping the loader joins its threads promptly");
+    start.elapsed()
+}
+
+#[test]
+fn a_panicking_transform_is_an_error_naming_the_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    for workers in [0, 2] {
+        let order = OrderConfig {
+            shuffle: Shuffle::None,
+            local_batch: 4,
+            ..Default::default()
+        };
+        let mut loader = builder(mixture(dir.path()), order, collate(Padding::Longest, false))
+            .with_workers(workers)
+            .with_user_transform(|info, _ids| {
+                if info.dataset == "code" && info.sample == 3 {
+                    panic!("bad sample");
+                }
+                Ok(())
+            })
+            .build_host()
+            .unwrap();
+        let mut errors = Vec::new();
+        for b in loader.by_ref().take(50) {
+            if let Err(e) = b {
+                errors.push(e);
+            }
+        }
+        assert_eq!(errors.len(), 1);
+        let e = &errors[0];
+        assert!(
+            matches!(e, Error::WorkerPanic { dataset, sample: 3, .. } if dataset == "code"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("dataset code sample 3: bad sample"),
+            "{e}"
+        );
+        assert!(loader.next().is_none(), "the stream ends after the error");
+        drops_within(loader, Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn a_failing_transform_is_an_error_or_a_counted_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), "d", 0, &lengths(20, 10, 0));
+    let make = |policy| {
+        let order = OrderConfig {
+            shuffle: Shuffle::None,
+            local_batch: 5,
+            ..Default::default()
+        };
+        builder(
+            vec![Source::new("d", data.clone(), 1.0)],
+            order,
+            collate(Padding::Longest, false),
+        )
+        .with_transform(TransformConfig {
+            bad_samples: policy,
+            ..Default::default()
+        })
+        .with_user_transform(|info, _| {
+            if info.sample % 10 == 7 {
+                Err("odd one".into())
+            } else {
+                Ok(())
+            }
+        })
+        .with_workers(1)
+        .build_host()
+        .unwrap()
+    };
+    let e = make(BadSamplePolicy::Error).find_map(|b| b.err()).unwrap();
+    assert!(
+        matches!(&e, Error::Sample { step: 1, dataset, sample: 7, .. } if dataset == "d"),
+        "{e}"
+    );
+    assert_eq!(e.to_string(), "batch 1: dataset d sample 7: odd one");
+
+    // Skip: samples 7 and 17 leave empty rows, counted; the limit is per epoch.
+    let mut loader = make(BadSamplePolicy::Skip { max_per_epoch: 2 });
+    let batches: Vec<_> = loader.by_ref().take(8).map(|b| b.unwrap()).collect();
+    assert_eq!(loader.stats().skipped, 4, "two per epoch, two epochs");
+    let b1 = &batches[1];
+    assert_eq!(b1.lengths[2], 0);
+    assert_eq!(b1.docs[2].flags & DocRef::SKIPPED, DocRef::SKIPPED);
+    assert!(b1.ids_row(2).iter().all(|&t| t == 0));
+    let e = make(BadSamplePolicy::Skip { max_per_epoch: 1 })
+        .find_map(|b| b.err())
+        .unwrap();
+    assert!(
+        matches!(
+            &e,
+            Error::SkipLimit {
+                epoch: 0,
+                limit: 1,
+                sample: 17,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("dataset d skipped more than 1 samples in epoch 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn oversized_samples_under_each_truncation_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), "d", 0, &[3, 10, 5]);
+    let run = |truncate, bad_samples| {
+        let order = OrderConfig {
+            shuffle: Shuffle::None,
+            local_batch: 3,
+            ..Default::default()
+        };
+        let cfg = CollateConfig {
+            seq_len: 6,
+            padding: Padding::Fixed,
+            ..Default::default()
+        };
+        let transform = TransformConfig {
+            bos: Some(-7),
+            eos: Some(-8),
+            truncate,
+            bad_samples,
+            ..Default::default()
+        };
+        builder(vec![Source::new("d", data.clone(), 1.0)], order, cfg)
+            .with_transform(transform)
+            .with_workers(0)
+            .build_host()
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let t = |s, j| token(0, s, j) as i32;
+    let b = run(TruncatePolicy::Truncate, BadSamplePolicy::Error).unwrap();
+    assert_eq!(rows(&b)[1], [-7, t(1, 0), t(1, 1), t(1, 2), t(1, 3), -8]);
+    assert_eq!(rows(&b)[0], [-7, t(0, 0), t(0, 1), t(0, 2), -8]);
+    let flags: Vec<u32> = b.docs.iter().map(|d| d.flags).collect();
+    assert_eq!(flags, [0, DocRef::TRUNCATED, DocRef::TRUNCATED]);
+
+    let b = run(TruncatePolicy::Drop, BadSamplePolicy::Error).unwrap();
+    assert_eq!(&b.lengths[..], &[5, 0, 0]);
+    assert_eq!(b.docs[1].flags, DocRef::DROPPED);
+
+    let e = run(TruncatePolicy::Error, BadSamplePolicy::Error).unwrap_err();
+    assert!(matches!(e, Error::Sample { sample: 1, .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("10 tokens (with BOS/EOS: 12) exceed the maximum length 6"),
+        "{e}"
+    );
+
+    let b = run(
+        TruncatePolicy::Error,
+        BadSamplePolicy::Skip { max_per_epoch: 5 },
+    )
+    .unwrap();
+    assert_eq!(&b.lengths[..], &[5, 0, 0]);
+    assert_eq!(b.docs[2].flags, DocRef::SKIPPED);
+}
+
+#[test]
+fn dropping_a_busy_loader_returns_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let order = OrderConfig {
+        local_batch: 8,
+        ..Default::default()
+    };
+    let mut loader = builder(mixture(dir.path()), order, collate(Padding::Longest, false))
+        .with_workers(2)
+        .with_prefetch(16)
+        .with_user_transform(|_, _| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(())
+        })
+        .build_host()
+        .unwrap();
+    loader.next().unwrap().unwrap();
+    // Workers are mid-batch (8 samples x 20 ms each); they stop at the next sample.
+    let took = drops_within(loader, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn steady_state_allocates_no_staging_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    for pack in [false, true] {
+        let order = OrderConfig {
+            local_batch: 8,
+            ..Default::default()
+        };
+        let mut loader = builder(
+            mixture(dir.path()),
+            order,
+            collate(Padding::Multiple(8), pack),
+        )
+        .with_workers(2)
+        .with_prefetch(4)
+        .build_host()
+        .unwrap();
+        take(&mut loader, 50);
+        let warm = loader.stats().pool;
+        take(&mut loader, 300);
+        let after = loader.stats().pool;
+        assert_eq!(
+            after.allocations, warm.allocations,
+            "pack {pack}: {warm:?} -> {after:?}"
+        );
+        assert!(after.reuses > warm.reuses + 300 * 5, "{after:?}");
+        let stats = loader.stats();
+        assert_eq!(stats.batches, 350);
+        assert!(stats.padded_tokens >= stats.real_tokens && stats.real_tokens > 0);
+        assert!(
+            stats.queue_depth <= 4,
+            "memory stays bounded by the prefetch depth"
+        );
+    }
+}
+
+#[test]
+fn resume_with_a_changed_configuration_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = mixture(dir.path());
+    let cfg = collate(Padding::Longest, false);
+    let mut first = mixture_loader(&sources, Shuffle::Full, &cfg, 1, None);
+    take(&mut first, 3);
+    let state = first.state();
+    let order = OrderConfig {
+        seed: 7,
+        shuffle: Shuffle::Full,
+        local_batch: 4,
+        ..Default::default()
+    };
+    let e = builder(
+        sources.clone(),
+        order.clone(),
+        collate(Padding::Fixed, false),
+    )
+    .with_transform(TransformConfig {
+        bos: Some(1),
+        eos: Some(2),
+        ..Default::default()
+    })
+    .resume(state.clone())
+    .build_host()
+    .err()
+    .unwrap();
+    assert!(
+        e.to_string()
+            .starts_with("cannot resume: the collate configuration changed"),
+        "{e}"
+    );
+    let e = builder(sources, OrderConfig { seed: 8, ..order }, cfg)
+        .with_transform(TransformConfig {
+            bos: Some(1),
+            eos: Some(2),
+            ..Default::default()
+        })
+        .resume(state)
+        .build_host()
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("the seed was 7"), "{e}");
+
+    let path = dir.path().join("junk.json");
+    std::fs::write(&path, b"{\"not\": \"a checkpoint\"}").unwrap();
+    let e = LoaderState::load(&path).unwrap_err();
+    assert!(matches!(e, Error::Checkpoint { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("junk.json: not a shardflow loader checkpoint"),
+        "{e}"
+    );
+}
