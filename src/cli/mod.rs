@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch; each command lives in its own file.
 
+mod bench;
 mod cat;
 mod demo;
 mod inspect;
@@ -40,6 +41,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure loader throughput against a memcpy of the same bytes.
+    Bench(bench::BenchArgs),
     /// Print the sample order (dataset, sample, epoch of every row) without reading tokens.
     Plan(plan::PlanArgs),
     /// Print sequences as JSON arrays of token ids, one per line.
@@ -59,6 +62,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Write(w) => write::run(w),
         Command::Inspect { prefixes, json } => inspect::run(&prefixes, json),
         Command::Plan(p) => plan::run(p),
+        Command::Bench(b) => bench::run(b),
         Command::Cat { prefix, range } => cat::run(&prefix, &range),
     }
 }

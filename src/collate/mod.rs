@@ -228,7 +228,9 @@ pub fn pad_host<T: TokenId>(
 ) -> Batch<T> {
     let (b, w) = (staged.rows, staged.width);
     let pad = T::try_from(config.pad_id).unwrap_or_default();
-    let mut ids = pool.take::<T>(b * w);
+    // Every [B, T] buffer is taken within the batch's largest size, B x seq_len.
+    let bound = b * config.seq_len.max(w);
+    let mut ids = pool.take_within::<T>(b * w, bound);
     let mut lengths = pool.take::<u32>(b);
     for r in 0..b {
         let row = staged.row(r);
@@ -238,7 +240,7 @@ pub fn pad_host<T: TokenId>(
         lengths[r] = row.len() as u32;
     }
     let attention_mask = config.attention_mask.then(|| {
-        let mut m = pool.take::<u8>(b * w);
+        let mut m = pool.take_within::<u8>(b * w, bound);
         for r in 0..b {
             let len = lengths[r] as usize;
             m[r * w..r * w + len].fill(1);
@@ -247,7 +249,7 @@ pub fn pad_host<T: TokenId>(
         m
     });
     let labels = config.labels.then(|| {
-        let mut l = pool.take::<T>(b * w);
+        let mut l = pool.take_within::<T>(b * w, bound);
         l.fill(T::IGNORE);
         for d in staged.docs.iter() {
             let at = d.row as usize * w + d.start as usize;
@@ -259,7 +261,7 @@ pub fn pad_host<T: TokenId>(
         l
     });
     let position_ids = config.position_ids.then(|| {
-        let mut p = pool.take::<T>(b * w);
+        let mut p = pool.take_within::<T>(b * w, bound);
         p.fill(T::default());
         for d in staged.docs.iter() {
             let at = d.row as usize * w + d.start as usize;
@@ -276,7 +278,7 @@ pub fn pad_host<T: TokenId>(
             .filter(|d| d.len > 0)
             .map(|d| d.len)
             .collect();
-        let mut cu = pool.take::<i32>(pieces.len() + 1);
+        let mut cu = pool.take_within::<i32>(pieces.len() + 1, 8 * b + 1);
         cu[0] = 0;
         for (i, len) in pieces.iter().enumerate() {
             cu[i + 1] = cu[i] + *len as i32;

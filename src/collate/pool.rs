@@ -67,7 +67,14 @@ impl Pool {
     /// Its contents are unspecified (whatever an earlier batch left): the caller writes every
     /// element it exposes, so no time goes to clearing memory that is about to be overwritten.
     pub fn take<T: Pod>(&self, len: usize) -> PooledBuf<T> {
-        let bytes = len * size_of::<T>();
+        self.take_within(len, len)
+    }
+
+    /// Like [`Pool::take`], from a buffer able to hold `bound` elements: buffers whose lengths
+    /// vary from batch to batch under a known bound all come from one size class, so a steady
+    /// stream reuses them instead of allocating ever larger ones.
+    pub fn take_within<T: Pod>(&self, len: usize, bound: usize) -> PooledBuf<T> {
+        let bytes = len.max(bound) * size_of::<T>();
         let lines = bytes.div_ceil(64).max(1);
         let mut shared = self.lock();
         // The smallest idle buffer that is large enough; else a new one, its size rounded up to

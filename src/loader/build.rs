@@ -103,7 +103,7 @@ impl<T: TokenId> Builder<T> {
         } else {
             rows * self.max_len
         };
-        let mut tokens = self.pool.take::<T>(cap);
+        let mut tokens = self.pool.take_within::<T>(cap, rows * self.max_len);
         let mut offsets = self.pool.take::<u32>(rows + 1);
         let mut pos = 0;
         let mut longest = 0;
@@ -225,7 +225,9 @@ impl<T: TokenId> Builder<T> {
         skips: &mut Vec<Skip>,
     ) -> Result<StagedBatch<T>> {
         let total: usize = job.pieces.iter().map(|p| p.len as usize).sum();
-        let mut tokens = self.pool.take::<T>(total);
+        let mut tokens = self
+            .pool
+            .take_within::<T>(total, job.rows * self.collate.seq_len);
         let mut offsets = self.pool.take::<u32>(job.rows + 1);
         let mut pos = 0;
         let mut row = 0;

@@ -7,6 +7,9 @@ use crate::order::{Planner, Row};
 use crate::shard::Dataset;
 use crate::transform::{BadSamplePolicy, Shape, TransformConfig};
 
+/// Packed pieces per row that the staging pool sizes for (more still work; they allocate).
+pub(crate) const PIECES_PER_ROW: usize = 8;
+
 /// One piece of work: the rows (padded) or document pieces (packed) of one batch.
 pub(crate) struct Job {
     /// The loader's batch index (equal to the plan step when padding).
@@ -208,7 +211,8 @@ impl Scheduler {
         if !any {
             return Ok(None);
         }
-        let mut pieces = pool.take::<DocRef>(out.len());
+        // Pieces per packed batch vary with document lengths; one size class serves them all.
+        let mut pieces = pool.take_within::<DocRef>(out.len(), PIECES_PER_ROW * b);
         pieces.copy_from_slice(out);
         let after = Position {
             batches: batch + 1,

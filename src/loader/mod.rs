@@ -1,17 +1,19 @@
-//! The loader: a sequential planner thread, worker threads that decode, transform and collate
-//! whole batches in parallel, a reorder buffer that hands batches out in plan order, and the
+//! The loader: a sequential planner, worker threads that decode, transform and collate whole
+//! batches in parallel, a reorder buffer that hands batches out in plan order, and the
 //! checkpoint state of exactly what the caller has received.
 //!
 //! ```text
-//! planner ──jobs──▶ workers ×N ──staged+prepared──▶ reorder ──upload──▶ caller
-//!    ▲                                                 │
-//!    └──────────────── tickets (prefetch) ◀────────────┘
+//!            ┌──────────── shared state (one mutex) ────────────┐
+//!            │ scheduler (the planner)   reorder buffer (ready) │
+//!            └──────▲───────────────────────────┬───────────────┘
+//!   worker: plan next batch (µs) ─▶ build it ─▶ put it in ready     caller: take batch k, upload
 //! ```
 //!
-//! The planner takes a ticket before it plans a batch and the caller returns one when it
-//! receives a batch, so at most `prefetch` batches exist beyond the caller's. Worker count is a
-//! performance knob only: the stream is the same with 0 workers (everything on the caller's
-//! thread) or 16.
+//! A worker plans the next batch under the lock (planning is a few arithmetic operations per
+//! row), builds it without the lock, and puts it in the reorder buffer. It plans only while
+//! fewer than `prefetch` batches are ahead of the caller, so memory stays bounded. Everyone
+//! parks on condition variables: no thread spins. Worker count is a performance knob only: the
+//! stream is the same with 0 workers (everything on the caller's thread) or 16.
 
 mod build;
 mod job;
@@ -21,12 +23,10 @@ pub use state::*;
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 
 use crate::collate::{CollateConfig, Pool};
 use crate::device::{DeviceSink, HostSink};
@@ -279,6 +279,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             stop,
             done: false,
             watchdog,
+            scratch: Vec::new(),
             rank,
             collate,
             transform,
@@ -326,9 +327,39 @@ struct Info {
 
 type Outcome<P> = Result<(P, Info)>;
 
-enum Msg<P> {
-    Done { batch: u64, outcome: Outcome<P> },
-    End { batches: u64 },
+/// What the caller and the workers share.
+struct Shared<P> {
+    state: Mutex<Flow<P>>,
+    /// The caller waits here for its next batch.
+    caller: Condvar,
+    /// Workers wait here for room to plan another batch.
+    workers: Condvar,
+}
+
+struct Flow<P> {
+    scheduler: Scheduler,
+    /// Built batches not yet handed out, by batch index.
+    ready: BTreeMap<u64, Outcome<P>>,
+    /// Batches handed to the caller.
+    delivered: u64,
+    /// Set once planning has ended: the number of batches in the stream (or up to an error).
+    end: Option<u64>,
+    prefetch: u64,
+    stop: bool,
+    /// Workers still running.
+    alive: usize,
+    /// The batch the caller is parked waiting for, if it is parked.
+    caller_waits: Option<u64>,
+    /// Workers parked waiting for room to plan.
+    idle_workers: usize,
+}
+
+impl<P> Shared<P> {
+    fn lock(&self) -> MutexGuard<'_, Flow<P>> {
+        // Workers catch their panics before they touch the lock; a poisoned lock still holds a
+        // consistent state to shut down from.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 enum Mode<T: TokenId, S: DeviceSink<T>> {
@@ -337,10 +368,7 @@ enum Mode<T: TokenId, S: DeviceSink<T>> {
         scratch: Vec<T>,
     },
     Threads {
-        tickets: Option<Sender<()>>,
-        results: Option<Receiver<Msg<S::Prepared>>>,
-        ready: BTreeMap<u64, Outcome<S::Prepared>>,
-        end: Option<u64>,
+        shared: Arc<Shared<S::Prepared>>,
         threads: Vec<JoinHandle<()>>,
     },
 }
@@ -398,7 +426,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 fn spawn<T: TokenId, S: DeviceSink<T>>(
-    mut scheduler: Scheduler,
+    scheduler: Scheduler,
     builder: &Arc<Builder<T>>,
     sink: &Arc<S>,
     workers: usize,
@@ -406,90 +434,134 @@ fn spawn<T: TokenId, S: DeviceSink<T>>(
     busy: &Arc<AtomicU64>,
     planned: &Arc<AtomicU64>,
 ) -> Mode<T, S> {
-    let (ticket_tx, ticket_rx) = bounded::<()>(prefetch);
-    for _ in 0..prefetch {
-        ticket_tx
-            .send(())
-            .expect("the ticket channel holds `prefetch` tickets");
-    }
-    let (job_tx, job_rx) = bounded::<Job>(prefetch);
-    let (res_tx, res_rx) = unbounded::<Msg<S::Prepared>>();
-    let mut threads = Vec::with_capacity(workers + 1);
-    {
-        let res_tx = res_tx.clone();
-        let planned = planned.clone();
-        let stop = builder.stop.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("shardflow-planner".into())
-                .spawn(move || {
-                    while ticket_rx.recv().is_ok() && !stop.load(Ordering::Relaxed) {
-                        let batch = scheduler.batch;
-                        let next = catch_unwind(AssertUnwindSafe(|| scheduler.next_job()))
-                            .unwrap_or_else(|panic| {
-                                Err(Error::WorkerPanic {
-                                    step: batch,
-                                    dataset: "-".into(),
-                                    sample: 0,
-                                    message: format!("in the planner: {}", panic_message(&panic)),
-                                })
-                            });
-                        match next {
-                            Ok(Some(job)) => {
-                                planned.fetch_add(1, Ordering::Relaxed);
-                                if job_tx.send(job).is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(None) => {
-                                let _ = res_tx.send(Msg::End {
-                                    batches: scheduler.batch,
-                                });
-                                return;
-                            }
-                            Err(e) => {
-                                let _ = res_tx.send(Msg::Done {
-                                    batch,
-                                    outcome: Err(e),
-                                });
-                                return;
-                            }
-                        }
-                    }
-                })
-                .expect("spawning the planner thread"),
-        );
-    }
-    for w in 0..workers {
-        let job_rx = job_rx.clone();
-        let res_tx = res_tx.clone();
-        let builder = builder.clone();
-        let sink = sink.clone();
-        let busy = busy.clone();
-        threads.push(
+    let delivered = scheduler.batch;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(Flow {
+            scheduler,
+            ready: BTreeMap::new(),
+            delivered,
+            end: None,
+            prefetch: prefetch as u64,
+            stop: false,
+            alive: workers,
+            caller_waits: None,
+            idle_workers: 0,
+        }),
+        caller: Condvar::new(),
+        workers: Condvar::new(),
+    });
+    let threads = (0..workers)
+        .map(|w| {
+            let (shared, builder, sink) = (shared.clone(), builder.clone(), sink.clone());
+            let (busy, planned) = (busy.clone(), planned.clone());
             std::thread::Builder::new()
                 .name(format!("shardflow-worker-{w}"))
                 .spawn(move || {
-                    let mut scratch = Vec::new();
-                    while let Ok(job) = job_rx.recv() {
-                        let start = Instant::now();
-                        let batch = job.batch;
-                        let outcome = make(&builder, &*sink, job, &mut scratch);
-                        busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        if res_tx.send(Msg::Done { batch, outcome }).is_err() {
-                            return;
-                        }
-                    }
+                    work(&shared, &builder, &*sink, &busy, &planned);
+                    shared.lock().alive -= 1;
+                    shared.caller.notify_all();
                 })
-                .expect("spawning a loader worker thread"),
-        );
+                .expect("spawning a loader worker thread")
+        })
+        .collect();
+    Mode::Threads { shared, threads }
+}
+
+/// What a thread holding the lock found to do.
+enum Turn {
+    /// Build this job (the lock is released meanwhile).
+    Build(Job),
+    /// No room to plan: too many batches ahead of the caller.
+    Full,
+    /// Planning has ended (stream end, error, or stop).
+    Over,
+}
+
+/// Plans the next batch if there is room; records the end of the stream or a planning error.
+fn plan_next<P>(flow: &mut Flow<P>, shared: &Shared<P>, planned: &AtomicU64) -> Turn {
+    if flow.stop || flow.end.is_some() {
+        return Turn::Over;
     }
-    Mode::Threads {
-        tickets: Some(ticket_tx),
-        results: Some(res_rx),
-        ready: BTreeMap::new(),
-        end: None,
-        threads,
+    if flow.scheduler.batch >= flow.delivered + flow.prefetch {
+        return Turn::Full;
+    }
+    let batch = flow.scheduler.batch;
+    let next =
+        catch_unwind(AssertUnwindSafe(|| flow.scheduler.next_job())).unwrap_or_else(|panic| {
+            Err(Error::WorkerPanic {
+                step: batch,
+                dataset: "-".into(),
+                sample: 0,
+                message: format!("in the planner: {}", panic_message(&panic)),
+            })
+        });
+    match next {
+        Ok(Some(job)) => {
+            planned.fetch_add(1, Ordering::Relaxed);
+            Turn::Build(job)
+        }
+        Ok(None) => {
+            flow.end = Some(batch);
+            shared.caller.notify_all();
+            shared.workers.notify_all();
+            Turn::Over
+        }
+        Err(e) => {
+            flow.ready.insert(batch, Err(e));
+            flow.end = Some(batch + 1);
+            shared.caller.notify_all();
+            shared.workers.notify_all();
+            Turn::Over
+        }
+    }
+}
+
+/// Builds `job` without the lock and files it as ready; returns the lock.
+fn build_unlocked<'a, T: TokenId, S: DeviceSink<T>>(
+    shared: &'a Shared<S::Prepared>,
+    flow: MutexGuard<'a, Flow<S::Prepared>>,
+    job: Job,
+    builder: &Builder<T>,
+    sink: &S,
+    scratch: &mut Vec<T>,
+    busy: &AtomicU64,
+) -> MutexGuard<'a, Flow<S::Prepared>> {
+    drop(flow);
+    let batch = job.batch;
+    let start = Instant::now();
+    let outcome = make(builder, sink, job, scratch);
+    busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let mut flow = shared.lock();
+    flow.ready.insert(batch, outcome);
+    // Wake the caller only for the batch it waits for (a notify is a system call).
+    if flow.caller_waits == Some(batch) {
+        shared.caller.notify_one();
+    }
+    flow
+}
+
+/// A worker's loop: plan the next batch under the lock, build it outside, file it as ready.
+fn work<T: TokenId, S: DeviceSink<T>>(
+    shared: &Shared<S::Prepared>,
+    builder: &Builder<T>,
+    sink: &S,
+    busy: &AtomicU64,
+    planned: &AtomicU64,
+) {
+    let mut scratch = Vec::new();
+    let mut flow = shared.lock();
+    loop {
+        match plan_next(&mut flow, shared, planned) {
+            Turn::Over => return,
+            Turn::Full => {
+                flow.idle_workers += 1;
+                flow = shared.workers.wait(flow).unwrap_or_else(|e| e.into_inner());
+                flow.idle_workers -= 1;
+            }
+            Turn::Build(job) => {
+                flow = build_unlocked(shared, flow, job, builder, sink, &mut scratch, busy);
+            }
+        }
     }
 }
 
@@ -511,6 +583,7 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     stop: Arc<AtomicBool>,
     done: bool,
     watchdog: Duration,
+    scratch: Vec<T>,
     rank: usize,
     collate: CollateConfig,
     transform: TransformConfig,
@@ -619,44 +692,56 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
                 }
                 Err(e) => Err(e),
             },
-            Mode::Threads {
-                tickets,
-                results,
-                ready,
-                end,
-                ..
-            } => loop {
-                if let Some(outcome) = ready.remove(&want) {
-                    if let Some(t) = tickets.as_ref() {
-                        let _ = t.send(());
+            Mode::Threads { shared, .. } => {
+                let mut flow = shared.lock();
+                loop {
+                    if let Some(outcome) = flow.ready.remove(&want) {
+                        flow.delivered = want + 1;
+                        if flow.idle_workers > 0 {
+                            shared.workers.notify_one();
+                        }
+                        break outcome;
                     }
-                    break outcome;
-                }
-                if *end == Some(want) {
-                    self.done = true;
-                    return None;
-                }
-                let rx = results
-                    .as_ref()
-                    .expect("results are open while the loader lives");
-                match rx.recv_timeout(self.watchdog) {
-                    Ok(Msg::Done { batch, outcome }) => {
-                        ready.insert(batch, outcome);
+                    if flow.end.is_some_and(|end| want >= end) {
+                        self.done = true;
+                        return None;
                     }
-                    Ok(Msg::End { batches }) => *end = Some(batches),
-                    Err(RecvTimeoutError::Timeout) => tracing::warn!(
-                        batch = want,
-                        waited_s = start.elapsed().as_secs_f64(),
-                        ready = ready.len(),
-                        "no batch has arrived for a while; still waiting"
-                    ),
-                    Err(RecvTimeoutError::Disconnected) => {
+                    // Rather than sleep, the caller builds the next batch itself when there is one
+                    // to build: on few cores this saves a thread handoff per batch.
+                    if let Turn::Build(job) = plan_next(&mut flow, shared, &self.planned) {
+                        flow = build_unlocked(
+                            shared,
+                            flow,
+                            job,
+                            &self.builder,
+                            &*self.sink,
+                            &mut self.scratch,
+                            &self.busy,
+                        );
+                        continue;
+                    }
+                    if flow.alive == 0 && flow.end.is_none() {
                         break Err(Error::Config(format!(
-                            "the loader threads stopped before batch {want} was built"
+                            "the loader workers stopped before batch {want} was built"
                         )));
                     }
+                    flow.caller_waits = Some(want);
+                    let (next, timeout) = shared
+                        .caller
+                        .wait_timeout(flow, self.watchdog)
+                        .unwrap_or_else(|e| e.into_inner());
+                    flow = next;
+                    flow.caller_waits = None;
+                    if timeout.timed_out() {
+                        tracing::warn!(
+                            batch = want,
+                            waited_s = start.elapsed().as_secs_f64(),
+                            ready = flow.ready.len(),
+                            "no batch has arrived for a while; still waiting"
+                        );
+                    }
                 }
-            },
+            }
         };
         let out = self.deliver(outcome);
         self.stats.wait += start.elapsed();
@@ -667,17 +752,13 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
 impl<T: TokenId, S: DeviceSink<T>> Drop for Loader<T, S> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Mode::Threads {
-            tickets,
-            results,
-            ready,
-            threads,
-            ..
-        } = &mut self.mode
-        {
-            tickets.take();
-            results.take();
-            ready.clear();
+        if let Mode::Threads { shared, threads } = &mut self.mode {
+            {
+                let mut flow = shared.lock();
+                flow.stop = true;
+                flow.ready.clear();
+            }
+            shared.workers.notify_all();
             for t in threads.drain(..) {
                 let _ = t.join();
             }

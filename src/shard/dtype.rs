@@ -186,29 +186,45 @@ pub trait TokenId:
     const NAME: &'static str;
     /// The label that losses ignore: -100 for the signed types, `u32::MAX` for u32.
     const IGNORE: Self;
+    /// The smallest and largest values, as i64.
+    const RANGE: (i64, i64);
     /// A small non-negative number (positions, lengths) as this type.
     fn from_usize(n: usize) -> Self;
+    /// `v` cast with `as` (wrapping); the caller has checked that it fits.
+    fn wrap(v: i64) -> Self;
 }
 
 impl TokenId for i32 {
     const NAME: &'static str = "i32";
     const IGNORE: Self = -100;
+    const RANGE: (i64, i64) = (i32::MIN as i64, i32::MAX as i64);
     fn from_usize(n: usize) -> Self {
         n as i32
+    }
+    fn wrap(v: i64) -> Self {
+        v as i32
     }
 }
 impl TokenId for i64 {
     const NAME: &'static str = "i64";
     const IGNORE: Self = -100;
+    const RANGE: (i64, i64) = (i64::MIN, i64::MAX);
     fn from_usize(n: usize) -> Self {
         n as i64
+    }
+    fn wrap(v: i64) -> Self {
+        v as i64
     }
 }
 impl TokenId for u32 {
     const NAME: &'static str = "u32";
     const IGNORE: Self = u32::MAX;
+    const RANGE: (i64, i64) = (0, u32::MAX as i64);
     fn from_usize(n: usize) -> Self {
         n as u32
+    }
+    fn wrap(v: i64) -> Self {
+        v as u32
     }
 }
 
@@ -328,15 +344,25 @@ impl<'a> TokenSlice<'a> {
             });
         };
         let b = self.bytes;
-        let bad = match self.dtype {
-            Dtype::U8 => widen::<1, u8, T>(b, out, |c| c[0]),
-            Dtype::I8 => widen::<1, i8, T>(b, out, |c| c[0] as i8),
-            Dtype::I16 => widen::<2, i16, T>(b, out, i16::from_le_bytes),
-            Dtype::U16 => widen::<2, u16, T>(b, out, u16::from_le_bytes),
-            Dtype::I32 => widen::<4, i32, T>(b, out, i32::from_le_bytes),
-            Dtype::U32 => widen::<4, u32, T>(b, out, u32::from_le_bytes),
-            Dtype::I64 => widen::<8, i64, T>(b, out, i64::from_le_bytes),
+        // Only a conversion that can lose values checks them, in a pass of its own, so that the
+        // copy itself stays a plain widening loop the compiler vectorizes.
+        let (lo, hi) = self.dtype.range();
+        let bad = if T::RANGE.0 <= lo && hi <= T::RANGE.1 {
+            None
+        } else {
+            self.iter().position(|t| t < T::RANGE.0 || t > T::RANGE.1)
         };
+        if bad.is_none() {
+            match self.dtype {
+                Dtype::U8 => widen::<1, T>(b, out, |c| c[0] as i64),
+                Dtype::I8 => widen::<1, T>(b, out, |c| c[0] as i8 as i64),
+                Dtype::I16 => widen::<2, T>(b, out, |c| i16::from_le_bytes(c) as i64),
+                Dtype::U16 => widen::<2, T>(b, out, |c| u16::from_le_bytes(c) as i64),
+                Dtype::I32 => widen::<4, T>(b, out, |c| i32::from_le_bytes(c) as i64),
+                Dtype::U32 => widen::<4, T>(b, out, |c| u32::from_le_bytes(c) as i64),
+                Dtype::I64 => widen::<8, T>(b, out, i64::from_le_bytes),
+            }
+        }
         match bad {
             None => Ok(n),
             Some(j) => Err(Error::TokenOutOfRange {
@@ -351,20 +377,16 @@ impl<'a> TokenSlice<'a> {
     }
 }
 
-/// Converts little-endian ids of `N` bytes into `out`; returns the index of the first id that
-/// does not fit `T`. When `T: From<S>` the error arm is unreachable and the loop vectorizes.
+/// Converts little-endian ids of `N` bytes into `out`, all known to fit `T`.
 #[inline(always)]
-fn widen<const N: usize, S, T: TryFrom<S>>(
+fn widen<const N: usize, T: TokenId>(
     bytes: &[u8],
     out: &mut [T],
-    from_le: impl Fn([u8; N]) -> S,
-) -> Option<usize> {
-    for (j, (chunk, o)) in bytes.chunks_exact(N).zip(out.iter_mut()).enumerate() {
-        let stored = from_le(chunk.try_into().expect("chunks_exact yields N bytes"));
-        match T::try_from(stored) {
-            Ok(v) => *o = v,
-            Err(_) => return Some(j),
-        }
+    from_le: impl Fn([u8; N]) -> i64,
+) {
+    for (chunk, o) in bytes.chunks_exact(N).zip(out.iter_mut()) {
+        *o = T::wrap(from_le(
+            chunk.try_into().expect("chunks_exact yields N bytes"),
+        ));
     }
-    None
 }

@@ -112,6 +112,11 @@ impl IndexedShard {
         &self.bin_path
     }
 
+    /// The whole mapped `.bin`: every sequence's ids, back to back.
+    pub fn bin_bytes(&self) -> &[u8] {
+        &self.bin
+    }
+
     /// Number of documents (document index entries less one).
     pub fn documents(&self) -> usize {
         self.doc_entries - 1

@@ -1,0 +1,231 @@
+//! `shardflow bench`: loader throughput on real shards (or a generated corpus), beside a memcpy of
+//! the same bytes on the same number of threads, measured in the same run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use shardflow::collate::{CollateConfig, Padding};
+use shardflow::loader::{LoaderBuilder, LoaderStats, Source};
+use shardflow::order::{OrderConfig, Shuffle};
+use shardflow::shard::synthetic::SyntheticCorpus;
+use shardflow::{Dataset, Error, IndexedShard, Result};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Shard prefixes, one dataset each (weights equal). Without any, a generated corpus of
+    /// `--tokens` tokens (log-normal lengths, median 300, u16 ids) is written to a temporary
+    /// directory first.
+    #[arg(long = "data")]
+    data: Vec<PathBuf>,
+    /// Tokens of the generated corpus.
+    #[arg(long, default_value_t = 50_000_000)]
+    tokens: u64,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Pad each batch to a multiple of this (1: to the longest row).
+    #[arg(long, default_value_t = 8)]
+    pad_multiple: usize,
+    /// The longest row.
+    #[arg(long, default_value_t = 2048)]
+    seq_len: usize,
+    /// Pack documents into full rows instead of padding.
+    #[arg(long)]
+    pack: bool,
+    /// Loader worker threads (0: on the caller's thread).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Batches to time (after 20 warm-up batches).
+    #[arg(long, default_value_t = 2000)]
+    batches: usize,
+    /// The seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one bench run measured.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    batches: u64,
+    workers: usize,
+    seconds: f64,
+    real_tokens_per_s: f64,
+    padded_tokens_per_s: f64,
+    batches_per_s: f64,
+    padding_ratio: f64,
+    cpu_ns_per_real_token: f64,
+    output_bytes: u64,
+    memcpy_gb_per_s: f64,
+    roofline_ratio: f64,
+    stats: LoaderStats,
+}
+
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    let tmp = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), "create", e))?;
+    let prefixes = if a.data.is_empty() {
+        eprintln!(
+            "generating a {} token corpus in {}",
+            a.tokens,
+            tmp.path().display()
+        );
+        let corpus = SyntheticCorpus::single("bench", a.tokens, 300.0, a.seed);
+        corpus
+            .write(tmp.path(), |_| {})?
+            .into_iter()
+            .map(|s| s.prefix)
+            .collect()
+    } else {
+        a.data.clone()
+    };
+    let sources = prefixes
+        .iter()
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Source::new(name, Dataset::open(&[p])?, 1.0))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let padding = if a.pad_multiple <= 1 {
+        Padding::Longest
+    } else {
+        Padding::Multiple(a.pad_multiple)
+    };
+    let mut loader = LoaderBuilder::<i32>::new(sources)
+        .with_order(OrderConfig {
+            seed: a.seed,
+            shuffle: Shuffle::Full,
+            local_batch: a.batch_size,
+            ..Default::default()
+        })
+        .with_collate(CollateConfig {
+            seq_len: a.seq_len,
+            padding,
+            pack: a.pack,
+            attention_mask: false,
+            labels: false,
+            position_ids: false,
+            ..Default::default()
+        })
+        .with_workers(a.workers)
+        .with_prefetch(2 * a.workers.max(1) + 2)
+        .build_host()?;
+    for b in loader.by_ref().take(20) {
+        b?;
+    }
+    let warm = loader.stats();
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    for b in loader.by_ref().take(a.batches) {
+        b?;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    let stats = loader.stats();
+    drop(loader);
+    let real = (stats.real_tokens - warm.real_tokens) as f64;
+    let padded = (stats.padded_tokens - warm.padded_tokens) as f64;
+    let batches = stats.batches - warm.batches;
+
+    // The roofline: copying the bytes the loader hands out (i32 ids, padding included) at the
+    // memcpy bandwidth of as many threads as the loader has workers.
+    let output_bytes = padded as u64 * 4;
+    let bandwidth = memcpy_bandwidth(&prefixes, a.workers.max(1))?;
+    let report = Report {
+        batches,
+        workers: a.workers,
+        seconds,
+        real_tokens_per_s: real / seconds,
+        padded_tokens_per_s: padded / seconds,
+        batches_per_s: batches as f64 / seconds,
+        padding_ratio: if padded > 0.0 {
+            (padded - real) / padded
+        } else {
+            0.0
+        },
+        cpu_ns_per_real_token: cpu.as_nanos() as f64 / real,
+        output_bytes,
+        memcpy_gb_per_s: bandwidth / 1e9,
+        roofline_ratio: output_bytes as f64 / bandwidth / seconds,
+        stats,
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("reports serialize")
+        );
+    } else {
+        println!(
+            "{batches} batches of {} rows in {seconds:.2} s with {} workers\n\
+             real tokens/s     {:>10.1} M\n\
+             padded tokens/s   {:>10.1} M\n\
+             batches/s         {:>10.0}\n\
+             padding ratio     {:>10.3}\n\
+             CPU ns/real token {:>10.2}\n\
+             memcpy            {:>10.1} GB/s ({} threads)\n\
+             roofline ratio    {:>10.2} (memcpy time of the {} output bytes / loader time)",
+            a.batch_size,
+            a.workers,
+            report.real_tokens_per_s / 1e6,
+            report.padded_tokens_per_s / 1e6,
+            report.batches_per_s,
+            report.padding_ratio,
+            report.cpu_ns_per_real_token,
+            report.memcpy_gb_per_s,
+            a.workers.max(1),
+            report.roofline_ratio,
+            report.output_bytes,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes per second of a plain copy of the shards' stored bytes (larger than any cache) into
+/// buffers allocated and touched beforehand, split over `threads` threads; best of five passes.
+fn memcpy_bandwidth(prefixes: &[PathBuf], threads: usize) -> Result<f64> {
+    let shards = prefixes
+        .iter()
+        .map(IndexedShard::open)
+        .collect::<Result<Vec<_>>>()?;
+    let bytes: usize = shards.iter().map(|s| s.bin_bytes().len()).sum();
+    let parts: Vec<&[u8]> = shards
+        .iter()
+        .flat_map(|s| {
+            let bin = s.bin_bytes();
+            bin.chunks(bin.len().div_ceil(threads).max(1))
+        })
+        .collect();
+    let mut dsts: Vec<Vec<u8>> = parts.iter().map(|p| vec![1u8; p.len()]).collect();
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for (part, dst) in parts.iter().zip(dsts.iter_mut()) {
+                s.spawn(move || {
+                    dst.copy_from_slice(part);
+                    std::hint::black_box(&dst);
+                });
+            }
+        });
+        best = best.min(start.elapsed());
+    }
+    Ok(bytes as f64 / best.as_secs_f64())
+}
+
+/// User plus system CPU time of this process.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
