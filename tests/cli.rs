@@ -167,6 +167,8 @@ fn demo_writes_and_inspects_the_builtin_corpus() {
         assert!(said.contains(&format!("{name} ")), "{said}");
         assert!(dir.path().join(format!("{name}.idx")).is_file());
     }
+    assert!(said.contains("compared 500 batches: identical"), "{said}");
+    assert!(dir.path().join("checkpoint-rank1.json").is_file());
     // Deterministic: the same seed writes the same bytes.
     let again = tempfile::tempdir().unwrap();
     ok(&["demo", "--dir", p(again.path())]);

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 use shardflow::collate::{CollateConfig, Padding};
-use shardflow::loader::{LoaderBuilder, LoaderStats, Source};
+use shardflow::loader::{LoaderBuilder, LoaderStats, Source, measure};
 use shardflow::order::{OrderConfig, Shuffle};
 use shardflow::shard::synthetic::SyntheticCorpus;
 use shardflow::{Dataset, Error, IndexedShard, Result};
@@ -120,13 +120,13 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         b?;
     }
     let warm = loader.stats();
-    let cpu0 = cpu_time();
+    let cpu0 = measure::cpu_time();
     let t0 = Instant::now();
     for b in loader.by_ref().take(a.batches) {
         b?;
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let cpu = cpu_time().saturating_sub(cpu0);
+    let cpu = measure::cpu_time().saturating_sub(cpu0);
     let stats = loader.stats();
     drop(loader);
     let real = (stats.real_tokens - warm.real_tokens) as f64;
@@ -186,46 +186,12 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Bytes per second of a plain copy of the shards' stored bytes (larger than any cache) into
-/// buffers allocated and touched beforehand, split over `threads` threads; best of five passes.
+/// Memcpy bandwidth over the shards' stored bytes (larger than any cache).
 fn memcpy_bandwidth(prefixes: &[PathBuf], threads: usize) -> Result<f64> {
     let shards = prefixes
         .iter()
         .map(IndexedShard::open)
         .collect::<Result<Vec<_>>>()?;
-    let bytes: usize = shards.iter().map(|s| s.bin_bytes().len()).sum();
-    let parts: Vec<&[u8]> = shards
-        .iter()
-        .flat_map(|s| {
-            let bin = s.bin_bytes();
-            bin.chunks(bin.len().div_ceil(threads).max(1))
-        })
-        .collect();
-    let mut dsts: Vec<Vec<u8>> = parts.iter().map(|p| vec![1u8; p.len()]).collect();
-    let mut best = Duration::MAX;
-    for _ in 0..5 {
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for (part, dst) in parts.iter().zip(dsts.iter_mut()) {
-                s.spawn(move || {
-                    dst.copy_from_slice(part);
-                    std::hint::black_box(&dst);
-                });
-            }
-        });
-        best = best.min(start.elapsed());
-    }
-    Ok(bytes as f64 / best.as_secs_f64())
-}
-
-/// User plus system CPU time of this process.
-fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a whole rusage into the pointer it is given; RUSAGE_SELF is valid.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    let src: Vec<&[u8]> = shards.iter().map(|s| s.bin_bytes()).collect();
+    Ok(measure::memcpy_bandwidth(&src, threads, 5))
 }

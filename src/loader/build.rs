@@ -93,17 +93,9 @@ impl<T: TokenId> Builder<T> {
         skips: &mut Vec<Skip>,
     ) -> Result<StagedBatch<T>> {
         let rows = job.rows;
-        let extra = self.transform.extra();
-        let cap: usize = if self.user.is_empty() {
-            job.pieces
-                .iter()
-                .map(|p| self.dataset(p).sequence_len(p.sample as usize).unwrap_or(0) + extra)
-                .map(|n| n.min(self.max_len))
-                .sum()
-        } else {
-            rows * self.max_len
-        };
-        let mut tokens = self.pool.take_within::<T>(cap, rows * self.max_len);
+        // Every row fits `max_len`: the bound sizes the buffer without a pass over the lengths.
+        let bound = rows * self.max_len;
+        let mut tokens = self.pool.take::<T>(bound);
         let mut offsets = self.pool.take::<u32>(rows + 1);
         let mut pos = 0;
         let mut longest = 0;

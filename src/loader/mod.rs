@@ -17,6 +17,7 @@
 
 mod build;
 mod job;
+pub mod measure;
 mod state;
 
 pub use state::*;

@@ -213,7 +213,7 @@ impl TokenId for i64 {
         n as i64
     }
     fn wrap(v: i64) -> Self {
-        v as i64
+        v
     }
 }
 impl TokenId for u32 {
