@@ -333,6 +333,46 @@ pub enum Error {
         reason: String,
     },
 
+    /// A metric value or kind that cannot be recorded.
+    #[error("dataset {dataset} metric {metric}: {reason}")]
+    Metric {
+        /// The dataset.
+        dataset: String,
+        /// The metric.
+        metric: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Some ranks did not reach a collective in time.
+    #[error(
+        "{op} call {call} on rank {rank}: ranks {missing:?} did not arrive within {waited:?}; \
+         are they running, and do all ranks make the same collective calls?"
+    )]
+    RankTimeout {
+        /// The collective operation.
+        op: String,
+        /// Which call of this rank it was (0-based).
+        call: u64,
+        /// The rank that waited.
+        rank: usize,
+        /// The ranks that did not arrive.
+        missing: Vec<usize>,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+
+    /// Ranks made different collective calls at the same point.
+    #[error("{op} call {call}: {reason}")]
+    CollectiveMismatch {
+        /// The collective operation.
+        op: String,
+        /// Which call it was.
+        call: u64,
+        /// How the ranks differ.
+        reason: String,
+    },
+
     /// A checkpoint file that cannot be read.
     #[error("{path}: not a shardflow loader checkpoint: {reason}", path = .path.display())]
     Checkpoint {

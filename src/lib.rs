@@ -9,6 +9,8 @@
 //!   partitions, and the [`order::Cursor`] a checkpoint stores.
 //! - [`transform`]: per-sample truncation, BOS/EOS, user transforms, the bad-sample policy.
 //! - [`collate`]: padding and packing into staged batches in pooled, aligned memory.
+//! - [`collective`]: the [`collective::Collective`] trait; solo and in-process engines.
+//! - [`metrics`]: metric kinds, the aggregator, the distribution sketch, the fused reduce.
 //! - [`device`]: the [`device::DeviceSink`] seam and the host reference sink.
 //! - [`loader`]: planner, workers, reorder buffer, checkpoint state and statistics.
 //!
@@ -50,9 +52,11 @@
 
 pub mod atomic;
 pub mod collate;
+pub mod collective;
 pub mod device;
 pub mod error;
 pub mod loader;
+pub mod metrics;
 pub mod order;
 pub mod shard;
 pub mod transform;

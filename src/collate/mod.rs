@@ -122,6 +122,10 @@ pub struct DocRef {
     pub doc_offset: u32,
     /// [`DocRef::TRUNCATED`], [`DocRef::DROPPED`], [`DocRef::SKIPPED`].
     pub flags: u32,
+    /// Tokens in the whole transformed document (equal to `len` unless packing cut it).
+    pub doc_len: u32,
+    /// Zero; keeps the layout free of padding.
+    pub reserved: u32,
 }
 
 impl DocRef {

@@ -108,6 +108,7 @@ impl<T: TokenId> Builder<T> {
             match self.fill_row(piece, &mut tokens[pos..], scratch) {
                 Ok(n) => {
                     piece.len = n as u32;
+                    piece.doc_len = n as u32;
                     pos += n;
                     longest = longest.max(n);
                 }

@@ -197,6 +197,8 @@ impl Scheduler {
                         len: take as u32,
                         doc_offset: p.offset as u32,
                         flags,
+                        doc_len: doc_len as u32,
+                        reserved: 0,
                     });
                 }
                 used_rows = row + 1;

@@ -1,0 +1,527 @@
+//! The aggregator: metric state keyed by (dataset, metric), updated per sample or merged from
+//! per-batch partials, reported nested or flat, serialized exactly.
+
+use std::collections::BTreeMap;
+
+use super::reduce::Layout;
+use super::sketch::{Mapping, Sketch};
+use crate::error::{Error, Result};
+
+/// How values of a metric combine.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The total.
+    Sum,
+    /// The mean, weighted by count across batches and ranks.
+    Mean,
+    /// The largest value.
+    Max,
+    /// The smallest value.
+    Min,
+    /// Count, sum, mean, min, max and percentiles, from a sketch.
+    Distribution,
+    /// Counts per category name.
+    Categorical,
+}
+
+/// A metric's value: a number, or for [`Kind::Categorical`] a category name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// A number (finite).
+    Number(f64),
+    /// A category name.
+    Category(String),
+}
+
+/// One observation: (dataset, name, value, kind).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    /// The dataset it belongs to.
+    pub dataset: String,
+    /// The metric's name.
+    pub name: String,
+    /// The value.
+    pub value: Value,
+    /// How values combine.
+    pub kind: Kind,
+}
+
+impl Metric {
+    /// A numeric observation.
+    pub fn number(
+        dataset: impl Into<String>,
+        name: impl Into<String>,
+        value: f64,
+        kind: Kind,
+    ) -> Self {
+        Metric {
+            dataset: dataset.into(),
+            name: name.into(),
+            value: Value::Number(value),
+            kind,
+        }
+    }
+
+    /// A categorical observation.
+    pub fn category(
+        dataset: impl Into<String>,
+        name: impl Into<String>,
+        category: impl Into<String>,
+    ) -> Self {
+        Metric {
+            dataset: dataset.into(),
+            name: name.into(),
+            value: Value::Category(category.into()),
+            kind: Kind::Categorical,
+        }
+    }
+}
+
+/// The state of one metric.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum State {
+    /// [`Kind::Sum`].
+    Sum {
+        /// The total.
+        sum: f64,
+    },
+    /// [`Kind::Mean`]: sum and count, never a mean of means.
+    Mean {
+        /// Sum of values.
+        sum: f64,
+        /// Number of values.
+        count: f64,
+    },
+    /// [`Kind::Max`].
+    Max {
+        /// The largest value.
+        max: f64,
+    },
+    /// [`Kind::Min`].
+    Min {
+        /// The smallest value.
+        min: f64,
+    },
+    /// [`Kind::Distribution`].
+    Distribution {
+        /// The sketch.
+        sketch: Sketch,
+    },
+    /// [`Kind::Categorical`].
+    Categorical {
+        /// Count per category.
+        counts: BTreeMap<String, u64>,
+    },
+}
+
+impl State {
+    /// The kind of this state.
+    pub fn kind(&self) -> Kind {
+        match self {
+            State::Sum { .. } => Kind::Sum,
+            State::Mean { .. } => Kind::Mean,
+            State::Max { .. } => Kind::Max,
+            State::Min { .. } => Kind::Min,
+            State::Distribution { .. } => Kind::Distribution,
+            State::Categorical { .. } => Kind::Categorical,
+        }
+    }
+
+    fn empty(kind: Kind) -> State {
+        match kind {
+            Kind::Sum => State::Sum { sum: 0.0 },
+            Kind::Mean => State::Mean {
+                sum: 0.0,
+                count: 0.0,
+            },
+            Kind::Max => State::Max {
+                max: f64::NEG_INFINITY,
+            },
+            Kind::Min => State::Min { min: f64::INFINITY },
+            Kind::Distribution => State::Distribution {
+                sketch: Sketch::default(),
+            },
+            Kind::Categorical => State::Categorical {
+                counts: BTreeMap::new(),
+            },
+        }
+    }
+
+    /// Merges `other` (of the same kind) into this state.
+    fn merge(&mut self, other: &State) {
+        match (self, other) {
+            (State::Sum { sum }, State::Sum { sum: s }) => *sum += s,
+            (State::Mean { sum, count }, State::Mean { sum: s, count: c }) => {
+                *sum += s;
+                *count += c;
+            }
+            (State::Max { max }, State::Max { max: m }) => *max = max.max(*m),
+            (State::Min { min }, State::Min { min: m }) => *min = min.min(*m),
+            (State::Distribution { sketch }, State::Distribution { sketch: s }) => sketch.merge(s),
+            (State::Categorical { counts }, State::Categorical { counts: c }) => {
+                for (name, n) in c {
+                    *counts.entry(name.clone()).or_default() += n;
+                }
+            }
+            _ => unreachable!("callers check that the kinds agree"),
+        }
+    }
+}
+
+/// Aggregation settings; every rank must use the same.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricsConfig {
+    /// Relative accuracy of distribution sketches.
+    pub alpha: f64,
+    /// Percentiles reported for distributions, in (0, 1].
+    pub percentiles: Vec<f64>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            alpha: 0.01,
+            percentiles: vec![0.05, 0.5, 0.95],
+        }
+    }
+}
+
+/// A reported value: a number, a distribution's statistics, or a categorical's counts.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum ReportValue {
+    /// A sum, mean, max or min.
+    Number(f64),
+    /// count, sum, mean, min, max, p05, p50, p95, …
+    Stats(BTreeMap<String, f64>),
+    /// Count per category.
+    Counts(BTreeMap<String, u64>),
+}
+
+/// dataset → metric → value.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(transparent)]
+pub struct Report {
+    /// The values, nested.
+    pub datasets: BTreeMap<String, BTreeMap<String, ReportValue>>,
+}
+
+impl Report {
+    /// One value.
+    pub fn get(&self, dataset: &str, metric: &str) -> Option<&ReportValue> {
+        self.datasets.get(dataset)?.get(metric)
+    }
+
+    /// A number, if the metric reports one.
+    pub fn number(&self, dataset: &str, metric: &str) -> Option<f64> {
+        match self.get(dataset, metric)? {
+            ReportValue::Number(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// The flat view for loggers: `dataset/metric` for numbers, `dataset/metric/stat` for
+    /// distributions and categoricals.
+    pub fn flat(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for (d, metrics) in &self.datasets {
+            for (m, v) in metrics {
+                match v {
+                    ReportValue::Number(x) => {
+                        out.insert(format!("{d}/{m}"), *x);
+                    }
+                    ReportValue::Stats(stats) => {
+                        out.extend(stats.iter().map(|(s, x)| (format!("{d}/{m}/{s}"), *x)));
+                    }
+                    ReportValue::Counts(counts) => {
+                        out.extend(
+                            counts
+                                .iter()
+                                .map(|(s, n)| (format!("{d}/{m}/{s}"), *n as f64)),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The serializable state of an [`Aggregator`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AggregatorState {
+    /// The settings.
+    pub config: MetricsConfig,
+    /// dataset → metric → state.
+    pub entries: BTreeMap<String, BTreeMap<String, State>>,
+    /// The names agreed with the other ranks at the last reduce.
+    pub layout: Layout,
+}
+
+/// Metric state keyed by (dataset, metric).
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> shardflow::Result<()> {
+/// use shardflow::metrics::{Aggregator, Kind, ReportValue};
+/// let mut agg = Aggregator::default();
+/// agg.record("web", "tokens_seen", Kind::Sum, 300.0)?;
+/// agg.record("web", "tokens_seen", Kind::Sum, 200.0)?;
+/// agg.record("web", "loss", Kind::Mean, 2.0)?;
+/// agg.record("web", "loss", Kind::Mean, 4.0)?;
+/// agg.record_category("web", "language", "en")?;
+/// let report = agg.report();
+/// assert_eq!(report.number("web", "tokens_seen"), Some(500.0));
+/// assert_eq!(report.number("web", "loss"), Some(3.0));
+/// assert_eq!(report.flat()["web/language/en"], 1.0);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregator {
+    pub(super) config: MetricsConfig,
+    pub(super) map: Mapping,
+    pub(super) entries: BTreeMap<String, BTreeMap<String, State>>,
+    pub(super) layout: Layout,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self::new(MetricsConfig::default())
+    }
+}
+
+impl Aggregator {
+    /// An empty aggregator.
+    pub fn new(config: MetricsConfig) -> Self {
+        Aggregator {
+            map: Mapping::new(config.alpha),
+            config,
+            entries: BTreeMap::new(),
+            layout: Layout::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MetricsConfig {
+        &self.config
+    }
+
+    /// The sketch mapping (for building sketches to merge with [`Aggregator::add_sketch`]).
+    pub fn mapping(&self) -> &Mapping {
+        &self.map
+    }
+
+    /// The state of one metric.
+    pub fn get(&self, dataset: &str, metric: &str) -> Option<&State> {
+        self.entries.get(dataset)?.get(metric)
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn slot(&mut self, dataset: &str, metric: &str, kind: Kind) -> Result<&mut State> {
+        if !self.entries.contains_key(dataset) {
+            self.entries.insert(dataset.to_string(), BTreeMap::new());
+        }
+        let metrics = self.entries.get_mut(dataset).expect("inserted above");
+        if !metrics.contains_key(metric) {
+            metrics.insert(metric.to_string(), State::empty(kind));
+        }
+        let state = metrics.get_mut(metric).expect("inserted above");
+        if state.kind() != kind {
+            return Err(Error::Metric {
+                dataset: dataset.into(),
+                metric: metric.into(),
+                reason: format!("recorded as {:?} before, now as {kind:?}", state.kind()),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Records a numeric value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Metric`] for a non-finite value, for [`Kind::Categorical`], or when the metric was
+    /// recorded with another kind before.
+    pub fn record(&mut self, dataset: &str, metric: &str, kind: Kind, value: f64) -> Result<()> {
+        let bad = |reason: String| Error::Metric {
+            dataset: dataset.into(),
+            metric: metric.into(),
+            reason,
+        };
+        if !value.is_finite() {
+            return Err(bad(format!("value {value} is not finite")));
+        }
+        let map = self.map;
+        match self.slot(dataset, metric, kind)? {
+            State::Sum { sum } => *sum += value,
+            State::Mean { sum, count } => {
+                *sum += value;
+                *count += 1.0;
+            }
+            State::Max { max } => *max = max.max(value),
+            State::Min { min } => *min = min.min(value),
+            State::Distribution { sketch } => sketch.add(&map, value),
+            State::Categorical { .. } => {
+                return Err(bad(
+                    "a categorical metric takes category names, not numbers".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one occurrence of `category`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Metric`] when the metric was recorded with another kind before.
+    pub fn record_category(&mut self, dataset: &str, metric: &str, category: &str) -> Result<()> {
+        if let State::Categorical { counts } = self.slot(dataset, metric, Kind::Categorical)? {
+            match counts.get_mut(category) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(category.to_string(), 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records one observation.
+    ///
+    /// # Errors
+    ///
+    /// As [`Aggregator::record`] and [`Aggregator::record_category`]; a category value with a
+    /// numeric kind (or the reverse) is an [`Error::Metric`].
+    pub fn update(&mut self, m: &Metric) -> Result<()> {
+        match (&m.value, m.kind) {
+            (Value::Category(c), Kind::Categorical) => self.record_category(&m.dataset, &m.name, c),
+            (Value::Number(v), kind) => self.record(&m.dataset, &m.name, kind, *v),
+            (Value::Category(_), kind) => Err(Error::Metric {
+                dataset: m.dataset.clone(),
+                metric: m.name.clone(),
+                reason: format!("a category name given to a {kind:?} metric"),
+            }),
+        }
+    }
+
+    /// Merges a whole sketch into a distribution metric.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Metric`] on a kind conflict.
+    pub fn add_sketch(&mut self, dataset: &str, metric: &str, sketch: &Sketch) -> Result<()> {
+        if let State::Distribution { sketch: s } = self.slot(dataset, metric, Kind::Distribution)? {
+            s.merge(sketch);
+        }
+        Ok(())
+    }
+
+    /// Merges another aggregator (a per-batch partial, or another rank's state).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Metric`] on a kind conflict, or when the sketch accuracies differ.
+    pub fn merge(&mut self, other: &Aggregator) -> Result<()> {
+        if other.config.alpha != self.config.alpha {
+            return Err(Error::Metric {
+                dataset: "*".into(),
+                metric: "*".into(),
+                reason: format!(
+                    "sketch accuracy {} cannot merge with {}",
+                    other.config.alpha, self.config.alpha
+                ),
+            });
+        }
+        for (d, metrics) in &other.entries {
+            for (m, state) in metrics {
+                self.slot(d, m, state.kind())?.merge(state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every value (the names agreed with other ranks are kept).
+    pub fn reset(&mut self) {
+        self.entries.clear();
+    }
+
+    /// The nested report.
+    pub fn report(&self) -> Report {
+        let mut report = Report::default();
+        for (d, metrics) in &self.entries {
+            let out: BTreeMap<String, ReportValue> = metrics
+                .iter()
+                .filter_map(|(m, s)| Some((m.clone(), self.report_value(s)?)))
+                .collect();
+            if !out.is_empty() {
+                report.datasets.insert(d.clone(), out);
+            }
+        }
+        report
+    }
+
+    fn report_value(&self, s: &State) -> Option<ReportValue> {
+        Some(match s {
+            State::Sum { sum } => ReportValue::Number(*sum),
+            State::Mean { sum, count } => ReportValue::Number((*count > 0.0).then(|| sum / count)?),
+            State::Max { max } => ReportValue::Number(Some(*max).filter(|m| m.is_finite())?),
+            State::Min { min } => ReportValue::Number(Some(*min).filter(|m| m.is_finite())?),
+            State::Distribution { sketch } => {
+                let mut stats = BTreeMap::new();
+                stats.insert("count".into(), sketch.count as f64);
+                stats.insert("sum".into(), sketch.sum);
+                stats.insert("mean".into(), sketch.mean()?);
+                stats.insert("min".into(), sketch.min?);
+                stats.insert("max".into(), sketch.max?);
+                for &q in &self.config.percentiles {
+                    stats.insert(percentile_name(q), sketch.quantile(&self.map, q)?);
+                }
+                ReportValue::Stats(stats)
+            }
+            State::Categorical { counts } => ReportValue::Counts(
+                counts
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(c, n)| (c.clone(), *n))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The serializable state.
+    pub fn state(&self) -> AggregatorState {
+        AggregatorState {
+            config: self.config.clone(),
+            entries: self.entries.clone(),
+            layout: self.layout.clone(),
+        }
+    }
+
+    /// An aggregator from a saved state; `from_state(a.state()) == a`.
+    pub fn from_state(state: AggregatorState) -> Self {
+        let mut agg = Aggregator::new(state.config);
+        agg.entries = state.entries;
+        agg.layout = state.layout;
+        agg
+    }
+}
+
+/// `p05`, `p50`, `p95`, `p99.9`.
+fn percentile_name(q: f64) -> String {
+    let pct = q * 100.0;
+    if (pct - pct.round()).abs() < 1e-9 {
+        format!("p{:02}", pct.round() as u64)
+    } else {
+        format!("p{pct}")
+    }
+}

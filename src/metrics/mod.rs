@@ -1,0 +1,21 @@
+//! Data metrics: kinds, the [`Aggregator`], the distribution [`Sketch`], the fused cross-rank
+//! reduce, and the standard metric transform the loader runs on every batch.
+//!
+//! | kind | state | merged by | reported |
+//! |---|---|---|---|
+//! | SUM | sum | + | the sum |
+//! | MEAN | sum, count | + | sum / count (weighted by count, never a mean of means) |
+//! | MAX | max | max | the max |
+//! | MIN | min | min (reduced as max of −min) | the min |
+//! | DISTRIBUTION | sketch + exact count, sum, min, max | + per bucket | count, sum, mean, min, max, p05, p50, p95 |
+//! | CATEGORICAL | count per category | + | the counts |
+
+mod aggregator;
+mod reduce;
+mod sketch;
+mod standard;
+
+pub use aggregator::*;
+pub use reduce::{Layout, LayoutKey};
+pub use sketch::*;
+pub use standard::*;
