@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::collate::{CollateConfig, DocRef, Pool, StagedBatch};
 use crate::error::{Error, Result};
+use crate::metrics::{Aggregator, MetricsConfig, SampleMetrics, standard_metrics};
 use crate::shard::{Dataset, TokenId, TokenSlice};
 use crate::transform::{
     BadSamplePolicy, SampleInfo, Shape, TransformConfig, TruncatePolicy, UserTransform,
@@ -31,10 +32,17 @@ pub(crate) struct Builder<T: TokenId> {
     pub collate: CollateConfig,
     pub pool: Pool,
     pub stop: Arc<AtomicBool>,
+    /// The standard metrics' settings; `None` turns metrics off.
+    pub metrics: Option<MetricsConfig>,
+    pub user_metrics: Vec<UserMetric<T>>,
     bos: Option<T>,
     eos: Option<T>,
     max_len: usize,
 }
+
+/// A user metric: records metrics of one sample (its ids after every transform).
+pub type UserMetric<T> =
+    Arc<dyn Fn(&SampleInfo<'_>, &[T], &mut SampleMetrics<'_>) -> Result<(), String> + Send + Sync>;
 
 /// The sample a worker is on, for reporting a panic.
 pub(crate) type Current = Option<(u32, u64)>;
@@ -48,6 +56,8 @@ impl<T: TokenId> Builder<T> {
         collate: CollateConfig,
         pool: Pool,
         stop: Arc<AtomicBool>,
+        metrics: Option<MetricsConfig>,
+        user_metrics: Vec<UserMetric<T>>,
     ) -> Self {
         let id = |v: Option<i64>| v.and_then(|v| T::try_from(v).ok());
         // Packed documents are cut across rows, so only an explicit maximum caps them (as in the
@@ -67,6 +77,8 @@ impl<T: TokenId> Builder<T> {
             collate,
             pool,
             stop,
+            metrics,
+            user_metrics,
         }
     }
 
@@ -77,12 +89,23 @@ impl<T: TokenId> Builder<T> {
         current: &mut Current,
         scratch: &mut Vec<T>,
         skips: &mut Vec<Skip>,
+        mut partial: Option<&mut Aggregator>,
     ) -> Result<StagedBatch<T>> {
-        if job.packed {
-            self.build_packed(job, current, skips)
+        let batch = job.batch;
+        let staged = if job.packed {
+            self.build_packed(job, current, skips)?
         } else {
-            self.build_padded(job, current, scratch, skips)
+            self.build_padded(job, current, scratch, skips, partial.as_deref_mut())?
+        };
+        if let Some(agg) = partial {
+            standard_metrics(&staged.docs, &self.names, agg).map_err(|e| Error::Sample {
+                step: batch,
+                dataset: "*".into(),
+                sample: 0,
+                reason: format!("standard metrics: {e}"),
+            })?;
         }
+        Ok(staged)
     }
 
     fn build_padded(
@@ -91,6 +114,7 @@ impl<T: TokenId> Builder<T> {
         current: &mut Current,
         scratch: &mut Vec<T>,
         skips: &mut Vec<Skip>,
+        mut partial: Option<&mut Aggregator>,
     ) -> Result<StagedBatch<T>> {
         let rows = job.rows;
         // Every row fits `max_len`: the bound sizes the buffer without a pass over the lengths.
@@ -109,6 +133,27 @@ impl<T: TokenId> Builder<T> {
                 Ok(n) => {
                     piece.len = n as u32;
                     piece.doc_len = n as u32;
+                    if let Some(agg) = partial
+                        .as_deref_mut()
+                        .filter(|_| !self.user_metrics.is_empty())
+                    {
+                        let name = &self.names[piece.dataset as usize];
+                        let info = SampleInfo {
+                            dataset: name,
+                            sample: piece.sample,
+                            epoch: piece.epoch,
+                        };
+                        for f in &self.user_metrics {
+                            f(
+                                &info,
+                                &tokens[pos..pos + n],
+                                &mut SampleMetrics::new(agg, name),
+                            )
+                            .map_err(|r| {
+                                self.sample_error(job.batch, piece, format!("metric: {r}"))
+                            })?;
+                        }
+                    }
                     pos += n;
                     longest = longest.max(n);
                 }

@@ -32,10 +32,11 @@ use std::time::{Duration, Instant};
 use crate::collate::{CollateConfig, Pool};
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
+use crate::metrics::{Aggregator, MetricsConfig, SampleMetrics};
 use crate::order::{DatasetSpec, OrderConfig, Plan, Planner, ResumeOptions};
 use crate::shard::{Dataset, TokenId};
 use crate::transform::{BadSamplePolicy, TransformConfig, UserTransform};
-use build::{Builder, Current, Skip};
+use build::{Builder, Current, Skip, UserMetric};
 use job::{Job, Packer, Scheduler};
 
 /// A named dataset with its mixture weight.
@@ -67,6 +68,8 @@ pub struct LoaderBuilder<T: TokenId> {
     collate: CollateConfig,
     transform: TransformConfig,
     user: Vec<UserTransform<T>>,
+    metrics: Option<MetricsConfig>,
+    user_metrics: Vec<UserMetric<T>>,
     workers: usize,
     prefetch: usize,
     watchdog: Duration,
@@ -83,6 +86,8 @@ impl<T: TokenId> LoaderBuilder<T> {
             collate: CollateConfig::default(),
             transform: TransformConfig::default(),
             user: Vec::new(),
+            metrics: Some(MetricsConfig::default()),
+            user_metrics: Vec::new(),
             workers: 2,
             prefetch: 4,
             watchdog: Duration::from_secs(30),
@@ -117,6 +122,29 @@ impl<T: TokenId> LoaderBuilder<T> {
         + 'static,
     ) -> Self {
         self.user.push(Arc::new(f));
+        self
+    }
+
+    /// The standard metrics' settings, or `None` to turn metrics off (on by default).
+    pub fn with_metrics(mut self, metrics: Option<MetricsConfig>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Adds a per-sample metric function: it sees each sample's ids after every transform and
+    /// records metrics of the sample's dataset (padded batches; not available with packing).
+    pub fn with_user_metric(
+        mut self,
+        f: impl Fn(
+            &crate::transform::SampleInfo<'_>,
+            &[T],
+            &mut SampleMetrics<'_>,
+        ) -> Result<(), String>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.user_metrics.push(Arc::new(f));
         self
     }
 
@@ -173,11 +201,20 @@ impl<T: TokenId> LoaderBuilder<T> {
             collate,
             transform,
             user,
+            metrics,
+            user_metrics,
             workers,
             prefetch,
             watchdog,
             resume,
         } = self;
+        if collate.pack && !user_metrics.is_empty() {
+            return Err(Error::Config(
+                "user metrics cannot be combined with packing: a packed row holds pieces of \
+                 several documents"
+                    .into(),
+            ));
+        }
         collate.check()?;
         transform.check_ids::<T>(collate.pad_id)?;
         if collate.pack && !user.is_empty() {
@@ -240,7 +277,18 @@ impl<T: TokenId> LoaderBuilder<T> {
             collate.clone(),
             pool.clone(),
             stop.clone(),
+            metrics.clone(),
+            user_metrics,
         ));
+        // The metric totals continue from the checkpoint, so a resumed run reports the same.
+        let aggregator = match (
+            &metrics,
+            resume.as_ref().and_then(|(s, _)| s.metrics.clone()),
+        ) {
+            (Some(_), Some(saved)) => Aggregator::from_state(saved),
+            (Some(config), None) => Aggregator::new(config.clone()),
+            (None, _) => Aggregator::default(),
+        };
         let packer = collate
             .pack
             .then(|| Packer::at(position.rows_taken, position.doc_offset));
@@ -281,6 +329,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             done: false,
             watchdog,
             scratch: Vec::new(),
+            metrics: aggregator,
             rank,
             collate,
             transform,
@@ -324,6 +373,8 @@ struct Info {
     padded: usize,
     skips: Vec<Skip>,
     after: Position,
+    /// The batch's metrics, merged by the caller in plan order.
+    partial: Option<Aggregator>,
 }
 
 type Outcome<P> = Result<(P, Info)>;
@@ -386,7 +437,8 @@ fn make<T: TokenId, S: DeviceSink<T>>(
     let mut current: Current = None;
     let mut skips = Vec::new();
     let run = catch_unwind(AssertUnwindSafe(|| -> Outcome<S::Prepared> {
-        let staged = builder.build(job, &mut current, scratch, &mut skips)?;
+        let mut partial = builder.metrics.as_ref().map(|c| Aggregator::new(c.clone()));
+        let staged = builder.build(job, &mut current, scratch, &mut skips, partial.as_mut())?;
         let (rows, real, padded) = (
             staged.rows,
             staged.real_tokens(),
@@ -401,6 +453,7 @@ fn make<T: TokenId, S: DeviceSink<T>>(
                 padded,
                 skips: std::mem::take(&mut skips),
                 after,
+                partial,
             },
         ))
     }));
@@ -585,6 +638,7 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     done: bool,
     watchdog: Duration,
     scratch: Vec<T>,
+    metrics: Aggregator,
     rank: usize,
     collate: CollateConfig,
     transform: TransformConfig,
@@ -606,6 +660,7 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
             rank: self.rank,
             collate: self.collate.clone(),
             transform: self.transform.clone(),
+            metrics: self.builder.metrics.as_ref().map(|_| self.metrics.state()),
             skips: self
                 .skips
                 .iter()
@@ -616,6 +671,17 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
                 })
                 .collect(),
         }
+    }
+
+    /// The metrics of the batches received so far (standard metrics and user metrics), this
+    /// rank's only; [`Aggregator::reduce`] combines ranks.
+    pub fn metrics(&self) -> &Aggregator {
+        &self.metrics
+    }
+
+    /// Mutable access, to [`Aggregator::reduce`] or [`Aggregator::reset`] the metrics.
+    pub fn metrics_mut(&mut self) -> &mut Aggregator {
+        &mut self.metrics
     }
 
     /// Counters so far.
@@ -658,6 +724,11 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
                 };
                 return self.fail(e);
             }
+        }
+        if let Some(partial) = &info.partial
+            && let Err(e) = self.metrics.merge(partial)
+        {
+            return self.fail(e);
         }
         self.position = info.after;
         self.shadow.skip_to(info.after.plan_step);

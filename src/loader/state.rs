@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::atomic::write_atomic;
 use crate::collate::{CollateConfig, PoolStats};
 use crate::error::{Error, Result};
+use crate::metrics::AggregatorState;
 use crate::order::Cursor;
 use crate::transform::TransformConfig;
 
@@ -40,6 +41,9 @@ pub struct LoaderState {
     pub transform: TransformConfig,
     /// Skips per dataset epoch, for the skip limit.
     pub skips: Vec<SkipCount>,
+    /// The metric aggregator's state, when metrics are on.
+    #[serde(default)]
+    pub metrics: Option<AggregatorState>,
 }
 
 impl LoaderState {

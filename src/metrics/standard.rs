@@ -10,7 +10,7 @@
 //! | `samples_truncated` | SUM | samples cut or dropped for length |
 //! | `samples_failed` | SUM | samples skipped by the bad-sample policy |
 
-use super::aggregator::{Aggregator, Kind, MetricsConfig};
+use super::aggregator::{Aggregator, Kind};
 use super::sketch::Sketch;
 use crate::collate::DocRef;
 use crate::error::Result;
@@ -26,19 +26,14 @@ struct PerDataset {
     lengths: Sketch,
 }
 
-/// The standard metrics of one batch's document pieces, per dataset (`names[d]` names dataset
-/// index d). Every metric is recorded for every dataset present, zeros included, so the set of
+/// Records the standard metrics of one batch's document pieces into `agg`, per dataset
+/// (`names[d]` names dataset index d). Every metric is recorded for every dataset present, zeros included, so the set of
 /// names is stable from the first batch on and cross-rank reduces need no name exchange.
 ///
 /// # Errors
 ///
 /// None in practice: every value recorded is finite and every kind fixed.
-pub fn standard_metrics(
-    docs: &[DocRef],
-    names: &[String],
-    config: &MetricsConfig,
-) -> Result<Aggregator> {
-    let mut agg = Aggregator::new(config.clone());
+pub fn standard_metrics(docs: &[DocRef], names: &[String], agg: &mut Aggregator) -> Result<()> {
     let map = *agg.mapping();
     let mut per: Vec<PerDataset> = (0..names.len()).map(|_| PerDataset::default()).collect();
     for d in docs {
@@ -69,5 +64,36 @@ pub fn standard_metrics(
         agg.record(name, "samples_truncated", Kind::Sum, acc.truncated as f64)?;
         agg.record(name, "samples_failed", Kind::Sum, acc.failed as f64)?;
     }
-    Ok(agg)
+    Ok(())
+}
+
+/// What a user metric function records for one sample: metrics of the sample's dataset.
+pub struct SampleMetrics<'a> {
+    agg: &'a mut Aggregator,
+    dataset: &'a str,
+}
+
+impl<'a> SampleMetrics<'a> {
+    /// Records into `agg` for `dataset`.
+    pub fn new(agg: &'a mut Aggregator, dataset: &'a str) -> Self {
+        SampleMetrics { agg, dataset }
+    }
+
+    /// Records a numeric value of metric `name`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Aggregator::record`].
+    pub fn record(&mut self, name: &str, kind: Kind, value: f64) -> Result<()> {
+        self.agg.record(self.dataset, name, kind, value)
+    }
+
+    /// Counts `category` for metric `name`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Aggregator::record_category`].
+    pub fn record_category(&mut self, name: &str, category: &str) -> Result<()> {
+        self.agg.record_category(self.dataset, name, category)
+    }
 }

@@ -1,0 +1,169 @@
+//! The loader's metrics: the standard metric transform, user metrics, and totals that survive
+//! checkpoint and resume and reduce across ranks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{mixture, write_dataset};
+use shardflow::collate::{CollateConfig, Padding};
+use shardflow::collective::in_process;
+use shardflow::loader::{Loader, LoaderBuilder, LoaderState, Source};
+use shardflow::metrics::{Kind, ReportValue};
+use shardflow::order::{OrderConfig, Shuffle, StreamLimit};
+use shardflow::transform::{BadSamplePolicy, TransformConfig};
+
+#[test]
+fn standard_metrics_count_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lengths 3, 10, 5, 7; max length 6 cuts samples 1 and 3; one epoch and a half.
+    let data = write_dataset(dir.path(), "d", 0, &[3, 10, 5, 7]);
+    let loader = LoaderBuilder::<i32>::new(vec![Source::new("d", data, 1.0)])
+        .with_order(OrderConfig {
+            shuffle: Shuffle::None,
+            local_batch: 2,
+            limit: StreamLimit::Epochs(1.5),
+            ..Default::default()
+        })
+        .with_collate(CollateConfig {
+            seq_len: 6,
+            padding: Padding::Longest,
+            ..Default::default()
+        })
+        .with_user_metric(|_, ids, m| {
+            m.record("first_id", Kind::Min, ids[0] as f64)
+                .map_err(|e| e.to_string())
+        })
+        .with_workers(1)
+        .build_host()
+        .unwrap();
+    let mut loader = loader;
+    assert_eq!(loader.by_ref().count(), 3, "6 samples in batches of 2");
+    let r = loader.metrics().report();
+    // Epoch 0: samples 0..4, epoch 1: samples 0, 1 (sample 2 of epoch 1 is not reached).
+    assert_eq!(r.number("d", "samples_seen"), Some(6.0));
+    assert_eq!(
+        r.number("d", "tokens_seen"),
+        Some((3 + 6 + 5 + 6 + 3 + 6) as f64)
+    );
+    assert_eq!(
+        r.number("d", "samples_truncated"),
+        Some(3.0),
+        "samples 1, 3, then 1 again"
+    );
+    assert_eq!(r.number("d", "samples_failed"), Some(0.0));
+    assert_eq!(r.number("d", "epoch"), Some(1.0));
+    assert_eq!(r.number("d", "first_id"), Some(0.0));
+    let Some(ReportValue::Stats(s)) = r.get("d", "seq_len") else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        (s["count"], s["min"], s["max"], s["sum"]),
+        (6.0, 3.0, 6.0, 29.0)
+    );
+    assert!((s["p50"] - 5.0).abs() <= 0.05, "{s:?}");
+}
+
+#[test]
+fn skipped_samples_count_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), "d", 0, &[3, 4, 5, 6]);
+    let mut loader = LoaderBuilder::<i32>::new(vec![Source::new("d", data, 1.0)])
+        .with_order(OrderConfig {
+            shuffle: Shuffle::None,
+            local_batch: 4,
+            limit: StreamLimit::Epochs(1.0),
+            ..Default::default()
+        })
+        .with_transform(TransformConfig {
+            bad_samples: BadSamplePolicy::Skip { max_per_epoch: 9 },
+            ..Default::default()
+        })
+        .with_user_transform(|info, _| {
+            if info.sample == 1 {
+                Err("bad".into())
+            } else {
+                Ok(())
+            }
+        })
+        .with_workers(0)
+        .build_host()
+        .unwrap();
+    loader.by_ref().for_each(|b| drop(b.unwrap()));
+    let r = loader.metrics().report();
+    assert_eq!(r.number("d", "samples_failed"), Some(1.0));
+    assert_eq!(r.number("d", "samples_seen"), Some(3.0));
+    assert_eq!(r.number("d", "tokens_seen"), Some(14.0));
+}
+
+fn rank_loader(sources: &[Source], rank: usize, state: Option<LoaderState>) -> Loader<i32> {
+    let b = LoaderBuilder::new(sources.to_vec())
+        .with_order(OrderConfig {
+            seed: 4,
+            world: 2,
+            rank,
+            local_batch: 4,
+            ..Default::default()
+        })
+        .with_collate(CollateConfig {
+            seq_len: 40,
+            padding: Padding::Multiple(8),
+            ..Default::default()
+        })
+        .with_workers(rank + 1);
+    match state {
+        Some(s) => b.resume(s),
+        None => b,
+    }
+    .build_host()
+    .unwrap()
+}
+
+#[test]
+fn reduce_after_resume_equals_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = mixture(dir.path());
+    let world = in_process(2, Duration::from_secs(20));
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = world
+            .iter()
+            .enumerate()
+            .map(|(rank, c)| {
+                let sources = &sources;
+                s.spawn(move || {
+                    let mut whole = rank_loader(sources, rank, None);
+                    whole.by_ref().take(30).for_each(|b| drop(b.unwrap()));
+                    let uninterrupted = whole.metrics_mut().reduce(c).unwrap().report();
+
+                    let mut first = rank_loader(sources, rank, None);
+                    first.by_ref().take(12).for_each(|b| drop(b.unwrap()));
+                    let json = serde_json::to_string(&first.state()).unwrap();
+                    drop(first);
+                    let state: LoaderState = serde_json::from_str(&json).unwrap();
+                    let mut resumed = rank_loader(sources, rank, Some(state));
+                    resumed.by_ref().take(18).for_each(|b| drop(b.unwrap()));
+                    assert_eq!(
+                        resumed.metrics().report(),
+                        whole.metrics().report(),
+                        "rank {rank} alone"
+                    );
+                    let after_resume = resumed.metrics_mut().reduce(c).unwrap().report();
+                    (uninterrupted, after_resume)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (uninterrupted, after_resume) in &reports {
+        assert_eq!(uninterrupted, after_resume);
+        assert_eq!(
+            uninterrupted, &reports[0].0,
+            "every rank has the same global totals"
+        );
+    }
+    let total: f64 = ["web", "code", "books"]
+        .iter()
+        .map(|d| reports[0].0.number(d, "samples_seen").unwrap())
+        .sum();
+    assert_eq!(total, 30.0 * 2.0 * 4.0, "30 steps x 2 ranks x 4 rows");
+}
