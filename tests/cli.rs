@@ -168,6 +168,14 @@ fn demo_writes_and_inspects_the_builtin_corpus() {
         assert!(dir.path().join(format!("{name}.idx")).is_file());
     }
     assert!(said.contains("compared 500 batches: identical"), "{said}");
+    assert!(
+        said.contains("reduced metric totals after resume: equal to the uninterrupted run"),
+        "{said}"
+    );
+    assert!(
+        said.contains("data metrics, reduced over both ranks"),
+        "{said}"
+    );
     assert!(dir.path().join("checkpoint-rank1.json").is_file());
     // Deterministic: the same seed writes the same bytes.
     let again = tempfile::tempdir().unwrap();

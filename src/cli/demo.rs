@@ -9,13 +9,15 @@ use std::time::Instant;
 
 use indicatif::ProgressBar;
 use shardflow::collate::{CollateConfig, Padding};
+use shardflow::collective::{WorldRank, in_process};
 use shardflow::loader::{LoaderBuilder, LoaderState, LoaderStats, Source};
+use shardflow::metrics::{Report, ReportValue};
 use shardflow::order::{OrderConfig, fnv1a};
 use shardflow::shard::synthetic::SyntheticCorpus;
 use shardflow::transform::TransformConfig;
 use shardflow::{Dataset, Error, Result};
 
-use super::inspect::{Report, table};
+use super::inspect::{Report as ShardReport, table};
 
 const WORLD: usize = 2;
 const STEPS: usize = 400;
@@ -55,7 +57,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
     );
     let reports = written
         .iter()
-        .map(|s| Report::of(&s.prefix))
+        .map(|s| ShardReport::of(&s.prefix))
         .collect::<Result<Vec<_>>>()?;
     print!("{}", table(&reports));
 
@@ -80,11 +82,14 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
         "{spinner} batches [{bar:30}] {pos}/{len} ({per_sec}, {elapsed})",
     );
     let start = Instant::now();
+    let world = in_process(WORLD, std::time::Duration::from_secs(60));
     let runs: Vec<Result<RankRun>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..WORLD)
-            .map(|rank| {
+        let handles: Vec<_> = world
+            .iter()
+            .enumerate()
+            .map(|(rank, c)| {
                 let (sources, dir, bar) = (&sources, &dir, &bar);
-                s.spawn(move || run_rank(sources, rank, dir, bar))
+                s.spawn(move || run_rank(sources, rank, c, dir, bar))
             })
             .collect();
         handles
@@ -94,11 +99,11 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
     });
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
+    let runs = runs.into_iter().collect::<Result<Vec<_>>>()?;
     let mut compared = 0;
     let mut identical = true;
     println!("rank  batches  real tokens  padding  first mismatch");
-    for (rank, run) in runs.into_iter().enumerate() {
-        let run = run?;
+    for (rank, run) in runs.iter().enumerate() {
         let s = &run.stats;
         let padding = 1.0 - s.real_tokens as f64 / s.padded_tokens.max(1) as f64;
         let mismatch = run
@@ -111,22 +116,64 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
         compared += run.compared;
         identical &= run.mismatch.is_none();
     }
+    println!("\ndata metrics, reduced over both ranks:");
+    print!("{}", metrics_table(&runs[0].metrics));
+    let same_metrics = runs
+        .iter()
+        .all(|r| r.metrics == r.resumed_metrics && r.metrics == runs[0].metrics);
     println!(
-        "\nresumed from the step-{CHECKPOINT_AT} checkpoints and compared {compared} batches: {} \
-         ({seconds:.2} s in all)",
-        if identical { "identical" } else { "MISMATCH" }
+        "\nresumed from the step-{CHECKPOINT_AT} checkpoints and compared {compared} batches: {}; \
+         reduced metric totals after resume: {} ({seconds:.2} s in all)",
+        if identical { "identical" } else { "MISMATCH" },
+        if same_metrics {
+            "equal to the uninterrupted run"
+        } else {
+            "DIFFERENT"
+        }
     );
-    Ok(if identical {
+    Ok(if identical && same_metrics {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
+/// The standard metrics per dataset as a table.
+fn metrics_table(report: &Report) -> String {
+    let mut out = String::from(
+        "dataset  samples     tokens  seq_len mean    p05    p50    p95    max  epoch  truncated  failed\n",
+    );
+    for (d, metrics) in &report.datasets {
+        let n = |m: &str| report.number(d, m).unwrap_or(0.0);
+        let stat = |s: &str| match metrics.get("seq_len") {
+            Some(ReportValue::Stats(st)) => st.get(s).copied().unwrap_or(0.0),
+            _ => 0.0,
+        };
+        out.push_str(&format!(
+            "{d:<7}  {:>7}  {:>9}  {:>12.1}  {:>5.0}  {:>5.0}  {:>5.0}  {:>5.0}  {:>5}  {:>9}  {:>6}\n",
+            n("samples_seen"),
+            n("tokens_seen"),
+            stat("mean"),
+            stat("p05"),
+            stat("p50"),
+            stat("p95"),
+            stat("max"),
+            n("epoch"),
+            n("samples_truncated"),
+            n("samples_failed"),
+        ));
+    }
+    out
+}
+
 struct RankRun {
     stats: LoaderStats,
     compared: usize,
     mismatch: Option<usize>,
+    /// The uninterrupted run's metrics, reduced over the ranks.
+    metrics: Report,
+    /// The resumed run's metrics (restored from the checkpoint), reduced over the ranks.
+    resumed_metrics: Report,
 }
 
 fn loader(sources: &[Source], rank: usize, workers: usize) -> LoaderBuilder<i32> {
@@ -152,7 +199,13 @@ fn loader(sources: &[Source], rank: usize, workers: usize) -> LoaderBuilder<i32>
 
 /// Runs rank `rank` uninterrupted, checkpointing on the way, then resumes from the checkpoint in
 /// a fresh loader and compares.
-fn run_rank(sources: &[Source], rank: usize, dir: &Path, bar: &ProgressBar) -> Result<RankRun> {
+fn run_rank(
+    sources: &[Source],
+    rank: usize,
+    world: &WorldRank,
+    dir: &Path,
+    bar: &ProgressBar,
+) -> Result<RankRun> {
     let ckpt = dir.join(format!("checkpoint-rank{rank}.json"));
     let mut digests = Vec::with_capacity(STEPS);
     let mut first = loader(sources, rank, 2).build_host()?;
@@ -167,6 +220,7 @@ fn run_rank(sources: &[Source], rank: usize, dir: &Path, bar: &ProgressBar) -> R
         bar.inc(1);
     }
     let stats = first.stats();
+    let metrics = first.metrics_mut().reduce(world)?.report();
     drop(first);
     let state = LoaderState::load(&ckpt)?;
     let mut resumed = loader(sources, rank, 1).resume(state).build_host()?;
@@ -180,9 +234,12 @@ fn run_rank(sources: &[Source], rank: usize, dir: &Path, bar: &ProgressBar) -> R
         }
         bar.inc(1);
     }
+    let resumed_metrics = resumed.metrics_mut().reduce(world)?.report();
     Ok(RankRun {
         stats,
         compared: STEPS - CHECKPOINT_AT,
         mismatch,
+        metrics,
+        resumed_metrics,
     })
 }
