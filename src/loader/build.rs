@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::collate::{CollateConfig, DocRef, Pool, StagedBatch};
 use crate::error::{Error, Result};
-use crate::metrics::{Aggregator, MetricsConfig, SampleMetrics, standard_metrics};
+use crate::metrics::{Aggregator, MetricsConfig, SampleMetrics};
 use crate::shard::{Dataset, TokenId, TokenSlice};
 use crate::transform::{
     BadSamplePolicy, SampleInfo, Shape, TransformConfig, TruncatePolicy, UserTransform,
@@ -47,38 +47,41 @@ pub type UserMetric<T> =
 /// The sample a worker is on, for reporting a panic.
 pub(crate) type Current = Option<(u32, u64)>;
 
+/// What a [`Builder`] is made of.
+pub(crate) struct Parts<T: TokenId> {
+    pub datasets: Vec<Dataset>,
+    pub names: Vec<String>,
+    pub transform: TransformConfig,
+    pub user: Vec<UserTransform<T>>,
+    pub collate: CollateConfig,
+    pub pool: Pool,
+    pub stop: Arc<AtomicBool>,
+    pub metrics: Option<MetricsConfig>,
+    pub user_metrics: Vec<UserMetric<T>>,
+}
+
 impl<T: TokenId> Builder<T> {
-    pub fn new(
-        datasets: Vec<Dataset>,
-        names: Vec<String>,
-        transform: TransformConfig,
-        user: Vec<UserTransform<T>>,
-        collate: CollateConfig,
-        pool: Pool,
-        stop: Arc<AtomicBool>,
-        metrics: Option<MetricsConfig>,
-        user_metrics: Vec<UserMetric<T>>,
-    ) -> Self {
+    pub fn new(p: Parts<T>) -> Self {
         let id = |v: Option<i64>| v.and_then(|v| T::try_from(v).ok());
         // Packed documents are cut across rows, so only an explicit maximum caps them (as in the
         // packer); padded rows are capped by the row length too.
-        let max_len = match (collate.pack, transform.max_len) {
+        let max_len = match (p.collate.pack, p.transform.max_len) {
             (true, cap) => cap.unwrap_or(usize::MAX),
-            (false, cap) => cap.unwrap_or(collate.seq_len).min(collate.seq_len),
+            (false, cap) => cap.unwrap_or(p.collate.seq_len).min(p.collate.seq_len),
         };
         Builder {
-            bos: id(transform.bos),
-            eos: id(transform.eos),
+            bos: id(p.transform.bos),
+            eos: id(p.transform.eos),
             max_len,
-            datasets,
-            names,
-            transform,
-            user,
-            collate,
-            pool,
-            stop,
-            metrics,
-            user_metrics,
+            datasets: p.datasets,
+            names: p.names,
+            transform: p.transform,
+            user: p.user,
+            collate: p.collate,
+            pool: p.pool,
+            stop: p.stop,
+            metrics: p.metrics,
+            user_metrics: p.user_metrics,
         }
     }
 
@@ -89,22 +92,13 @@ impl<T: TokenId> Builder<T> {
         current: &mut Current,
         scratch: &mut Vec<T>,
         skips: &mut Vec<Skip>,
-        mut partial: Option<&mut Aggregator>,
+        partial: Option<&mut Aggregator>,
     ) -> Result<StagedBatch<T>> {
-        let batch = job.batch;
         let staged = if job.packed {
             self.build_packed(job, current, skips)?
         } else {
-            self.build_padded(job, current, scratch, skips, partial.as_deref_mut())?
+            self.build_padded(job, current, scratch, skips, partial)?
         };
-        if let Some(agg) = partial {
-            standard_metrics(&staged.docs, &self.names, agg).map_err(|e| Error::Sample {
-                step: batch,
-                dataset: "*".into(),
-                sample: 0,
-                reason: format!("standard metrics: {e}"),
-            })?;
-        }
         Ok(staged)
     }
 

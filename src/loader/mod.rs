@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 use crate::collate::{CollateConfig, Pool};
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
-use crate::metrics::{Aggregator, MetricsConfig, SampleMetrics};
+use crate::metrics::{Aggregator, BatchMetrics, MetricsConfig, SampleMetrics};
 use crate::order::{DatasetSpec, OrderConfig, Plan, Planner, ResumeOptions};
 use crate::shard::{Dataset, TokenId};
 use crate::transform::{BadSamplePolicy, TransformConfig, UserTransform};
-use build::{Builder, Current, Skip, UserMetric};
+use build::{Builder, Current, Parts, Skip, UserMetric};
 use job::{Job, Packer, Scheduler};
 
 /// A named dataset with its mixture weight.
@@ -269,17 +269,17 @@ impl<T: TokenId> LoaderBuilder<T> {
         let pool = Pool::new();
         let stop = Arc::new(AtomicBool::new(false));
         let datasets: Vec<Dataset> = sources.into_iter().map(|s| s.data).collect();
-        let builder = Arc::new(Builder::new(
-            datasets.clone(),
-            plan.names().to_vec(),
-            transform.clone(),
+        let builder = Arc::new(Builder::new(Parts {
+            datasets: datasets.clone(),
+            names: plan.names().to_vec(),
+            transform: transform.clone(),
             user,
-            collate.clone(),
-            pool.clone(),
-            stop.clone(),
-            metrics.clone(),
+            collate: collate.clone(),
+            pool: pool.clone(),
+            stop: stop.clone(),
+            metrics: metrics.clone(),
             user_metrics,
-        ));
+        }));
         // The metric totals continue from the checkpoint, so a resumed run reports the same.
         let aggregator = match (
             &metrics,
@@ -373,8 +373,8 @@ struct Info {
     padded: usize,
     skips: Vec<Skip>,
     after: Position,
-    /// The batch's metrics, merged by the caller in plan order.
-    partial: Option<Aggregator>,
+    /// The batch's standard metrics and user metrics, merged by the caller in plan order.
+    partial: Option<(BatchMetrics, Option<Aggregator>)>,
 }
 
 type Outcome<P> = Result<(P, Info)>;
@@ -437,8 +437,17 @@ fn make<T: TokenId, S: DeviceSink<T>>(
     let mut current: Current = None;
     let mut skips = Vec::new();
     let run = catch_unwind(AssertUnwindSafe(|| -> Outcome<S::Prepared> {
-        let mut partial = builder.metrics.as_ref().map(|c| Aggregator::new(c.clone()));
-        let staged = builder.build(job, &mut current, scratch, &mut skips, partial.as_mut())?;
+        // User metrics need an aggregator per batch; the standard ones only counts.
+        let mut user = builder
+            .metrics
+            .as_ref()
+            .filter(|_| !builder.user_metrics.is_empty())
+            .map(|c| Aggregator::new(c.clone()));
+        let staged = builder.build(job, &mut current, scratch, &mut skips, user.as_mut())?;
+        let partial = builder
+            .metrics
+            .as_ref()
+            .map(|_| (BatchMetrics::of(&staged.docs, builder.names.len()), user));
         let (rows, real, padded) = (
             staged.rows,
             staged.real_tokens(),
@@ -725,10 +734,13 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
                 return self.fail(e);
             }
         }
-        if let Some(partial) = &info.partial
-            && let Err(e) = self.metrics.merge(partial)
-        {
-            return self.fail(e);
+        if let Some((standard, user)) = &info.partial {
+            let merged = standard
+                .merge_into(&mut self.metrics, self.plan.names())
+                .and_then(|()| user.as_ref().map_or(Ok(()), |u| self.metrics.merge(u)));
+            if let Err(e) = merged {
+                return self.fail(e);
+            }
         }
         self.position = info.after;
         self.shadow.skip_to(info.after.plan_step);

@@ -414,6 +414,33 @@ impl Aggregator {
         }
     }
 
+    /// Records many values of a distribution metric (finite values; others are an error).
+    ///
+    /// # Errors
+    ///
+    /// As [`Aggregator::record`].
+    pub fn record_all(
+        &mut self,
+        dataset: &str,
+        metric: &str,
+        values: impl Iterator<Item = f64>,
+    ) -> Result<()> {
+        let map = self.map;
+        if let State::Distribution { sketch } = self.slot(dataset, metric, Kind::Distribution)? {
+            for v in values {
+                if !v.is_finite() {
+                    return Err(Error::Metric {
+                        dataset: dataset.into(),
+                        metric: metric.into(),
+                        reason: format!("value {v} is not finite"),
+                    });
+                }
+                sketch.add(&map, v);
+            }
+        }
+        Ok(())
+    }
+
     /// Merges a whole sketch into a distribution metric.
     ///
     /// # Errors

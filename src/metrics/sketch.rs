@@ -42,20 +42,27 @@ fn p_prime(m: f64) -> f64 {
     (3.0 * A * m + 2.0 * B) * m + C
 }
 
-impl Mapping {
-    /// The mapping for relative accuracy `alpha` (0 < alpha < 1).
-    pub fn new(alpha: f64) -> Self {
-        let gamma = (1.0 + alpha) / (1.0 - alpha);
-        // The widest true log2 span per unit of p: max over m of (d log2(1+m)/dm) / p'(m).
+/// The widest true log2 span per unit of p: the max over m of (d log2(1+m)/dm) / p'(m), with a
+/// small margin. It depends on p alone, so it is computed once.
+fn widest_span() -> f64 {
+    static WIDEST: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *WIDEST.get_or_init(|| {
         let steps = 4096;
-        let widest = (0..=steps)
+        (0..=steps)
             .map(|i| {
                 let m = i as f64 / steps as f64;
                 (1.0 / ((1.0 + m) * std::f64::consts::LN_2)) / p_prime(m)
             })
             .fold(0.0, f64::max)
-            * 1.0001;
-        let k = widest / gamma.log2();
+            * 1.0001
+    })
+}
+
+impl Mapping {
+    /// The mapping for relative accuracy `alpha` (0 < alpha < 1).
+    pub fn new(alpha: f64) -> Self {
+        let gamma = (1.0 + alpha) / (1.0 - alpha);
+        let k = widest_span() / gamma.log2();
         let mut map = Mapping {
             alpha,
             k,

@@ -11,60 +11,84 @@
 //! | `samples_failed` | SUM | samples skipped by the bad-sample policy |
 
 use super::aggregator::{Aggregator, Kind};
-use super::sketch::Sketch;
 use crate::collate::DocRef;
 use crate::error::Result;
 
-#[derive(Default)]
-struct PerDataset {
+/// One dataset's share of a batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DatasetCounts {
     seen: bool,
     samples: u64,
     tokens: u64,
     truncated: u64,
     failed: u64,
     epoch: u64,
-    lengths: Sketch,
+    /// Lengths of the samples delivered.
+    lengths: Vec<u32>,
+}
+
+/// The standard metrics of one batch: a small partial, per dataset index, that a worker computes
+/// from the batch's document pieces and the caller folds into its aggregator in plan order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchMetrics {
+    per: Vec<DatasetCounts>,
+}
+
+impl BatchMetrics {
+    /// The standard metrics of `docs` over `datasets` datasets.
+    pub fn of(docs: &[DocRef], datasets: usize) -> Self {
+        let mut per = vec![DatasetCounts::default(); datasets];
+        for d in docs {
+            let acc = &mut per[d.dataset as usize];
+            acc.seen = true;
+            acc.epoch = acc.epoch.max(d.epoch);
+            acc.tokens += d.len as u64;
+            if d.doc_offset != 0 {
+                continue; // the rest of a document is counted where it began
+            }
+            if d.flags & DocRef::SKIPPED != 0 {
+                acc.failed += 1;
+                continue;
+            }
+            if d.flags & (DocRef::TRUNCATED | DocRef::DROPPED) != 0 {
+                acc.truncated += 1;
+            }
+            if d.flags & DocRef::DROPPED == 0 {
+                acc.samples += 1;
+                acc.lengths.push(d.doc_len);
+            }
+        }
+        BatchMetrics { per }
+    }
+
+    /// Adds these counts to `agg` (`names[d]` names dataset index d). Every metric is recorded
+    /// for every dataset present, zeros included, so the set of names is stable from the first
+    /// batch on and cross-rank reduces need no name exchange.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Metric`] if `agg` holds one of these names with another kind.
+    pub fn merge_into(&self, agg: &mut Aggregator, names: &[String]) -> Result<()> {
+        for (acc, name) in self.per.iter().zip(names).filter(|(a, _)| a.seen) {
+            agg.record(name, "samples_seen", Kind::Sum, acc.samples as f64)?;
+            agg.record(name, "tokens_seen", Kind::Sum, acc.tokens as f64)?;
+            agg.record_all(name, "seq_len", acc.lengths.iter().map(|&l| l as f64))?;
+            agg.record(name, "epoch", Kind::Max, acc.epoch as f64)?;
+            agg.record(name, "samples_truncated", Kind::Sum, acc.truncated as f64)?;
+            agg.record(name, "samples_failed", Kind::Sum, acc.failed as f64)?;
+        }
+        Ok(())
+    }
 }
 
 /// Records the standard metrics of one batch's document pieces into `agg`, per dataset
-/// (`names[d]` names dataset index d). Every metric is recorded for every dataset present, zeros included, so the set of
-/// names is stable from the first batch on and cross-rank reduces need no name exchange.
+/// (`names[d]` names dataset index d).
 ///
 /// # Errors
 ///
-/// None in practice: every value recorded is finite and every kind fixed.
+/// As [`BatchMetrics::merge_into`].
 pub fn standard_metrics(docs: &[DocRef], names: &[String], agg: &mut Aggregator) -> Result<()> {
-    let map = *agg.mapping();
-    let mut per: Vec<PerDataset> = (0..names.len()).map(|_| PerDataset::default()).collect();
-    for d in docs {
-        let acc = &mut per[d.dataset as usize];
-        acc.seen = true;
-        acc.epoch = acc.epoch.max(d.epoch);
-        acc.tokens += d.len as u64;
-        if d.doc_offset != 0 {
-            continue; // the rest of a document counted where it began
-        }
-        if d.flags & DocRef::SKIPPED != 0 {
-            acc.failed += 1;
-            continue;
-        }
-        if d.flags & (DocRef::TRUNCATED | DocRef::DROPPED) != 0 {
-            acc.truncated += 1;
-        }
-        if d.flags & DocRef::DROPPED == 0 {
-            acc.samples += 1;
-            acc.lengths.add(&map, d.doc_len as f64);
-        }
-    }
-    for (acc, name) in per.iter().zip(names).filter(|(a, _)| a.seen) {
-        agg.record(name, "samples_seen", Kind::Sum, acc.samples as f64)?;
-        agg.record(name, "tokens_seen", Kind::Sum, acc.tokens as f64)?;
-        agg.add_sketch(name, "seq_len", &acc.lengths)?;
-        agg.record(name, "epoch", Kind::Max, acc.epoch as f64)?;
-        agg.record(name, "samples_truncated", Kind::Sum, acc.truncated as f64)?;
-        agg.record(name, "samples_failed", Kind::Sum, acc.failed as f64)?;
-    }
-    Ok(())
+    BatchMetrics::of(docs, names.len()).merge_into(agg, names)
 }
 
 /// What a user metric function records for one sample: metrics of the sample's dataset.
