@@ -188,23 +188,24 @@ fn demo_writes_and_inspects_the_builtin_corpus() {
     }
 }
 
+/// The tiny plan of the `order` module docs, without its step count.
+const TINY: [&str; 11] = [
+    "plan",
+    "--data",
+    "a=4:3",
+    "--data",
+    "b=2:1",
+    "--shuffle",
+    "none",
+    "--world",
+    "2",
+    "--local-batch",
+    "2",
+];
+
 #[test]
 fn plan_prints_the_tiny_table_and_json() {
-    let text = ok(&[
-        "plan",
-        "--data",
-        "a=4:3",
-        "--data",
-        "b=2:1",
-        "--shuffle",
-        "none",
-        "--world",
-        "2",
-        "--local-batch",
-        "2",
-        "--steps",
-        "3",
-    ]);
+    let text = ok(&[&TINY[..], &["--steps", "3"]].concat());
     assert_eq!(
         text,
         "step  rank  rows (dataset:sample (epoch))\n\
@@ -217,23 +218,10 @@ fn plan_prints_the_tiny_table_and_json() {
     );
     // --start skips ahead: step 2 of rank 1 alone, as JSON.
     let json: serde_json::Value = serde_json::from_str(&ok(&[
-        "plan",
-        "--data",
-        "a=4:3",
-        "--data",
-        "b=2:1",
-        "--shuffle",
-        "none",
-        "--world",
-        "2",
-        "--local-batch",
-        "2",
-        "--start",
-        "2",
-        "--rank",
-        "1",
-        "--json",
-    ]))
+        &TINY[..],
+        &["--start", "2", "--rank", "1", "--json"],
+    ]
+    .concat()))
     .unwrap();
     assert_eq!(
         json,

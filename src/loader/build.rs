@@ -23,21 +23,19 @@ pub(crate) struct Skip {
     pub reason: String,
 }
 
-/// What every worker shares.
+/// What every worker shares: its [`Parts`] and what follows from them.
 pub(crate) struct Builder<T: TokenId> {
-    pub datasets: Vec<Dataset>,
-    pub names: Vec<String>,
-    pub transform: TransformConfig,
-    pub user: Vec<UserTransform<T>>,
-    pub collate: CollateConfig,
-    pub pool: Pool,
-    pub stop: Arc<AtomicBool>,
-    /// The standard metrics' settings; `None` turns metrics off.
-    pub metrics: Option<MetricsConfig>,
-    pub user_metrics: Vec<UserMetric<T>>,
+    parts: Parts<T>,
     bos: Option<T>,
     eos: Option<T>,
     max_len: usize,
+}
+
+impl<T: TokenId> std::ops::Deref for Builder<T> {
+    type Target = Parts<T>;
+    fn deref(&self) -> &Parts<T> {
+        &self.parts
+    }
 }
 
 /// A user metric: records metrics of one sample (its ids after every transform).
@@ -49,6 +47,7 @@ pub(crate) type Current = Option<(u32, u64)>;
 
 /// What a [`Builder`] is made of.
 pub(crate) struct Parts<T: TokenId> {
+    /// The datasets, in plan order.
     pub datasets: Vec<Dataset>,
     pub names: Vec<String>,
     pub transform: TransformConfig,
@@ -73,15 +72,7 @@ impl<T: TokenId> Builder<T> {
             bos: id(p.transform.bos),
             eos: id(p.transform.eos),
             max_len,
-            datasets: p.datasets,
-            names: p.names,
-            transform: p.transform,
-            user: p.user,
-            collate: p.collate,
-            pool: p.pool,
-            stop: p.stop,
-            metrics: p.metrics,
-            user_metrics: p.user_metrics,
+            parts: p,
         }
     }
 
