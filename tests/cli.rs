@@ -275,3 +275,36 @@ fn plan_reads_shard_sizes_and_reports_config_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_reports_throughput_and_the_roofline() {
+    let out = ok(&[
+        "bench",
+        "--tokens",
+        "300000",
+        "--mixture",
+        "--eos",
+        "9",
+        "--batches",
+        "30",
+        "--workers",
+        "1",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["batches"], 30);
+    let real = r["real_tokens_per_s"].as_f64().unwrap();
+    let padded = r["padded_tokens_per_s"].as_f64().unwrap();
+    assert!(real > 0.0 && padded >= real, "{r}");
+    let ratio = r["padding_ratio"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&ratio), "{r}");
+    assert!(r["cpu_ns_per_real_token"].as_f64().unwrap() > 0.0);
+    assert!(r["roofline_ratio"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["stats"]["batches"], 50, "20 warm-up batches and 30 timed");
+    let bytes = r["output_bytes"].as_f64().unwrap();
+    let implied = 4.0 * padded * r["seconds"].as_f64().unwrap();
+    assert!(
+        (bytes - implied).abs() <= 1e-6 * bytes,
+        "i32 ids: 4 bytes per padded token; {r}"
+    );
+}

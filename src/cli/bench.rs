@@ -10,6 +10,7 @@ use shardflow::collate::{CollateConfig, Padding};
 use shardflow::loader::{LoaderBuilder, LoaderStats, Source, measure};
 use shardflow::order::{OrderConfig, Shuffle};
 use shardflow::shard::synthetic::SyntheticCorpus;
+use shardflow::transform::TransformConfig;
 use shardflow::{Dataset, Error, IndexedShard, Result};
 
 #[derive(Debug, Args)]
@@ -22,6 +23,13 @@ pub struct BenchArgs {
     /// Tokens of the generated corpus.
     #[arg(long, default_value_t = 50_000_000)]
     tokens: u64,
+    /// Generate three datasets (medians 300, 600 and 150 tokens) and mix them 0.5 / 0.3 / 0.2
+    /// instead of one dataset.
+    #[arg(long)]
+    mixture: bool,
+    /// Append this end-of-sequence id to every sample (a per-sample transform).
+    #[arg(long)]
+    eos: Option<i64>,
     /// Rows per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -73,25 +81,41 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             a.tokens,
             tmp.path().display()
         );
-        let corpus = SyntheticCorpus::single("bench", a.tokens, 300.0, a.seed);
-        corpus
-            .write(tmp.path(), |_| {})?
-            .into_iter()
-            .map(|s| s.prefix)
-            .collect()
+        let parts: &[(&str, f64, f64)] = if a.mixture {
+            &[
+                ("web", 300.0, 0.5),
+                ("code", 600.0, 0.3),
+                ("chat", 150.0, 0.2),
+            ]
+        } else {
+            &[("bench", 300.0, 1.0)]
+        };
+        let mut written = Vec::new();
+        for (i, (name, median, share)) in parts.iter().enumerate() {
+            let tokens = (a.tokens as f64 * share) as u64;
+            let corpus = SyntheticCorpus::single(name, tokens, *median, a.seed + i as u64);
+            written.extend(
+                corpus
+                    .write(tmp.path(), |_| {})?
+                    .into_iter()
+                    .map(|s| (s.prefix, *share)),
+            );
+        }
+        written
     } else {
-        a.data.clone()
+        a.data.iter().map(|p| (p.clone(), 1.0)).collect()
     };
     let sources = prefixes
         .iter()
-        .map(|p| {
+        .map(|(p, weight)| {
             let name = p
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            Ok(Source::new(name, Dataset::open(&[p])?, 1.0))
+            Ok(Source::new(name, Dataset::open(&[p])?, *weight))
         })
         .collect::<Result<Vec<_>>>()?;
+    let prefixes: Vec<PathBuf> = prefixes.into_iter().map(|(p, _)| p).collect();
     let padding = if a.pad_multiple <= 1 {
         Padding::Longest
     } else {
@@ -111,6 +135,10 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             attention_mask: false,
             labels: false,
             position_ids: false,
+            ..Default::default()
+        })
+        .with_transform(TransformConfig {
+            eos: a.eos,
             ..Default::default()
         })
         .with_workers(a.workers)
