@@ -12,10 +12,12 @@
 
 mod aggregator;
 mod reduce;
+mod report;
 mod sketch;
 mod standard;
 
 pub use aggregator::*;
 pub use reduce::{Layout, LayoutKey};
+pub use report::*;
 pub use sketch::*;
 pub use standard::*;

@@ -1,0 +1,345 @@
+//! Building a loader: its sources, the builder, and the checks a resumed state must pass.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use super::build::{Builder, Parts, UserMetric};
+use super::flow::{Mode, spawn};
+use super::job::{Packer, Scheduler};
+use super::{Loader, LoaderState, LoaderStats, Position};
+use crate::collate::{CollateConfig, Pool};
+use crate::device::{DeviceSink, HostSink};
+use crate::error::{Error, Result};
+use crate::metrics::{Aggregator, MetricsConfig, SampleMetrics};
+use crate::order::{DatasetSpec, OrderConfig, Planner, ResumeOptions};
+use crate::shard::{Dataset, TokenId};
+use crate::transform::{TransformConfig, UserTransform};
+
+/// A named dataset with its mixture weight.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// Unique name; checkpoints key state by it.
+    pub name: String,
+    /// The shards.
+    pub data: Dataset,
+    /// Mixture weight (finite, positive; normalized over the sources).
+    pub weight: f64,
+}
+
+impl Source {
+    /// A source named `name` over `data` with weight `weight`.
+    pub fn new(name: impl Into<String>, data: Dataset, weight: f64) -> Self {
+        Source {
+            name: name.into(),
+            data,
+            weight,
+        }
+    }
+}
+
+/// Builds a [`Loader`]: `LoaderBuilder::new(sources).with_workers(2).build_host()`.
+pub struct LoaderBuilder<T: TokenId> {
+    sources: Vec<Source>,
+    order: OrderConfig,
+    collate: CollateConfig,
+    transform: TransformConfig,
+    user: Vec<UserTransform<T>>,
+    metrics: Option<MetricsConfig>,
+    user_metrics: Vec<UserMetric<T>>,
+    workers: usize,
+    prefetch: usize,
+    watchdog: Duration,
+    resume: Option<(LoaderState, ResumeOptions)>,
+}
+
+impl<T: TokenId> LoaderBuilder<T> {
+    /// A builder over `sources` with default order, collation and transforms, 2 workers and a
+    /// prefetch depth of 4.
+    pub fn new(sources: Vec<Source>) -> Self {
+        LoaderBuilder {
+            sources,
+            order: OrderConfig::default(),
+            collate: CollateConfig::default(),
+            transform: TransformConfig::default(),
+            user: Vec::new(),
+            metrics: Some(MetricsConfig::default()),
+            user_metrics: Vec::new(),
+            workers: 2,
+            prefetch: 4,
+            watchdog: Duration::from_secs(30),
+            resume: None,
+        }
+    }
+
+    /// The order: seed, shuffle, mixture, partition, rank and world, local batch size, limit.
+    pub fn with_order(mut self, order: OrderConfig) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// Padding or packing, sequence length, optional fields.
+    pub fn with_collate(mut self, collate: CollateConfig) -> Self {
+        self.collate = collate;
+        self
+    }
+
+    /// Truncation, BOS/EOS, bad-sample policy.
+    pub fn with_transform(mut self, transform: TransformConfig) -> Self {
+        self.transform = transform;
+        self
+    }
+
+    /// Appends a user transform to the chain (not available with packing).
+    pub fn with_user_transform(
+        mut self,
+        f: impl Fn(&crate::transform::SampleInfo<'_>, &mut Vec<T>) -> Result<(), String>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.user.push(Arc::new(f));
+        self
+    }
+
+    /// The standard metrics' settings, or `None` to turn metrics off (on by default).
+    pub fn with_metrics(mut self, metrics: Option<MetricsConfig>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Adds a per-sample metric function: it sees each sample's ids after every transform and
+    /// records metrics of the sample's dataset (padded batches; not available with packing).
+    pub fn with_user_metric(
+        mut self,
+        f: impl Fn(
+            &crate::transform::SampleInfo<'_>,
+            &[T],
+            &mut SampleMetrics<'_>,
+        ) -> Result<(), String>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.user_metrics.push(Arc::new(f));
+        self
+    }
+
+    /// Worker threads; 0 builds batches on the caller's thread.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Batches planned ahead of the caller at most (at least 1).
+    pub fn with_prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// How long the caller may wait for a batch before the loader logs a warning (it keeps
+    /// waiting: a slow disk is not an error).
+    pub fn with_watchdog(mut self, watchdog: Duration) -> Self {
+        self.watchdog = watchdog;
+        self
+    }
+
+    /// Continues the stream that `state` was taken from.
+    pub fn resume(self, state: LoaderState) -> Self {
+        self.resume_with(state, ResumeOptions::default())
+    }
+
+    /// Continues the stream that `state` was taken from, with `options` for changed datasets.
+    pub fn resume_with(mut self, state: LoaderState, options: ResumeOptions) -> Self {
+        self.resume = Some((state, options));
+        self
+    }
+
+    /// Builds a loader whose batches are padded host [`crate::collate::Batch`]es.
+    ///
+    /// # Errors
+    ///
+    /// As [`LoaderBuilder::build`].
+    pub fn build_host(self) -> Result<Loader<T, HostSink>> {
+        self.build(HostSink)
+    }
+
+    /// Builds the loader and starts its threads.
+    ///
+    /// # Errors
+    ///
+    /// The plan's construction errors ([`OrderConfig::init`]); [`Error::Config`] for a bad
+    /// collate or transform configuration; [`Error::Resume`] when the resumed state does not fit
+    /// this configuration.
+    pub fn build<S: DeviceSink<T>>(self, sink: S) -> Result<Loader<T, S>> {
+        let LoaderBuilder {
+            sources,
+            order,
+            collate,
+            transform,
+            user,
+            metrics,
+            user_metrics,
+            workers,
+            prefetch,
+            watchdog,
+            resume,
+        } = self;
+        if collate.pack && !user_metrics.is_empty() {
+            return Err(Error::Config(
+                "user metrics cannot be combined with packing: a packed row holds pieces of \
+                 several documents"
+                    .into(),
+            ));
+        }
+        collate.check()?;
+        transform.check_ids::<T>(collate.pad_id)?;
+        if collate.pack && !user.is_empty() {
+            return Err(Error::Config(
+                "user transforms cannot be combined with packing: the packer lays documents out \
+                 from their stored lengths before any worker sees them"
+                    .into(),
+            ));
+        }
+        if prefetch == 0 {
+            return Err(Error::Config(
+                "the prefetch depth must be at least 1".into(),
+            ));
+        }
+        let specs = sources
+            .iter()
+            .map(|s| DatasetSpec::new(&s.name, s.data.len() as u64, s.weight))
+            .collect();
+        let (rank, world) = (order.rank, order.world);
+        let plan = Arc::new(order.init(specs)?);
+        let (planner, shadow, position, skips) = match &resume {
+            None => {
+                let p = Position {
+                    batches: 0,
+                    plan_step: 0,
+                    rows_taken: 0,
+                    doc_offset: 0,
+                };
+                (
+                    Planner::new(plan.clone()),
+                    Planner::new(plan.clone()),
+                    p,
+                    BTreeMap::new(),
+                )
+            }
+            Some((state, options)) => {
+                check_resume(state, &collate, &transform, rank, world)?;
+                let planner = Planner::resume(plan.clone(), &state.cursor, *options)?;
+                let shadow = Planner::resume(plan.clone(), &state.cursor, *options)?;
+                let names = plan.names();
+                let skips = state
+                    .skips
+                    .iter()
+                    .filter_map(|s| {
+                        let d = names.iter().position(|n| *n == s.dataset)?;
+                        Some(((d as u32, s.epoch), s.skipped))
+                    })
+                    .collect();
+                (planner, shadow, state.position, skips)
+            }
+        };
+        let pool = Pool::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let datasets: Vec<Dataset> = sources.into_iter().map(|s| s.data).collect();
+        let builder = Arc::new(Builder::new(Parts {
+            datasets: datasets.clone(),
+            names: plan.names().to_vec(),
+            transform: transform.clone(),
+            user,
+            collate: collate.clone(),
+            pool: pool.clone(),
+            stop: stop.clone(),
+            metrics: metrics.clone(),
+            user_metrics,
+        }));
+        // The metric totals continue from the checkpoint, so a resumed run reports the same.
+        let aggregator = match (
+            &metrics,
+            resume.as_ref().and_then(|(s, _)| s.metrics.clone()),
+        ) {
+            (Some(_), Some(saved)) => Aggregator::from_state(saved),
+            (Some(config), None) => Aggregator::new(config.clone()),
+            (None, _) => Aggregator::default(),
+        };
+        let packer = collate
+            .pack
+            .then(|| Packer::at(position.rows_taken, position.doc_offset));
+        let scheduler = Scheduler::new(
+            planner,
+            pool.clone(),
+            datasets,
+            transform.clone(),
+            collate.seq_len,
+            packer,
+            position.batches,
+        );
+        let sink = Arc::new(sink);
+        let busy = Arc::new(AtomicU64::new(0));
+        let planned = Arc::new(AtomicU64::new(position.batches));
+        let mode = if workers == 0 {
+            Mode::Inline {
+                scheduler: Box::new(scheduler),
+                scratch: Vec::new(),
+            }
+        } else {
+            spawn(
+                scheduler, &builder, &sink, workers, prefetch, &busy, &planned,
+            )
+        };
+        Ok(Loader {
+            sink,
+            builder,
+            plan,
+            shadow,
+            position,
+            skips,
+            stats: LoaderStats::default(),
+            busy,
+            planned,
+            mode,
+            stop,
+            done: false,
+            watchdog,
+            scratch: Vec::new(),
+            metrics: aggregator,
+            rank,
+            collate,
+            transform,
+        })
+    }
+}
+
+fn check_resume(
+    state: &LoaderState,
+    collate: &CollateConfig,
+    transform: &TransformConfig,
+    rank: usize,
+    world: usize,
+) -> Result<()> {
+    if state.collate != *collate {
+        return Err(Error::Resume(format!(
+            "the collate configuration changed (was {:?}, is {:?}); the batches would change",
+            state.collate, collate
+        )));
+    }
+    if state.transform != *transform {
+        return Err(Error::Resume(format!(
+            "the transform configuration changed (was {:?}, is {:?}); the samples would change",
+            state.transform, transform
+        )));
+    }
+    if collate.pack && (state.rank != rank || state.cursor.world != world) {
+        return Err(Error::Resume(format!(
+            "a packed stream belongs to its rank: the state is rank {} of {}, the loader rank {} \
+             of {}",
+            state.rank, state.cursor.world, rank, world
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The threads of a loader: the state the caller and the workers share, a worker's loop, and
+//! how one batch is planned, built and filed in the reorder buffer.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::build::{Builder, Current, Skip};
+use super::job::{Job, Scheduler};
+use super::state::Position;
+use crate::device::DeviceSink;
+use crate::error::{Error, Result};
+use crate::metrics::{Aggregator, BatchMetrics};
+use crate::shard::TokenId;
+
+/// What a batch's build produced besides the prepared batch.
+pub(super) struct Info {
+    pub rows: usize,
+    pub real: usize,
+    pub padded: usize,
+    pub skips: Vec<Skip>,
+    pub after: Position,
+    /// The batch's standard metrics and user metrics, merged by the caller in plan order.
+    pub partial: Option<(BatchMetrics, Option<Aggregator>)>,
+}
+
+pub(super) type Outcome<P> = Result<(P, Info)>;
+
+/// What the caller and the workers share.
+pub(super) struct Shared<P> {
+    pub state: Mutex<Flow<P>>,
+    /// The caller waits here for its next batch.
+    pub caller: Condvar,
+    /// Workers wait here for room to plan another batch.
+    pub workers: Condvar,
+}
+
+pub(super) struct Flow<P> {
+    pub scheduler: Scheduler,
+    /// Built batches not yet handed out, by batch index.
+    pub ready: BTreeMap<u64, Outcome<P>>,
+    /// Batches handed to the caller.
+    pub delivered: u64,
+    /// Set once planning has ended: the number of batches in the stream (or up to an error).
+    pub end: Option<u64>,
+    pub prefetch: u64,
+    pub stop: bool,
+    /// Workers still running.
+    pub alive: usize,
+    /// The batch the caller is parked waiting for, if it is parked.
+    pub caller_waits: Option<u64>,
+    /// Workers parked waiting for room to plan.
+    pub idle_workers: usize,
+}
+
+impl<P> Shared<P> {
+    pub fn lock(&self) -> MutexGuard<'_, Flow<P>> {
+        // Workers catch their panics before they touch the lock; a poisoned lock still holds a
+        // consistent state to shut down from.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(super) enum Mode<T: TokenId, S: DeviceSink<T>> {
+    Inline {
+        scheduler: Box<Scheduler>,
+        scratch: Vec<T>,
+    },
+    Threads {
+        shared: Arc<Shared<S::Prepared>>,
+        threads: Vec<JoinHandle<()>>,
+    },
+}
+
+/// Builds a batch on the current thread: staged by the builder, prepared by the sink.
+pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
+    builder: &Builder<T>,
+    sink: &S,
+    job: Job,
+    scratch: &mut Vec<T>,
+) -> Outcome<S::Prepared> {
+    let batch = job.batch;
+    let after = job.after;
+    let mut current: Current = None;
+    let mut skips = Vec::new();
+    let run = catch_unwind(AssertUnwindSafe(|| -> Outcome<S::Prepared> {
+        // User metrics need an aggregator per batch; the standard ones only counts.
+        let mut user = builder
+            .metrics
+            .as_ref()
+            .filter(|_| !builder.user_metrics.is_empty())
+            .map(|c| Aggregator::new(c.clone()));
+        let staged = builder.build(job, &mut current, scratch, &mut skips, user.as_mut())?;
+        let partial = builder
+            .metrics
+            .as_ref()
+            .map(|_| (BatchMetrics::of(&staged.docs, builder.names.len()), user));
+        let (rows, real, padded) = (
+            staged.rows,
+            staged.real_tokens(),
+            staged.rows * staged.width,
+        );
+        let prepared = sink.prepare(staged, &builder.collate, &builder.pool)?;
+        Ok((
+            prepared,
+            Info {
+                rows,
+                real,
+                padded,
+                skips: std::mem::take(&mut skips),
+                after,
+                partial,
+            },
+        ))
+    }));
+    run.unwrap_or_else(|panic| {
+        let (dataset, sample) = match current {
+            Some((d, s)) => (builder.names[d as usize].clone(), s),
+            None => ("-".into(), 0),
+        };
+        Err(Error::WorkerPanic {
+            step: batch,
+            dataset,
+            sample,
+            message: panic_message(&panic),
+        })
+    })
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
+    scheduler: Scheduler,
+    builder: &Arc<Builder<T>>,
+    sink: &Arc<S>,
+    workers: usize,
+    prefetch: usize,
+    busy: &Arc<AtomicU64>,
+    planned: &Arc<AtomicU64>,
+) -> Mode<T, S> {
+    let delivered = scheduler.batch;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(Flow {
+            scheduler,
+            ready: BTreeMap::new(),
+            delivered,
+            end: None,
+            prefetch: prefetch as u64,
+            stop: false,
+            alive: workers,
+            caller_waits: None,
+            idle_workers: 0,
+        }),
+        caller: Condvar::new(),
+        workers: Condvar::new(),
+    });
+    let threads = (0..workers)
+        .map(|w| {
+            let (shared, builder, sink) = (shared.clone(), builder.clone(), sink.clone());
+            let (busy, planned) = (busy.clone(), planned.clone());
+            std::thread::Builder::new()
+                .name(format!("shardflow-worker-{w}"))
+                .spawn(move || {
+                    work(&shared, &builder, &*sink, &busy, &planned);
+                    shared.lock().alive -= 1;
+                    shared.caller.notify_all();
+                })
+                .expect("spawning a loader worker thread")
+        })
+        .collect();
+    Mode::Threads { shared, threads }
+}
+
+/// What a thread holding the lock found to do.
+pub(super) enum Turn {
+    /// Build this job (the lock is released meanwhile).
+    Build(Job),
+    /// No room to plan: too many batches ahead of the caller.
+    Full,
+    /// Planning has ended (stream end, error, or stop).
+    Over,
+}
+
+/// Plans the next batch if there is room; records the end of the stream or a planning error.
+pub(super) fn plan_next<P>(flow: &mut Flow<P>, shared: &Shared<P>, planned: &AtomicU64) -> Turn {
+    if flow.stop || flow.end.is_some() {
+        return Turn::Over;
+    }
+    if flow.scheduler.batch >= flow.delivered + flow.prefetch {
+        return Turn::Full;
+    }
+    let batch = flow.scheduler.batch;
+    let next =
+        catch_unwind(AssertUnwindSafe(|| flow.scheduler.next_job())).unwrap_or_else(|panic| {
+            Err(Error::WorkerPanic {
+                step: batch,
+                dataset: "-".into(),
+                sample: 0,
+                message: format!("in the planner: {}", panic_message(&panic)),
+            })
+        });
+    match next {
+        Ok(Some(job)) => {
+            planned.fetch_add(1, Ordering::Relaxed);
+            Turn::Build(job)
+        }
+        Ok(None) => {
+            flow.end = Some(batch);
+            shared.caller.notify_all();
+            shared.workers.notify_all();
+            Turn::Over
+        }
+        Err(e) => {
+            flow.ready.insert(batch, Err(e));
+            flow.end = Some(batch + 1);
+            shared.caller.notify_all();
+            shared.workers.notify_all();
+            Turn::Over
+        }
+    }
+}
+
+/// Builds `job` without the lock and files it as ready; returns the lock.
+pub(super) fn build_unlocked<'a, T: TokenId, S: DeviceSink<T>>(
+    shared: &'a Shared<S::Prepared>,
+    flow: MutexGuard<'a, Flow<S::Prepared>>,
+    job: Job,
+    builder: &Builder<T>,
+    sink: &S,
+    scratch: &mut Vec<T>,
+    busy: &AtomicU64,
+) -> MutexGuard<'a, Flow<S::Prepared>> {
+    drop(flow);
+    let batch = job.batch;
+    let start = Instant::now();
+    let outcome = make(builder, sink, job, scratch);
+    busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let mut flow = shared.lock();
+    flow.ready.insert(batch, outcome);
+    // Wake the caller only for the batch it waits for (a notify is a system call).
+    if flow.caller_waits == Some(batch) {
+        shared.caller.notify_one();
+    }
+    flow
+}
+
+/// A worker's loop: plan the next batch under the lock, build it outside, file it as ready.
+fn work<T: TokenId, S: DeviceSink<T>>(
+    shared: &Shared<S::Prepared>,
+    builder: &Builder<T>,
+    sink: &S,
+    busy: &AtomicU64,
+    planned: &AtomicU64,
+) {
+    let mut scratch = Vec::new();
+    let mut flow = shared.lock();
+    loop {
+        match plan_next(&mut flow, shared, planned) {
+            Turn::Over => return,
+            Turn::Full => {
+                flow.idle_workers += 1;
+                flow = shared.workers.wait(flow).unwrap_or_else(|e| e.into_inner());
+                flow.idle_workers -= 1;
+            }
+            Turn::Build(job) => {
+                flow = build_unlocked(shared, flow, job, builder, sink, &mut scratch, busy);
+            }
+        }
+    }
+}
