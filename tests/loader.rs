@@ -717,3 +717,91 @@ fn resume_with_a_changed_configuration_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn i64_and_u32_outputs_hold_the_same_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = mixture(dir.path());
+    let order = OrderConfig {
+        seed: 2,
+        local_batch: 4,
+        ..Default::default()
+    };
+    let cfg = CollateConfig {
+        seq_len: 32,
+        padding: Padding::Multiple(8),
+        labels: false,
+        ..Default::default()
+    };
+    let narrow: Vec<Batch<i32>> = builder(sources.clone(), order.clone(), cfg.clone())
+        .build_host()
+        .unwrap()
+        .take(10)
+        .map(|b| b.unwrap())
+        .collect();
+    let wide: Vec<Batch<i64>> = LoaderBuilder::<i64>::new(sources.clone())
+        .with_order(order.clone())
+        .with_collate(cfg.clone())
+        .build_host()
+        .unwrap()
+        .take(10)
+        .map(|b| b.unwrap())
+        .collect();
+    let unsigned: Vec<Batch<u32>> = LoaderBuilder::<u32>::new(sources)
+        .with_order(order)
+        .with_collate(cfg)
+        .build_host()
+        .unwrap()
+        .take(10)
+        .map(|b| b.unwrap())
+        .collect();
+    for ((n, w), u) in narrow.iter().zip(&wide).zip(&unsigned) {
+        assert_eq!((n.rows, n.width), (w.rows, w.width));
+        assert_eq!(
+            n.ids.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+            w.ids.to_vec()
+        );
+        assert_eq!(
+            n.ids.iter().map(|&t| t as u32).collect::<Vec<_>>(),
+            u.ids.to_vec()
+        );
+        assert_eq!(n.docs, w.docs);
+    }
+}
+
+#[test]
+fn an_ownership_partition_gives_every_sample_to_one_rank_per_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), "d", 0, &lengths(96, 16, 0));
+    for partition in [
+        shardflow::order::Partition::Contiguous,
+        shardflow::order::Partition::Strided,
+    ] {
+        let mut seen = Vec::new();
+        for rank in 0..3 {
+            let order = OrderConfig {
+                partition,
+                world: 3,
+                rank,
+                local_batch: 4,
+                limit: StreamLimit::Epochs(1.0),
+                ..Default::default()
+            };
+            let loader = builder(
+                vec![Source::new("d", data.clone(), 1.0)],
+                order,
+                collate(Padding::Longest, false),
+            )
+            .with_workers(1)
+            .build_host()
+            .unwrap();
+            let mine: Vec<u64> = loader
+                .flat_map(|b| b.unwrap().docs.iter().map(|d| d.sample).collect::<Vec<_>>())
+                .collect();
+            assert_eq!(mine.len(), 32, "{partition:?} rank {rank}");
+            seen.extend(mine);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..96).collect::<Vec<u64>>(), "{partition:?}");
+    }
+}
