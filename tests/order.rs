@@ -557,3 +557,31 @@ fn resume_with_new_weights_follows_them_from_the_cursor_on() {
     assert_eq!(rows.iter().find(|r| r.dataset == 0).unwrap().epoch, 1);
     assert_eq!(resumed.cursor().datasets["a"].consumed, 150 + 300);
 }
+
+#[test]
+fn a_sample_limit_ends_with_a_partial_global_batch_for_the_first_ranks() {
+    let data = vec![DatasetSpec::new("a", 10, 1.0)];
+    let cfg = |rank| OrderConfig {
+        shuffle: Shuffle::None,
+        world: 3,
+        rank,
+        local_batch: 2,
+        limit: StreamLimit::Samples(14),
+        ..Default::default()
+    };
+    let p = plan(cfg(0), data.clone());
+    assert_eq!(
+        p.steps(),
+        Some(3),
+        "14 rows in global batches of 6: 6, 6, 2"
+    );
+    let last = global_stream(&mut Planner::new(p), 10).pop().unwrap();
+    let got: Vec<(u32, u64, u64)> = last.iter().map(|r| (r.rank, r.sample, r.epoch)).collect();
+    assert_eq!(got, [(0, 2, 1), (0, 3, 1)]);
+    // Ranks 1 and 2 plan the same three steps; their share of the last one is empty.
+    let mut rank2 = Planner::new(plan(cfg(2), data));
+    let mut rows = Vec::new();
+    let sizes: Vec<usize> =
+        std::iter::from_fn(|| rank2.next_rows(&mut rows).then(|| rows.len())).collect();
+    assert_eq!(sizes, [2, 2, 0]);
+}
