@@ -582,6 +582,6 @@ fn a_sample_limit_ends_with_a_partial_global_batch_for_the_first_ranks() {
     let mut rank2 = Planner::new(plan(cfg(2), data));
     let mut rows = Vec::new();
     let sizes: Vec<usize> =
-        std::iter::from_fn(|| rank2.next_rows(&mut rows).then(|| rows.len())).collect();
+        std::iter::from_fn(|| rank2.next_rows(&mut rows).then_some(rows.len())).collect();
     assert_eq!(sizes, [2, 2, 0]);
 }
