@@ -2,7 +2,6 @@
 //!
 //! `cargo run --release --example loader_smoke`
 
-use shardflow::Dataset;
 use shardflow::collate::{CollateConfig, Padding};
 use shardflow::loader::{LoaderBuilder, Source};
 use shardflow::order::OrderConfig;
@@ -15,14 +14,8 @@ fn main() -> shardflow::Result<()> {
     let sources: Vec<Source> = written
         .iter()
         .zip([0.5, 0.3, 0.2])
-        .map(|(s, w)| {
-            Source::new(
-                s.prefix.file_name().unwrap().to_string_lossy(),
-                Dataset::open(&[&s.prefix]).unwrap(),
-                w,
-            )
-        })
-        .collect();
+        .map(|(s, w)| Source::open(&s.prefix, w))
+        .collect::<shardflow::Result<_>>()?;
     let loader = LoaderBuilder::<i32>::new(sources)
         .with_order(OrderConfig {
             local_batch: 8,

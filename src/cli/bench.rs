@@ -11,7 +11,7 @@ use shardflow::loader::{LoaderBuilder, LoaderStats, Source, measure};
 use shardflow::order::{OrderConfig, Shuffle};
 use shardflow::shard::synthetic::SyntheticCorpus;
 use shardflow::transform::TransformConfig;
-use shardflow::{Dataset, Error, IndexedShard, Result};
+use shardflow::{Error, IndexedShard, Result};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -107,13 +107,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     };
     let sources = prefixes
         .iter()
-        .map(|(p, weight)| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Ok(Source::new(name, Dataset::open(&[p])?, *weight))
-        })
+        .map(|(p, weight)| Source::open(p, *weight))
         .collect::<Result<Vec<_>>>()?;
     let prefixes: Vec<PathBuf> = prefixes.into_iter().map(|(p, _)| p).collect();
     let padding = if a.pad_multiple <= 1 {

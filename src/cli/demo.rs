@@ -15,7 +15,7 @@ use shardflow::metrics::{Report, ReportValue};
 use shardflow::order::{OrderConfig, fnv1a};
 use shardflow::shard::synthetic::SyntheticCorpus;
 use shardflow::transform::TransformConfig;
-use shardflow::{Dataset, Error, Result};
+use shardflow::{Error, Result};
 
 use super::inspect::{Report as ShardReport, table};
 
@@ -64,14 +64,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
     let sources = written
         .iter()
         .zip(WEIGHTS)
-        .map(|(s, w)| {
-            let name = s
-                .prefix
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Ok(Source::new(name, Dataset::open(&[&s.prefix])?, w))
-        })
+        .map(|(s, w)| Source::open(&s.prefix, w))
         .collect::<Result<Vec<_>>>()?;
     println!(
         "\nloading: mixture web/code/books {WEIGHTS:?}, {WORLD} ranks x 2 workers, 8 rows per rank, \

@@ -8,6 +8,7 @@ use clap::Args;
 use shardflow::order::{
     DatasetSpec, MixtureMode, OrderConfig, Partition, Planner, Row, Shuffle, StreamLimit,
 };
+use shardflow::shard::prefix_name;
 use shardflow::{Error, IndexedShard, Result, Shard};
 
 #[derive(Debug, Args)]
@@ -141,11 +142,11 @@ fn parse_dataset(spec: &str) -> Result<DatasetSpec> {
     }
     let prefix = PathBuf::from(body);
     let shard = IndexedShard::open(&prefix)?;
-    let name = prefix
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(DatasetSpec::new(name, shard.len() as u64, weight))
+    Ok(DatasetSpec::new(
+        prefix_name(&prefix),
+        shard.len() as u64,
+        weight,
+    ))
 }
 
 pub fn parse_shuffle(s: &str) -> Result<Shuffle> {

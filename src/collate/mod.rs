@@ -276,16 +276,11 @@ pub fn pad_host<T: TokenId>(
         p
     });
     let cu_seqlens = staged.packed.then(|| {
-        let pieces: Vec<u32> = staged
-            .docs
-            .iter()
-            .filter(|d| d.len > 0)
-            .map(|d| d.len)
-            .collect();
-        let mut cu = pool.take_within::<i32>(pieces.len() + 1, 8 * b + 1);
+        let pieces = staged.docs.iter().filter(|d| d.len > 0);
+        let mut cu = pool.take_within::<i32>(pieces.clone().count() + 1, 8 * b + 1);
         cu[0] = 0;
-        for (i, len) in pieces.iter().enumerate() {
-            cu[i + 1] = cu[i] + *len as i32;
+        for (i, d) in pieces.enumerate() {
+            cu[i + 1] = cu[i] + d.len as i32;
         }
         cu
     });

@@ -140,11 +140,6 @@ impl<T: Pod> PooledBuf<T> {
         buf
     }
 
-    /// Sets every element to `value`.
-    pub fn fill_with(&mut self, value: T) {
-        self.fill(value);
-    }
-
     /// Shortens the buffer to `len` elements (capacity is kept).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

@@ -37,6 +37,20 @@ impl Source {
             weight,
         }
     }
+
+    /// The Megatron shard at `prefix` as a source named after the prefix's file name.
+    ///
+    /// # Errors
+    ///
+    /// The shard's open errors ([`crate::IndexedShard::open`]).
+    pub fn open(prefix: impl AsRef<std::path::Path>, weight: f64) -> Result<Self> {
+        let prefix = prefix.as_ref();
+        Ok(Source::new(
+            crate::shard::prefix_name(prefix),
+            Dataset::open(&[prefix])?,
+            weight,
+        ))
+    }
 }
 
 /// Builds a [`Loader`]: `LoaderBuilder::new(sources).with_workers(2).build_host()`.
@@ -303,14 +317,10 @@ impl<T: TokenId> LoaderBuilder<T> {
             busy,
             planned,
             mode,
-            stop,
             done: false,
             watchdog,
             scratch: Vec::new(),
             metrics: aggregator,
-            rank,
-            collate,
-            transform,
         })
     }
 }

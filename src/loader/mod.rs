@@ -27,16 +27,15 @@ pub use state::*;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::collate::CollateConfig;
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
 use crate::metrics::Aggregator;
 use crate::order::{Plan, Planner};
 use crate::shard::TokenId;
-use crate::transform::{BadSamplePolicy, TransformConfig};
+use crate::transform::BadSamplePolicy;
 use build::Builder;
 use flow::{Mode, Outcome, Turn, build_unlocked, make, plan_next};
 
@@ -55,14 +54,10 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     busy: Arc<AtomicU64>,
     planned: Arc<AtomicU64>,
     mode: Mode<T, S>,
-    stop: Arc<AtomicBool>,
     done: bool,
     watchdog: Duration,
     scratch: Vec<T>,
     metrics: Aggregator,
-    rank: usize,
-    collate: CollateConfig,
-    transform: TransformConfig,
 }
 
 impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
@@ -78,9 +73,9 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
             version: LoaderState::VERSION,
             cursor: self.shadow.cursor(),
             position: self.position,
-            rank: self.rank,
-            collate: self.collate.clone(),
-            transform: self.transform.clone(),
+            rank: self.plan.config().rank,
+            collate: self.builder.collate.clone(),
+            transform: self.builder.transform.clone(),
             metrics: self.builder.metrics.as_ref().map(|_| self.metrics.state()),
             skips: self
                 .skips
@@ -132,7 +127,7 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
             let count = self.skips.entry((skip.dataset, skip.epoch)).or_default();
             *count += 1;
             self.stats.skipped += 1;
-            if let BadSamplePolicy::Skip { max_per_epoch } = self.transform.bad_samples
+            if let BadSamplePolicy::Skip { max_per_epoch } = self.builder.transform.bad_samples
                 && *count > max_per_epoch
             {
                 let e = Error::SkipLimit {
@@ -247,7 +242,7 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
 
 impl<T: TokenId, S: DeviceSink<T>> Drop for Loader<T, S> {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.builder.stop.store(true, Ordering::Relaxed);
         if let Mode::Threads { shared, threads } = &mut self.mode {
             {
                 let mut flow = shared.lock();

@@ -297,9 +297,7 @@ impl Aggregator {
             metric: metric.into(),
             reason,
         };
-        if !value.is_finite() {
-            return Err(bad(format!("value {value} is not finite")));
-        }
+        finite(dataset, metric, value)?;
         let map = self.map;
         match self.slot(dataset, metric, kind)? {
             State::Sum { sum } => *sum += value,
@@ -368,14 +366,7 @@ impl Aggregator {
         let map = self.map;
         if let State::Distribution { sketch } = self.slot(dataset, metric, Kind::Distribution)? {
             for v in values {
-                if !v.is_finite() {
-                    return Err(Error::Metric {
-                        dataset: dataset.into(),
-                        metric: metric.into(),
-                        reason: format!("value {v} is not finite"),
-                    });
-                }
-                sketch.add(&map, v);
+                sketch.add(&map, finite(dataset, metric, v)?);
             }
         }
         Ok(())
@@ -481,6 +472,18 @@ impl Aggregator {
         agg.layout = state.layout;
         agg
     }
+}
+
+/// `value`, or [`Error::Metric`] when it is not finite.
+fn finite(dataset: &str, metric: &str, value: f64) -> Result<f64> {
+    if value.is_finite() {
+        return Ok(value);
+    }
+    Err(Error::Metric {
+        dataset: dataset.into(),
+        metric: metric.into(),
+        reason: format!("value {value} is not finite"),
+    })
 }
 
 /// `p05`, `p50`, `p95`, `p99.9`.

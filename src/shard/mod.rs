@@ -103,6 +103,14 @@ impl LengthStats {
     }
 }
 
+/// The name a shard prefix gives its dataset: its file name (`data/web` → `web`).
+pub fn prefix_name(prefix: &Path) -> String {
+    prefix
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Maps `path` read-only.
 fn map_file(path: &Path) -> Result<Mmap> {
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
