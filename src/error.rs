@@ -17,16 +17,56 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// An operating-system error on a file.
-    #[error("{path}: cannot {action}: {source}", path = .path.display())]
+    /// An operating-system error on a file. The message includes the system's reason, so the
+    /// error has no separate source (a log line shows it once).
+    #[error("{path}: cannot {action}: {error}", path = .path.display())]
     Io {
-        /// The file concerned.
+        /// The file concerned (`<stdout>` for the command's output).
         path: PathBuf,
         /// What was being done: "open", "map", "write", …
         action: &'static str,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+
+    /// The directory a file should be written into does not exist.
+    #[error("{path}: directory not found; create it first", path = .path.display())]
+    MissingDirectory {
+        /// The directory.
+        path: PathBuf,
+    },
+
+    /// A path that should be a regular file is something else (a directory, a named pipe, …).
+    #[error("{path}: is {found}, not a regular file", path = .path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is: "a directory", "a named pipe", …
+        found: &'static str,
+    },
+
+    /// The two files of a shard do not belong together (one is missing, or they come from
+    /// different writes): reading them would give tokens of neither version.
+    #[error("{idx} and {bin} are not one shard: {reason}", idx = .idx.display(), bin = .bin.display())]
+    UnpairedShard {
+        /// The `.idx` file.
+        idx: PathBuf,
+        /// The `.bin` file.
+        bin: PathBuf,
+        /// What does not match, and what to do.
+        reason: String,
+    },
+
+    /// shardflow's integrity trailer after the document indices is damaged, or the index bytes
+    /// no longer match the hash the writer recorded there.
+    #[error("{path} offset {offset}: {reason}", path = .path.display())]
+    BadTrailer {
+        /// The `.idx` file.
+        path: PathBuf,
+        /// Byte offset of the trailer field concerned.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
     },
 
     /// The `.idx` does not start with Megatron's magic `MMIDIDX\0\0`.
@@ -373,13 +413,27 @@ pub enum Error {
         reason: String,
     },
 
-    /// A checkpoint file that cannot be read.
-    #[error("{path}: not a shardflow loader checkpoint: {reason}", path = .path.display())]
+    /// A checkpoint that cannot be read, or that does not fit the plan it would resume.
+    #[error(
+        "{}: not a valid shardflow loader checkpoint: {field}: {reason}",
+        .path.as_ref().map_or("the resumed state".into(), |p| p.display().to_string())
+    )]
     Checkpoint {
-        /// The checkpoint file.
-        path: PathBuf,
+        /// The checkpoint file, when the state was read from one.
+        path: Option<PathBuf>,
+        /// The field concerned (`cursor.position`, `metrics.entries.web.seq_len`, …), or
+        /// `json` when the file does not parse.
+        field: String,
         /// What is wrong.
         reason: String,
+    },
+
+    /// The process was asked to stop (Ctrl-C, SIGTERM) while writing; temporary files were
+    /// removed.
+    #[error("interrupted while writing {path}; its temporary files were removed", path = .path.display())]
+    Interrupted {
+        /// The file being written.
+        path: PathBuf,
     },
 
     /// A configuration that cannot work; the message says which setting and why.
@@ -398,8 +452,23 @@ impl Error {
             Error::Io {
                 path: path.to_path_buf(),
                 action,
-                source,
+                error: source,
             }
+        }
+    }
+
+    /// Whether this is a write to a closed pipe (`shardflow plan | head`): the reader has gone,
+    /// and the command should end quietly.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { error, .. } if error.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+
+    /// A checkpoint error about `field`, not tied to a file.
+    pub fn checkpoint(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: None,
+            field: field.into(),
+            reason: reason.into(),
         }
     }
 }

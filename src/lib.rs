@@ -13,6 +13,7 @@
 //! - [`metrics`]: metric kinds, the aggregator, the distribution sketch, the fused reduce.
 //! - [`device`]: the [`device::DeviceSink`] seam and the host reference sink.
 //! - [`loader`]: planner, workers, reorder buffer, checkpoint state and statistics.
+//! - `cli` (feature `cli`): the `shardflow` command.
 //!
 //! # Example
 //!
@@ -42,15 +43,21 @@
 //!
 //! # Feature flags
 //!
+//! - `cli` (default): the `shardflow` command and what only it needs (clap, indicatif, libc).
+//!   Library users can turn it off with `default-features = false`.
 //! - `wgpu`: the wgpu device sink and reduction engine (filled by the wgpu issue).
 //! - `cuda`: the CUDA sink and NCCL engine through cudarc (filled by the CUDA issue).
 //! - `burn`: Burn's `DataLoader` over a shardflow loader (filled by the Burn issue).
+//! - `fault-injection`: for tests only; lets a test stop a shard write at any step.
 //!
-//! None is on by default; the tests run with all of them.
+//! The tests run with all of them.
 
 #![warn(missing_docs)]
 
 pub mod atomic;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod cli;
 pub mod collate;
 pub mod collective;
 pub mod device;

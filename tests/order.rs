@@ -522,10 +522,28 @@ fn resume_refuses_changes_that_would_change_the_stream() {
     // A tampered cursor whose counts do not add up.
     let mut bad = taken_at(&cfg, &data, 2);
     bad.datasets.get_mut("a").unwrap().consumed += 3;
-    let msg = resume_err(cfg, data, &bad);
+    let e = Planner::resume(
+        plan(cfg.clone(), data.clone()),
+        &bad,
+        ResumeOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Checkpoint { .. }), "{e}");
     assert!(
-        msg.contains("consumed counts add up to 19 but its position is 16"),
-        "{msg}"
+        e.to_string().contains(
+            "cursor.datasets: the counts since the mixture origin add up to 19, but 16 rows"
+        ),
+        "{e}"
+    );
+    // Counts that add up but are not what the schedule gives at that position.
+    let mut moved = taken_at(&cfg, &data, 2);
+    moved.datasets.get_mut("a").unwrap().consumed += 1;
+    moved.datasets.get_mut("b").unwrap().consumed -= 1;
+    let e = Planner::resume(plan(cfg, data), &moved, ResumeOptions::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cursor.datasets.a.consumed: 9 but the mixture schedule gives 8"),
+        "{e}"
     );
 }
 

@@ -139,7 +139,19 @@ fn missing_idx_and_missing_bin() {
     std::fs::write(dir.path().join("nothing.idx"), RawIdx::valid().bytes()).unwrap();
     let e = IndexedShard::open(&prefix).unwrap_err();
     assert!(
-        matches!(&e, Error::MissingFile { path } if path.ends_with("nothing.bin")),
+        matches!(&e, Error::UnpairedShard { bin, .. } if bin.ends_with("nothing.bin")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("the .bin is missing"), "{e}");
+
+    // The state an interrupted write leaves: a .bin without its .idx.
+    std::fs::remove_file(dir.path().join("nothing.idx")).unwrap();
+    std::fs::write(dir.path().join("nothing.bin"), valid_bin()).unwrap();
+    let e = IndexedShard::open(&prefix).unwrap_err();
+    assert!(matches!(&e, Error::UnpairedShard { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the .idx is missing beside an existing .bin"),
         "{e}"
     );
 }

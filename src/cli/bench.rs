@@ -1,26 +1,30 @@
 //! `shardflow bench`: loader throughput on real shards (or a generated corpus), beside a memcpy of
 //! the same bytes on the same number of threads, measured in the same run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use shardflow::collate::{CollateConfig, Padding};
-use shardflow::loader::{LoaderBuilder, LoaderStats, Source, measure};
-use shardflow::order::{OrderConfig, Shuffle};
-use shardflow::shard::synthetic::SyntheticCorpus;
-use shardflow::transform::TransformConfig;
-use shardflow::{Error, IndexedShard, Result};
+
+use super::{Out, data, measure, note, outln};
+use crate::atomic::TempDir;
+use crate::collate::{CollateConfig, Padding};
+use crate::loader::{Loader, LoaderBuilder, LoaderStats, Source};
+use crate::order::{OrderConfig, Shuffle};
+use crate::shard::resolve_prefix;
+use crate::shard::synthetic::SyntheticCorpus;
+use crate::transform::TransformConfig;
+use crate::{Error, IndexedShard, Result};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Shard prefixes, one dataset each (weights equal). Without any, a generated corpus of
-    /// `--tokens` tokens (log-normal lengths, median 300, u16 ids) is written to a temporary
-    /// directory first.
+    /// A dataset: `[NAME=]PATH[:WEIGHT]`, where PATH is a shard prefix or a directory of shards
+    /// (weights default to 1). Without any, a generated corpus of `--tokens` tokens (log-normal
+    /// lengths, median 300, u16 ids) is written to a temporary directory first.
     #[arg(long = "data")]
-    data: Vec<PathBuf>,
-    /// Tokens of the generated corpus.
+    data: Vec<String>,
+    /// Tokens of the generated corpus (at most 10^10; the disk must hold 2 bytes per token).
     #[arg(long, default_value_t = 50_000_000)]
     tokens: u64,
     /// Generate three datasets (medians 300, 600 and 150 tokens) and mix them 0.5 / 0.3 / 0.2
@@ -56,10 +60,16 @@ pub struct BenchArgs {
     json: bool,
 }
 
-/// What one bench run measured.
+/// The most tokens `bench` generates.
+pub const MAX_TOKENS: u64 = 10_000_000_000;
+/// Batches run before timing starts.
+const WARMUP: usize = 20;
+
+/// What one bench run measured; every count covers the timed batches only.
 #[derive(Debug, serde::Serialize)]
 struct Report {
     batches: u64,
+    warmup_batches: u64,
     workers: usize,
     seconds: f64,
     real_tokens_per_s: f64,
@@ -70,18 +80,72 @@ struct Report {
     output_bytes: u64,
     memcpy_gb_per_s: f64,
     roofline_ratio: f64,
+    /// The loader's counters over the timed batches (the warm-up subtracted).
     stats: LoaderStats,
 }
 
-pub fn run(a: BenchArgs) -> Result<ExitCode> {
-    let tmp = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), "create", e))?;
-    let prefixes = if a.data.is_empty() {
-        eprintln!(
+impl BenchArgs {
+    /// The loader these arguments describe, over `sources`.
+    ///
+    /// # Errors
+    ///
+    /// The builder's configuration errors ([`LoaderBuilder::build`]).
+    pub fn loader(&self, sources: Vec<Source>) -> Result<Loader<i32>> {
+        let padding = if self.pad_multiple <= 1 {
+            Padding::Longest
+        } else {
+            Padding::Multiple(self.pad_multiple)
+        };
+        LoaderBuilder::<i32>::new(sources)
+            .with_order(OrderConfig {
+                seed: self.seed,
+                shuffle: Shuffle::Full,
+                local_batch: self.batch_size,
+                ..Default::default()
+            })
+            .with_collate(CollateConfig {
+                seq_len: self.seq_len,
+                padding,
+                pack: self.pack,
+                attention_mask: false,
+                labels: false,
+                position_ids: false,
+                ..Default::default()
+            })
+            .with_transform(TransformConfig {
+                eos: self.eos,
+                ..Default::default()
+            })
+            .with_workers(self.workers)
+            .with_prefetch(2 * self.workers.max(1) + 2)
+            .build_host()
+    }
+
+    /// Writes the generated corpus into `dir`: `(prefix, weight)` per dataset.
+    fn generate(&self, dir: &Path) -> Result<Vec<(PathBuf, f64)>> {
+        if self.tokens > MAX_TOKENS {
+            return Err(Error::Config(format!(
+                "--tokens {}: at most {MAX_TOKENS} tokens are generated; give --data for a \
+                 larger corpus",
+                self.tokens
+            )));
+        }
+        let needed = self.tokens.saturating_mul(2) + (self.tokens / 20) + (64 << 20);
+        if let Some(free) = measure::free_bytes(dir).filter(|&free| free < needed) {
+            return Err(Error::Config(format!(
+                "--tokens {}: the generated corpus needs about {} MB in {}, which has {} MB free",
+                self.tokens,
+                needed >> 20,
+                dir.display(),
+                free >> 20
+            )));
+        }
+        note(format_args!(
             "generating a {} token corpus in {}",
-            a.tokens,
-            tmp.path().display()
-        );
-        let parts: &[(&str, f64, f64)] = if a.mixture {
+            self.tokens,
+            dir.display()
+        ));
+        let parts: &[(&str, f64, f64)] = if self.mixture {
             &[
                 ("web", 300.0, 0.5),
                 ("code", 600.0, 0.3),
@@ -90,55 +154,48 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         } else {
             &[("bench", 300.0, 1.0)]
         };
+        let bar = super::progress_bar(
+            Some(self.tokens),
+            "{spinner} generating [{bar:30}] {pos}/{len} tokens ({per_sec}, {elapsed})",
+        );
         let mut written = Vec::new();
+        let mut done = 0;
         for (i, (name, median, share)) in parts.iter().enumerate() {
-            let tokens = (a.tokens as f64 * share) as u64;
-            let corpus = SyntheticCorpus::single(name, tokens, *median, a.seed + i as u64);
-            written.extend(
-                corpus
-                    .write(tmp.path(), |_| {})?
-                    .into_iter()
-                    .map(|s| (s.prefix, *share)),
-            );
+            let tokens = (self.tokens as f64 * share) as u64;
+            let corpus = SyntheticCorpus::single(name, tokens, *median, self.seed + i as u64);
+            let shards = corpus.write(dir, |t| bar.set_position(done + t))?;
+            done += tokens;
+            written.extend(shards.into_iter().map(|s| (s.prefix, *share)));
         }
-        written
+        bar.finish_and_clear();
+        Ok(written)
+    }
+}
+
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    let tmp = TempDir::new()?;
+    let sources = if a.data.is_empty() {
+        a.generate(tmp.path())?
+            .iter()
+            .map(|(p, weight)| Source::open(p, *weight))
+            .collect::<Result<Vec<_>>>()?
     } else {
-        a.data.iter().map(|p| (p.clone(), 1.0)).collect()
+        let args = data::parse_all(&a.data, false)?;
+        let sources: Vec<Source> = args
+            .iter()
+            .map(|d| {
+                let data = d.dataset().expect("bench takes no sizes").clone();
+                Source::new(d.name(), data, d.weight())
+            })
+            .collect();
+        sources
     };
-    let sources = prefixes
+    let prefixes: Vec<PathBuf> = sources
         .iter()
-        .map(|(p, weight)| Source::open(p, *weight))
-        .collect::<Result<Vec<_>>>()?;
-    let prefixes: Vec<PathBuf> = prefixes.into_iter().map(|(p, _)| p).collect();
-    let padding = if a.pad_multiple <= 1 {
-        Padding::Longest
-    } else {
-        Padding::Multiple(a.pad_multiple)
-    };
-    let mut loader = LoaderBuilder::<i32>::new(sources)
-        .with_order(OrderConfig {
-            seed: a.seed,
-            shuffle: Shuffle::Full,
-            local_batch: a.batch_size,
-            ..Default::default()
-        })
-        .with_collate(CollateConfig {
-            seq_len: a.seq_len,
-            padding,
-            pack: a.pack,
-            attention_mask: false,
-            labels: false,
-            position_ids: false,
-            ..Default::default()
-        })
-        .with_transform(TransformConfig {
-            eos: a.eos,
-            ..Default::default()
-        })
-        .with_workers(a.workers)
-        .with_prefetch(2 * a.workers.max(1) + 2)
-        .build_host()?;
-    for b in loader.by_ref().take(20) {
+        .flat_map(|s| s.data.shards().iter().map(|sh| resolve_prefix(sh.path())))
+        .collect();
+    let mut loader = a.loader(sources)?;
+    for b in loader.by_ref().take(WARMUP) {
         b?;
     }
     let warm = loader.stats();
@@ -149,11 +206,11 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = measure::cpu_time().saturating_sub(cpu0);
-    let stats = loader.stats();
+    let stats = loader.stats().since(&warm);
     drop(loader);
-    let real = (stats.real_tokens - warm.real_tokens) as f64;
-    let padded = (stats.padded_tokens - warm.padded_tokens) as f64;
-    let batches = stats.batches - warm.batches;
+    let real = stats.real_tokens as f64;
+    let padded = stats.padded_tokens as f64;
+    let batches = stats.batches;
 
     // The roofline: copying the bytes the loader hands out (i32 ids, padding included) at the
     // memcpy bandwidth of as many threads as the loader has workers.
@@ -161,6 +218,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let bandwidth = memcpy_bandwidth(&prefixes, a.workers.max(1))?;
     let report = Report {
         batches,
+        warmup_batches: warm.batches,
         workers: a.workers,
         seconds,
         real_tokens_per_s: real / seconds,
@@ -177,13 +235,13 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         roofline_ratio: output_bytes as f64 / bandwidth / seconds,
         stats,
     };
+    let mut out = Out::new();
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("reports serialize")
-        );
+        let text = serde_json::to_string_pretty(&report).expect("reports serialize");
+        outln!(out, "{text}")?;
     } else {
-        println!(
+        outln!(
+            out,
             "{batches} batches of {} rows in {seconds:.2} s with {} workers\n\
              real tokens/s     {:>10.1} M\n\
              padded tokens/s   {:>10.1} M\n\
@@ -203,8 +261,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             a.workers.max(1),
             report.roofline_ratio,
             report.output_bytes,
-        );
+        )?;
     }
+    out.finish()?;
     Ok(ExitCode::SUCCESS)
 }
 

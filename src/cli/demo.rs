@@ -7,17 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::atomic::TempDir;
+use crate::collate::{CollateConfig, Padding};
+use crate::collective::{WorldRank, in_process};
+use crate::loader::{LoaderBuilder, LoaderState, LoaderStats, Source};
+use crate::metrics::{Report, ReportValue};
+use crate::order::{OrderConfig, fnv1a};
+use crate::shard::synthetic::SyntheticCorpus;
+use crate::transform::TransformConfig;
+use crate::{Error, Result};
 use indicatif::ProgressBar;
-use shardflow::collate::{CollateConfig, Padding};
-use shardflow::collective::{WorldRank, in_process};
-use shardflow::loader::{LoaderBuilder, LoaderState, LoaderStats, Source};
-use shardflow::metrics::{Report, ReportValue};
-use shardflow::order::{OrderConfig, fnv1a};
-use shardflow::shard::synthetic::SyntheticCorpus;
-use shardflow::transform::TransformConfig;
-use shardflow::{Error, Result};
 
 use super::inspect::{Report as ShardReport, table};
+use super::{Out, outln};
 
 const WORLD: usize = 2;
 const STEPS: usize = 400;
@@ -32,46 +34,52 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
             d
         }
         None => {
-            tmp = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), "create", e))?;
+            tmp = TempDir::new()?;
             tmp.path().to_path_buf()
         }
     };
+    let mut out = Out::new();
     let corpus = SyntheticCorpus::demo();
-    println!(
+    outln!(
+        out,
         "shardflow demo: writing the built-in corpus (seed {}) to {}",
         corpus.seed,
         dir.display()
-    );
+    )?;
+    out.show()?;
     let bar = super::progress_bar(
-        corpus.expected_tokens(),
+        Some(corpus.expected_tokens()),
         "{spinner} writing [{bar:30}] {pos}/{len} tokens ({per_sec}, {elapsed})",
     );
     let start = Instant::now();
     let written = corpus.write(&dir, |tokens| bar.set_position(tokens))?;
     bar.finish_and_clear();
     let tokens: u64 = written.iter().map(|s| s.tokens).sum();
-    println!(
+    outln!(
+        out,
         "wrote {} datasets, {tokens} tokens in {:.2} s",
         written.len(),
         start.elapsed().as_secs_f64()
-    );
+    )?;
     let reports = written
         .iter()
-        .map(|s| ShardReport::of(&s.prefix))
+        .map(|s| ShardReport::of(&s.prefix, false))
         .collect::<Result<Vec<_>>>()?;
-    print!("{}", table(&reports));
+    out.text(&table(&reports))?;
 
     let sources = written
         .iter()
         .zip(WEIGHTS)
         .map(|(s, w)| Source::open(&s.prefix, w))
         .collect::<Result<Vec<_>>>()?;
-    println!(
+    outln!(
+        out,
         "\nloading: mixture web/code/books {WEIGHTS:?}, {WORLD} ranks x 2 workers, 8 rows per rank, \
          {STEPS} steps; checkpoint at step {CHECKPOINT_AT}, then resume with 1 worker"
-    );
+    )?;
+    out.show()?;
     let bar = super::progress_bar(
-        (WORLD * (STEPS + STEPS - CHECKPOINT_AT)) as u64,
+        Some((WORLD * (STEPS + STEPS - CHECKPOINT_AT)) as u64),
         "{spinner} batches [{bar:30}] {pos}/{len} ({per_sec}, {elapsed})",
     );
     let start = Instant::now();
@@ -95,26 +103,29 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
     let runs = runs.into_iter().collect::<Result<Vec<_>>>()?;
     let mut compared = 0;
     let mut identical = true;
-    println!("rank  batches  real tokens  padding  first mismatch");
+    outln!(out, "rank  batches  real tokens  padding  first mismatch")?;
     for (rank, run) in runs.iter().enumerate() {
         let s = &run.stats;
         let padding = 1.0 - s.real_tokens as f64 / s.padded_tokens.max(1) as f64;
         let mismatch = run
             .mismatch
             .map_or("-".to_string(), |k| format!("step {k}"));
-        println!(
+        outln!(
+            out,
             "{rank:>4}  {:>7}  {:>11}  {padding:>7.3}  {mismatch}",
-            s.batches, s.real_tokens
-        );
+            s.batches,
+            s.real_tokens
+        )?;
         compared += run.compared;
         identical &= run.mismatch.is_none();
     }
-    println!("\ndata metrics, reduced over both ranks:");
-    print!("{}", metrics_table(&runs[0].metrics));
+    outln!(out, "\ndata metrics, reduced over both ranks:")?;
+    out.text(&metrics_table(&runs[0].metrics))?;
     let same_metrics = runs
         .iter()
         .all(|r| r.metrics == r.resumed_metrics && r.metrics == runs[0].metrics);
-    println!(
+    outln!(
+        out,
         "\nresumed from the step-{CHECKPOINT_AT} checkpoints and compared {compared} batches: {}; \
          reduced metric totals after resume: {} ({seconds:.2} s in all)",
         if identical { "identical" } else { "MISMATCH" },
@@ -123,7 +134,8 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
         } else {
             "DIFFERENT"
         }
-    );
+    )?;
+    out.finish()?;
     Ok(if identical && same_metrics {
         ExitCode::SUCCESS
     } else {

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use shardflow::{IndexedShard, LengthStats, Result, Shard};
+use super::Out;
+use crate::shard::{resolve_prefix, shard_prefixes};
+use crate::{IndexedShard, LengthStats, Result, Shard};
 
 /// What `inspect` reports of one shard.
 #[derive(Debug, serde::Serialize)]
@@ -13,33 +15,54 @@ pub struct Report {
     pub documents: u64,
     #[serde(flatten)]
     pub lengths: LengthStats,
+    /// `verified` (the whole .bin matches its hash), `sampled` (the checks on open only),
+    /// `none` (no shardflow trailer to check against).
+    pub integrity: &'static str,
 }
 
 impl Report {
-    pub fn of(prefix: &Path) -> Result<Self> {
+    pub fn of(prefix: &Path, verify: bool) -> Result<Self> {
         let shard = IndexedShard::open(prefix)?;
+        let integrity = match (shard.trailer().is_some(), verify) {
+            (false, _) => "none",
+            (true, false) => "sampled",
+            (true, true) => {
+                shard.verify()?;
+                "verified"
+            }
+        };
         Ok(Report {
-            prefix: prefix.to_path_buf(),
+            prefix: resolve_prefix(prefix),
             dtype: shard.dtype().to_string(),
             documents: shard.documents() as u64,
             lengths: LengthStats::of(&shard),
+            integrity,
         })
     }
 }
 
-pub fn run(prefixes: &[PathBuf], json: bool) -> Result<ExitCode> {
+pub fn run(paths: &[PathBuf], json: bool, verify: bool) -> Result<ExitCode> {
+    let mut prefixes = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            prefixes.extend(shard_prefixes(p)?);
+        } else {
+            prefixes.push(p.clone());
+        }
+    }
     let reports = prefixes
         .iter()
-        .map(|p| Report::of(p))
+        .map(|p| Report::of(p, verify))
         .collect::<Result<Vec<_>>>()?;
+    let mut out = Out::new();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).expect("reports serialize")
-        );
+        let text = serde_json::to_string_pretty(&reports).expect("reports serialize");
+        out.text(&text)?;
+        out.text("\n")?;
     } else {
-        print!("{}", table(&reports));
+        out.text(&table(&reports))?;
     }
+    out.finish()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -57,6 +80,7 @@ pub fn table(reports: &[Report]) -> String {
             "p50",
             "p95",
             "max",
+            "integrity",
         ]
         .map(String::from)
         .to_vec(),
@@ -74,6 +98,7 @@ pub fn table(reports: &[Report]) -> String {
             l.p50.to_string(),
             l.p95.to_string(),
             l.max.to_string(),
+            r.integrity.to_string(),
         ]);
     }
     let widths: Vec<usize> = (0..rows[0].len())

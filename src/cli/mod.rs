@@ -1,28 +1,49 @@
-//! Command-line parsing and dispatch; each command lives in its own file.
+//! The `shardflow` command: argument parsing and dispatch; each command lives in its own file.
+//!
+//! Everything the command prints to stdout goes through [`Out`]: a closed pipe (`shardflow plan
+//! | head`) ends the command quietly with status 141, as a process killed by SIGPIPE ends, and
+//! any other write error (a full disk) is an error message and status 1. Ctrl-C, SIGTERM and
+//! SIGHUP remove the temporary files of a write in progress before the command exits (status
+//! 128 + the signal).
 
-mod bench;
+pub mod bench;
 mod cat;
+mod data;
 mod demo;
 mod inspect;
-mod plan;
+pub mod measure;
+pub mod plan;
+mod signals;
 mod write;
 
-use std::path::PathBuf;
+use std::fmt::Display;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shardflow::Result;
+
+use crate::{Error, Result};
+
+/// The status of a command whose reader went away, as if SIGPIPE had killed it (128 + 13).
+pub const BROKEN_PIPE_STATUS: u8 = 141;
 
 /// Feeds training loops from memory-mapped token shards.
 #[derive(Debug, Parser)]
-#[command(name = "shardflow", version, about)]
+#[command(
+    name = "shardflow",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
+#[command(allow_negative_numbers = true)]
 enum Command {
     /// Write the built-in synthetic corpus, inspect it and print a summary.
     Demo {
@@ -34,12 +55,16 @@ enum Command {
     Write(write::WriteArgs),
     /// Print sequence, document and length statistics of shards.
     Inspect {
-        /// Shard prefixes (PREFIX.idx + PREFIX.bin).
+        /// Shard prefixes (PREFIX.idx + PREFIX.bin; `PREFIX.idx` is accepted too), or
+        /// directories of shards.
         #[arg(required = true)]
         prefixes: Vec<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Read every .bin whole and check it against the hash its .idx records.
+        #[arg(long)]
+        verify: bool,
     },
     /// Measure loader throughput against a memcpy of the same bytes.
     Bench(bench::BenchArgs),
@@ -55,24 +80,141 @@ enum Command {
     },
 }
 
+/// The command's entry point: parses the arguments, runs the command and reports its error.
+pub fn main() -> ExitCode {
+    signals::install();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            // --help and --version land here too; a closed pipe is no reason to panic.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    match run(args) {
+        Ok(code) => code,
+        Err(e) if e.is_broken_pipe() => ExitCode::from(BROKEN_PIPE_STATUS),
+        Err(e) => {
+            note(format_args!("error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
         Command::Demo { dir } => demo::run(dir),
         Command::Write(w) => write::run(w),
-        Command::Inspect { prefixes, json } => inspect::run(&prefixes, json),
+        Command::Inspect {
+            prefixes,
+            json,
+            verify,
+        } => inspect::run(&prefixes, json, verify),
         Command::Plan(p) => plan::run(p),
         Command::Bench(b) => bench::run(b),
         Command::Cat { prefix, range } => cat::run(&prefix, &range),
     }
 }
 
-/// A progress bar on stderr (hidden when stderr is not a terminal) with the given template.
-fn progress_bar(len: u64, template: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(5));
+/// A progress bar on stderr (hidden when stderr is not a terminal) with the given template; a
+/// spinner when the length is unknown.
+fn progress_bar(len: Option<u64>, template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr_with_hz(5));
     let style = ProgressStyle::with_template(template)
         .expect("the progress templates are constant and valid")
         .progress_chars("=> ");
     bar.set_style(style);
     bar
+}
+
+/// `writeln!` for [`Out`]: formats a line and returns the write's error.
+macro_rules! outln {
+    ($out:expr) => {
+        $out.text("\n")
+    };
+    ($out:expr, $($arg:tt)*) => {
+        $out.print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
+/// A line on stderr, for notes and errors. Never panics: a closed stderr loses the line.
+pub fn note(line: impl Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// The command's stdout, buffered; every write error is returned, naming `<stdout>`.
+pub struct Out {
+    w: BufWriter<std::io::StdoutLock<'static>>,
+}
+
+impl Out {
+    /// Stdout, locked for this command.
+    pub fn new() -> Self {
+        Out {
+            w: BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
+        }
+    }
+
+    /// Writes formatted text (`out.print(format_args!(..))`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming `<stdout>`; [`Error::is_broken_pipe`] tells a closed pipe.
+    pub fn print(&mut self, args: std::fmt::Arguments<'_>) -> Result<()> {
+        self.w.write_fmt(args).map_err(stdout_error)
+    }
+
+    /// Writes `text`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Out::print`].
+    pub fn text(&mut self, text: &str) -> Result<()> {
+        self.w.write_all(text.as_bytes()).map_err(stdout_error)
+    }
+
+    /// Shows what is buffered now (before a long step), keeping the writer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Out::print`].
+    pub fn show(&mut self) -> Result<()> {
+        self.w.flush().map_err(stdout_error)
+    }
+
+    /// Flushes what is buffered; call it last, so that a failing final write is an error, not
+    /// a silent loss.
+    ///
+    /// # Errors
+    ///
+    /// As [`Out::print`].
+    pub fn finish(mut self) -> Result<()> {
+        self.w.flush().map_err(stdout_error)
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.w.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+impl Default for Out {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn stdout_error(error: std::io::Error) -> Error {
+    Error::Io {
+        path: Path::new("<stdout>").to_path_buf(),
+        action: "write to",
+        error,
+    }
 }

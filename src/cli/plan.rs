@@ -1,21 +1,24 @@
 //! `shardflow plan`: prints which sample every row of every step holds, without reading tokens.
+//! It streams: each step is printed as it is planned, in constant memory, and `--start` jumps
+//! to its step without replaying the rows before it (see [`crate::order`]'s mixture).
 
-use std::path::PathBuf;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use shardflow::order::{
-    DatasetSpec, MixtureMode, OrderConfig, Partition, Planner, Row, Shuffle, StreamLimit,
+
+use super::{Out, data, note};
+use crate::order::{
+    DatasetSpec, MixtureMode, OrderConfig, Partition, Plan, Planner, Row, Shuffle, StreamLimit,
 };
-use shardflow::shard::prefix_name;
-use shardflow::{Error, IndexedShard, Result, Shard};
+use crate::{Error, Result};
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// A dataset: `PREFIX[:WEIGHT]` (a Megatron shard; only its index is read). The dataset is
-    /// named after the prefix's file name. `NAME=SIZE[:WEIGHT]` plans a dataset of SIZE samples
-    /// with no file at all.
+    /// A dataset: `[NAME=]PATH[:WEIGHT]`, where PATH is a Megatron shard prefix (only its
+    /// index is read) or a directory of shards; the dataset is named NAME, else after the
+    /// path's file name. `NAME=SIZE[:WEIGHT]` plans a dataset of SIZE samples with no file.
     #[arg(long = "data", required = true)]
     data: Vec<String>,
     /// The seed.
@@ -42,113 +45,197 @@ pub struct PlanArgs {
     /// global, contiguous, strided or hashed.
     #[arg(long, default_value = "global")]
     partition: String,
-    /// Draw the mixture at random (seeded) instead of by largest deficit.
+    /// Draw each row's dataset at random (seeded) instead of by the deterministic
+    /// earliest-deadline interleave.
     #[arg(long)]
     stochastic: bool,
-    /// End the stream after this many epochs of the mixture (fractional allowed).
+    /// End the stream after floor(E x the datasets' total size) rows; in a mixture each
+    /// dataset gets its weight's share of them (see the README).
     #[arg(long, conflicts_with = "samples")]
     epochs: Option<f64>,
     /// End the stream after this many samples.
     #[arg(long)]
     samples: Option<u64>,
-    /// Print JSON: one object per step and rank.
+    /// Print JSON: an array with one object per step and rank, one per line.
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(a: PlanArgs) -> Result<ExitCode> {
-    let datasets = a
-        .data
-        .iter()
-        .map(|d| parse_dataset(d))
-        .collect::<Result<Vec<_>>>()?;
-    let config = OrderConfig {
-        seed: a.seed,
-        shuffle: parse_shuffle(&a.shuffle)?,
-        mixture: if a.stochastic {
-            MixtureMode::Stochastic
-        } else {
-            MixtureMode::Deterministic
-        },
-        partition: parse_partition(&a.partition)?,
-        world: a.world,
-        rank: a.rank.unwrap_or(0),
-        local_batch: a.local_batch,
-        limit: match (a.epochs, a.samples) {
-            (Some(e), _) => StreamLimit::Epochs(e),
-            (_, Some(n)) => StreamLimit::Samples(n),
-            _ => StreamLimit::Endless,
-        },
-    };
-    let plan = Arc::new(config.init(datasets)?);
-    let mut planner = Planner::new(Arc::clone(&plan));
-    planner.skip_to(a.start);
-    let names = plan.names();
-    let mut rows = Vec::new();
-    let mut out = String::new();
-    if !a.json {
-        out.push_str("step  rank  rows (dataset:sample (epoch))\n");
-    }
-    let mut records = Vec::new();
-    for _ in 0..a.steps {
-        let step = planner.step();
-        if !planner.next_global(&mut rows) {
-            break;
-        }
-        for rank in 0..a.world {
-            if a.rank.is_some_and(|r| r != rank) {
-                continue;
-            }
-            let mine: Vec<&Row> = rows.iter().filter(|r| r.rank as usize == rank).collect();
-            if a.json {
-                let mine: Vec<_> = mine
-                    .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "dataset": names[r.dataset as usize],
-                            "sample": r.sample,
-                            "epoch": r.epoch,
-                        })
-                    })
-                    .collect();
-                records.push(serde_json::json!({ "step": step, "rank": rank, "rows": mine }));
+impl PlanArgs {
+    /// The order configuration and the datasets these arguments describe.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a bad `--data`, `--shuffle` or `--partition`; a shard's open error.
+    pub fn config(&self) -> Result<(OrderConfig, Vec<DatasetSpec>)> {
+        let datasets = data::parse_all(&self.data, true)?
+            .iter()
+            .map(data::DataArg::spec)
+            .collect();
+        let config = OrderConfig {
+            seed: self.seed,
+            shuffle: parse_shuffle(&self.shuffle)?,
+            mixture: if self.stochastic {
+                MixtureMode::Stochastic
             } else {
-                let cells: Vec<String> = mine
-                    .iter()
-                    .map(|r| format!("{}:{} ({})", names[r.dataset as usize], r.sample, r.epoch))
-                    .collect();
-                out.push_str(&format!("{step:>4}  {rank:>4}  {}\n", cells.join(", ")));
+                MixtureMode::Deterministic
+            },
+            partition: parse_partition(&self.partition)?,
+            world: self.world,
+            rank: self.rank.unwrap_or(0),
+            local_batch: self.local_batch,
+            limit: match (self.epochs, self.samples) {
+                (Some(e), _) => StreamLimit::Epochs(e),
+                (_, Some(n)) => StreamLimit::Samples(n),
+                _ => StreamLimit::Endless,
+            },
+        };
+        Ok((config, datasets))
+    }
+
+    /// Plans and prints the requested steps into `w`.
+    ///
+    /// # Errors
+    ///
+    /// As [`PlanArgs::config`] and [`OrderConfig::init`]; [`Error::Config`] for a `--start`
+    /// whose position does not fit 64 bits; `w`'s write errors.
+    pub fn print(&self, w: &mut dyn Write) -> Result<()> {
+        let (config, datasets) = self.config()?;
+        let plan = Arc::new(config.init(datasets)?);
+        plan.position_of(self.start).ok_or_else(|| {
+            Error::Config(format!(
+                "--start {}: that step begins past row 2^64 ({} rows per step)",
+                self.start,
+                plan.rows_per_step()
+            ))
+        })?;
+        if let Some(steps) = plan.steps().filter(|&s| self.start >= s) {
+            note(format_args!(
+                "the stream ends after {steps} steps; nothing from step {} on",
+                self.start
+            ));
+        }
+        let mut planner = Planner::new(Arc::clone(&plan));
+        planner.skip_to(self.start);
+        let ranks = match self.rank {
+            Some(r) => r..r + 1,
+            None => 0..plan.config().world,
+        };
+        let mut records = Records::new(w, &plan, self.json)?;
+        for _ in 0..self.steps {
+            let step = planner.step();
+            let mut failed = None;
+            let planned = planner.next_step(ranks.clone(), |rank, rows| {
+                if failed.is_none() {
+                    failed = records.write(step, rank, rows).err();
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if !planned {
+                break;
             }
         }
+        records.finish()
     }
-    if a.json {
-        out = serde_json::to_string_pretty(&records).expect("plan records serialize") + "\n";
-    }
-    print!("{out}");
+}
+
+pub fn run(a: PlanArgs) -> Result<ExitCode> {
+    let mut out = Out::new();
+    a.print(&mut out)?;
+    out.finish()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_dataset(spec: &str) -> Result<DatasetSpec> {
-    let bad = |why: String| Error::Config(format!("--data {spec}: {why}"));
-    let (body, weight) = match spec.rsplit_once(':') {
-        Some((body, w)) if w.parse::<f64>().is_ok() => (body, w.parse::<f64>().unwrap_or(1.0)),
-        _ => (spec, 1.0),
-    };
-    if let Some((name, size)) = body.split_once('=') {
-        let len = size
-            .parse()
-            .map_err(|_| bad(format!("size {size} is not a whole number")))?;
-        return Ok(DatasetSpec::new(name, len, weight));
-    }
-    let prefix = PathBuf::from(body);
-    let shard = IndexedShard::open(&prefix)?;
-    Ok(DatasetSpec::new(
-        prefix_name(&prefix),
-        shard.len() as u64,
-        weight,
-    ))
+/// The printed form: a text table, or a JSON array with one object per line.
+struct Records<'a> {
+    w: &'a mut dyn Write,
+    names: Vec<String>,
+    json: bool,
+    first: bool,
+    line: String,
 }
 
+impl<'a> Records<'a> {
+    fn new(w: &'a mut dyn Write, plan: &Plan, json: bool) -> Result<Self> {
+        let names = plan
+            .names()
+            .iter()
+            .map(|n| {
+                if json {
+                    serde_json::to_string(n).expect("a string serializes")
+                } else {
+                    n.clone()
+                }
+            })
+            .collect();
+        let mut r = Records {
+            w,
+            names,
+            json,
+            first: true,
+            line: String::new(),
+        };
+        let head = if json {
+            "["
+        } else {
+            "step  rank  rows (dataset:sample (epoch))"
+        };
+        r.emit(head)?;
+        Ok(r)
+    }
+
+    fn write(&mut self, step: u64, rank: usize, rows: &[Row]) -> Result<()> {
+        use std::fmt::Write as _;
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        if self.json {
+            let sep = if self.first { "" } else { "," };
+            let _ = write!(line, "{sep}{{\"step\":{step},\"rank\":{rank},\"rows\":[");
+            for (i, r) in rows.iter().enumerate() {
+                let comma = if i > 0 { "," } else { "" };
+                let _ = write!(
+                    line,
+                    "{comma}{{\"dataset\":{},\"sample\":{},\"epoch\":{}}}",
+                    self.names[r.dataset as usize], r.sample, r.epoch
+                );
+            }
+            line.push_str("]}");
+        } else {
+            let _ = write!(line, "{step:>4}  {rank:>4}  ");
+            for (i, r) in rows.iter().enumerate() {
+                let comma = if i > 0 { ", " } else { "" };
+                let _ = write!(
+                    line,
+                    "{comma}{}:{} ({})",
+                    self.names[r.dataset as usize], r.sample, r.epoch
+                );
+            }
+        }
+        self.first = false;
+        let result = self.emit(&line);
+        self.line = line;
+        result
+    }
+
+    fn emit(&mut self, line: &str) -> Result<()> {
+        writeln!(self.w, "{line}").map_err(super::stdout_error)
+    }
+
+    fn finish(mut self) -> Result<()> {
+        if self.json {
+            self.emit("]")?;
+        }
+        self.w.flush().map_err(super::stdout_error)
+    }
+}
+
+/// Parses `--shuffle`.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the value.
 pub fn parse_shuffle(s: &str) -> Result<Shuffle> {
     match s {
         "none" => Ok(Shuffle::None),
@@ -156,11 +243,21 @@ pub fn parse_shuffle(s: &str) -> Result<Shuffle> {
         _ => s
             .strip_prefix("block:")
             .and_then(|n| n.parse().ok())
+            .filter(|&n: &u64| n > 0)
             .map(Shuffle::Block)
-            .ok_or_else(|| Error::Config(format!("--shuffle {s}: expected none, full or block:N"))),
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "--shuffle {s}: expected none, full or block:N with N >= 1"
+                ))
+            }),
     }
 }
 
+/// Parses `--partition`.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the value.
 pub fn parse_partition(s: &str) -> Result<Partition> {
     Ok(match s {
         "global" => Partition::Global,

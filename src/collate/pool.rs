@@ -128,18 +128,6 @@ pub struct PooledBuf<T: Pod> {
 }
 
 impl<T: Pod> PooledBuf<T> {
-    /// A buffer outside any pool (for tests and one-off batches).
-    pub fn unpooled(values: &[T]) -> Self {
-        let mut buf = PooledBuf {
-            lines: vec![Line([0; 64]); (size_of_val(values)).div_ceil(64).max(1)],
-            len: values.len(),
-            pool: None,
-            _t: std::marker::PhantomData,
-        };
-        buf.copy_from_slice(values);
-        buf
-    }
-
     /// Shortens the buffer to `len` elements (capacity is kept).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

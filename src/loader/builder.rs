@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-use super::build::{Builder, Parts, UserMetric};
+use super::collator::{Collator, UserMetric};
 use super::flow::{Mode, spawn};
-use super::job::{Packer, Scheduler};
-use super::{Loader, LoaderState, LoaderStats, Position};
+use super::job::{Packer, Scheduler, doc_len};
+use super::{Loader, LoaderState, LoaderStats, Position, Scope};
 use crate::collate::{CollateConfig, Pool};
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
-use crate::metrics::{Aggregator, MetricsConfig, SampleMetrics};
+use crate::metrics::{Aggregator, AggregatorState, MetricsConfig, SampleMetrics};
 use crate::order::{DatasetSpec, OrderConfig, Planner, ResumeOptions};
 use crate::shard::{Dataset, TokenId};
 use crate::transform::{TransformConfig, UserTransform};
@@ -209,12 +209,35 @@ impl<T: TokenId> LoaderBuilder<T> {
         }
         collate.check()?;
         transform.check_ids::<T>(collate.pad_id)?;
+        transform.check_room(&collate)?;
+        if let Some(m) = &metrics {
+            m.check()?;
+        }
+        let tokens = (order.local_batch as u64).checked_mul(collate.seq_len as u64);
+        if tokens.is_none_or(|t| t > MAX_BATCH_TOKENS) {
+            return Err(Error::Config(format!(
+                "local batch {} x sequence length {} exceeds the largest batch, \
+                 {MAX_BATCH_TOKENS} tokens",
+                order.local_batch, collate.seq_len
+            )));
+        }
         if collate.pack && !user.is_empty() {
             return Err(Error::Config(
                 "user transforms cannot be combined with packing: the packer lays documents out \
                  from their stored lengths before any worker sees them"
                     .into(),
             ));
+        }
+        if collate.pack && transform.extra() == 0 && sources.iter().all(|s| s.data.tokens() == 0) {
+            return Err(Error::Config(format!(
+                "packing cannot fill a row: every sequence of {} is empty, and no BOS or EOS is \
+                 added",
+                sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
         if prefetch == 0 {
             return Err(Error::Config(
@@ -246,10 +269,17 @@ impl<T: TokenId> LoaderBuilder<T> {
                 check_resume(state, &collate, &transform, rank, world)?;
                 let planner = Planner::resume(plan.clone(), &state.cursor, *options)?;
                 let shadow = Planner::resume(plan.clone(), &state.cursor, *options)?;
+                if collate.pack {
+                    let peek = Planner::resume(plan.clone(), &state.cursor, *options)?;
+                    check_packing(state, peek, &sources, &transform)?;
+                }
                 let names = plan.names();
+                // World totals live on rank 0 after a resume; a rank's own stay with it.
+                let keep = state.scope == Scope::Rank || rank == 0;
                 let skips = state
                     .skips
                     .iter()
+                    .filter(|_| keep)
                     .filter_map(|s| {
                         let d = names.iter().position(|n| *n == s.dataset)?;
                         Some(((d as u32, s.epoch), s.skipped))
@@ -261,7 +291,7 @@ impl<T: TokenId> LoaderBuilder<T> {
         let pool = Pool::new();
         let stop = Arc::new(AtomicBool::new(false));
         let datasets: Vec<Dataset> = sources.into_iter().map(|s| s.data).collect();
-        let builder = Arc::new(Builder::new(Parts {
+        let collator = Arc::new(Collator {
             datasets: datasets.clone(),
             names: plan.names().to_vec(),
             transform: transform.clone(),
@@ -271,13 +301,10 @@ impl<T: TokenId> LoaderBuilder<T> {
             stop: stop.clone(),
             metrics: metrics.clone(),
             user_metrics,
-        }));
+        });
         // The metric totals continue from the checkpoint, so a resumed run reports the same.
-        let aggregator = match (
-            &metrics,
-            resume.as_ref().and_then(|(s, _)| s.metrics.clone()),
-        ) {
-            (Some(_), Some(saved)) => Aggregator::from_state(saved),
+        let aggregator = match (&metrics, resume.as_ref().map(|(s, _)| s)) {
+            (Some(config), Some(state)) => restore_metrics(state, config, rank, world)?,
             (Some(config), None) => Aggregator::new(config.clone()),
             (None, _) => Aggregator::default(),
         };
@@ -303,12 +330,12 @@ impl<T: TokenId> LoaderBuilder<T> {
             }
         } else {
             spawn(
-                scheduler, &builder, &sink, workers, prefetch, &busy, &planned,
+                scheduler, &collator, &sink, workers, prefetch, &busy, &planned,
             )
         };
         Ok(Loader {
             sink,
-            builder,
+            collator,
             plan,
             shadow,
             position,
@@ -325,6 +352,93 @@ impl<T: TokenId> LoaderBuilder<T> {
     }
 }
 
+/// The largest batch a loader builds: local batch x sequence length, in tokens. Every `[B, T]`
+/// buffer of a batch is allocated at this size at most.
+pub const MAX_BATCH_TOKENS: u64 = 1 << 28;
+
+/// The metric aggregator a resumed loader starts from: this rank's saved totals (same rank and
+/// world only), or the world's on rank 0 and empty totals elsewhere.
+fn restore_metrics(
+    state: &LoaderState,
+    config: &MetricsConfig,
+    rank: usize,
+    world: usize,
+) -> Result<Aggregator> {
+    let Some(saved) = &state.metrics else {
+        return Ok(Aggregator::new(config.clone()));
+    };
+    if saved.config != *config {
+        return Err(Error::Resume(format!(
+            "the metrics settings changed (were {:?}, are {config:?}); the saved totals would not \
+             merge",
+            saved.config
+        )));
+    }
+    match state.scope {
+        Scope::Rank if state.rank != rank || state.cursor.world != world => {
+            Err(Error::Resume(format!(
+                "this state holds the metric totals of rank {} of {}, and this loader is rank {rank} \
+                 of {world}: restoring them would count that rank's data on the wrong rank (and \
+                 lose or repeat the others' in a reduce). Save the state with \
+                 Loader::checkpoint(&collective), which holds the world's totals and resumes with \
+                 any world size, or turn metrics off",
+                state.rank, state.cursor.world
+            )))
+        }
+        Scope::Rank => Ok(Aggregator::from_state(saved.clone())),
+        Scope::World if rank == 0 => Ok(Aggregator::from_state(saved.clone())),
+        // The other ranks start from zero, keeping the agreed names so that the next reduce
+        // stays at two collectives.
+        Scope::World => Ok(Aggregator::from_state(AggregatorState {
+            entries: Default::default(),
+            ..saved.clone()
+        })),
+    }
+}
+
+/// Checks a packed stream's remainder against the step it points into: at most that step's rows
+/// taken, and a document offset inside the document it cuts.
+fn check_packing(
+    state: &LoaderState,
+    mut planner: Planner,
+    sources: &[Source],
+    transform: &TransformConfig,
+) -> Result<()> {
+    let datasets: Vec<Dataset> = sources.iter().map(|s| s.data.clone()).collect();
+    let p = &state.position;
+    let mut rows = Vec::new();
+    planner.next_rows(&mut rows);
+    if p.rows_taken > rows.len() as u64 {
+        return Err(Error::checkpoint(
+            "position.rows_taken",
+            format!(
+                "{} but step {} holds {} rows",
+                p.rows_taken,
+                p.plan_step,
+                rows.len()
+            ),
+        ));
+    }
+    if p.doc_offset == 0 {
+        return Ok(());
+    }
+    let len = rows
+        .get(p.rows_taken as usize)
+        .map(|r| doc_len(&datasets, transform, r).map_or(0, |(len, _)| len))
+        .unwrap_or(0);
+    if p.doc_offset >= len as u64 {
+        return Err(Error::checkpoint(
+            "position.doc_offset",
+            format!(
+                "{} tokens of a document of {len} were emitted, but a cut document has tokens \
+                 left",
+                p.doc_offset
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_resume(
     state: &LoaderState,
     collate: &CollateConfig,
@@ -332,6 +446,7 @@ fn check_resume(
     rank: usize,
     world: usize,
 ) -> Result<()> {
+    state.check()?;
     if state.collate != *collate {
         return Err(Error::Resume(format!(
             "the collate configuration changed (was {:?}, is {:?}); the batches would change",

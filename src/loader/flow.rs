@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::build::{Builder, Current, Skip};
+use super::collator::{Collator, Current, Skip};
 use super::job::{Job, Scheduler};
 use super::state::Position;
 use crate::device::DeviceSink;
@@ -75,9 +75,9 @@ pub(super) enum Mode<T: TokenId, S: DeviceSink<T>> {
     },
 }
 
-/// Builds a batch on the current thread: staged by the builder, prepared by the sink.
+/// Builds a batch on the current thread: staged by the collator, prepared by the sink.
 pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
-    builder: &Builder<T>,
+    collator: &Collator<T>,
     sink: &S,
     job: Job,
     scratch: &mut Vec<T>,
@@ -88,22 +88,22 @@ pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
     let mut skips = Vec::new();
     let run = catch_unwind(AssertUnwindSafe(|| -> Outcome<S::Prepared> {
         // User metrics need an aggregator per batch; the standard ones only counts.
-        let mut user = builder
+        let mut user = collator
             .metrics
             .as_ref()
-            .filter(|_| !builder.user_metrics.is_empty())
+            .filter(|_| !collator.user_metrics.is_empty())
             .map(|c| Aggregator::new(c.clone()));
-        let staged = builder.build(job, &mut current, scratch, &mut skips, user.as_mut())?;
-        let partial = builder
+        let staged = collator.build(job, &mut current, scratch, &mut skips, user.as_mut())?;
+        let partial = collator
             .metrics
             .as_ref()
-            .map(|_| (BatchMetrics::of(&staged.docs, builder.names.len()), user));
+            .map(|_| (BatchMetrics::of(&staged.docs, collator.names.len()), user));
         let (rows, real, padded) = (
             staged.rows,
             staged.real_tokens(),
             staged.rows * staged.width,
         );
-        let prepared = sink.prepare(staged, &builder.collate, &builder.pool)?;
+        let prepared = sink.prepare(staged, &collator.collate, &collator.pool)?;
         Ok((
             prepared,
             Info {
@@ -118,7 +118,7 @@ pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
     }));
     run.unwrap_or_else(|panic| {
         let (dataset, sample) = match current {
-            Some((d, s)) => (builder.names[d as usize].clone(), s),
+            Some((d, s)) => (collator.names[d as usize].clone(), s),
             None => ("-".into(), 0),
         };
         Err(Error::WorkerPanic {
@@ -126,6 +126,20 @@ pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
             dataset,
             sample,
             message: panic_message(&panic),
+        })
+    })
+}
+
+/// The scheduler's next job, with a panic in planning turned into an error (both worker modes
+/// plan through here).
+pub(super) fn next_job(scheduler: &mut Scheduler) -> Result<Option<Job>> {
+    let batch = scheduler.batch;
+    catch_unwind(AssertUnwindSafe(|| scheduler.next_job())).unwrap_or_else(|panic| {
+        Err(Error::WorkerPanic {
+            step: batch,
+            dataset: "-".into(),
+            sample: 0,
+            message: format!("in the planner: {}", panic_message(&panic)),
         })
     })
 }
@@ -140,7 +154,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
     scheduler: Scheduler,
-    builder: &Arc<Builder<T>>,
+    collator: &Arc<Collator<T>>,
     sink: &Arc<S>,
     workers: usize,
     prefetch: usize,
@@ -165,12 +179,12 @@ pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
     });
     let threads = (0..workers)
         .map(|w| {
-            let (shared, builder, sink) = (shared.clone(), builder.clone(), sink.clone());
+            let (shared, collator, sink) = (shared.clone(), collator.clone(), sink.clone());
             let (busy, planned) = (busy.clone(), planned.clone());
             std::thread::Builder::new()
                 .name(format!("shardflow-worker-{w}"))
                 .spawn(move || {
-                    work(&shared, &builder, &*sink, &busy, &planned);
+                    work(&shared, &collator, &*sink, &busy, &planned);
                     shared.lock().alive -= 1;
                     shared.caller.notify_all();
                 })
@@ -199,16 +213,7 @@ pub(super) fn plan_next<P>(flow: &mut Flow<P>, shared: &Shared<P>, planned: &Ato
         return Turn::Full;
     }
     let batch = flow.scheduler.batch;
-    let next =
-        catch_unwind(AssertUnwindSafe(|| flow.scheduler.next_job())).unwrap_or_else(|panic| {
-            Err(Error::WorkerPanic {
-                step: batch,
-                dataset: "-".into(),
-                sample: 0,
-                message: format!("in the planner: {}", panic_message(&panic)),
-            })
-        });
-    match next {
+    match next_job(&mut flow.scheduler) {
         Ok(Some(job)) => {
             planned.fetch_add(1, Ordering::Relaxed);
             Turn::Build(job)
@@ -234,7 +239,7 @@ pub(super) fn build_unlocked<'a, T: TokenId, S: DeviceSink<T>>(
     shared: &'a Shared<S::Prepared>,
     flow: MutexGuard<'a, Flow<S::Prepared>>,
     job: Job,
-    builder: &Builder<T>,
+    collator: &Collator<T>,
     sink: &S,
     scratch: &mut Vec<T>,
     busy: &AtomicU64,
@@ -242,7 +247,7 @@ pub(super) fn build_unlocked<'a, T: TokenId, S: DeviceSink<T>>(
     drop(flow);
     let batch = job.batch;
     let start = Instant::now();
-    let outcome = make(builder, sink, job, scratch);
+    let outcome = make(collator, sink, job, scratch);
     busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let mut flow = shared.lock();
     flow.ready.insert(batch, outcome);
@@ -256,7 +261,7 @@ pub(super) fn build_unlocked<'a, T: TokenId, S: DeviceSink<T>>(
 /// A worker's loop: plan the next batch under the lock, build it outside, file it as ready.
 fn work<T: TokenId, S: DeviceSink<T>>(
     shared: &Shared<S::Prepared>,
-    builder: &Builder<T>,
+    collator: &Collator<T>,
     sink: &S,
     busy: &AtomicU64,
     planned: &AtomicU64,
@@ -272,7 +277,7 @@ fn work<T: TokenId, S: DeviceSink<T>>(
                 flow.idle_workers -= 1;
             }
             Turn::Build(job) => {
-                flow = build_unlocked(shared, flow, job, builder, sink, &mut scratch, busy);
+                flow = build_unlocked(shared, flow, job, collator, sink, &mut scratch, busy);
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use crate::collate::{DocRef, Pool, PooledBuf};
 use crate::error::{Error, Result};
-use crate::order::{Planner, Row};
+use crate::order::{Plan, Planner, Row};
 use crate::shard::Dataset;
 use crate::transform::{BadSamplePolicy, Shape, TransformConfig};
 
@@ -58,6 +58,9 @@ pub(crate) struct Packer {
     next: usize,
     offset: usize,
     fresh: bool,
+    /// Per dataset, the empty documents drawn in a row: a dataset whose run reaches twice its
+    /// size has shown that a whole epoch of it is empty.
+    empty_runs: Vec<u64>,
 }
 
 impl Packer {
@@ -69,6 +72,7 @@ impl Packer {
             next: rows_taken as usize,
             offset: doc_offset as usize,
             fresh: true,
+            empty_runs: Vec::new(),
         }
     }
 }
@@ -186,6 +190,7 @@ impl Scheduler {
                         sample: r.sample,
                         reason,
                     })?;
+                note_emptiness(p, planner.plan(), r.dataset as usize, doc_len)?;
                 let take = (doc_len - p.offset).min(t - col);
                 if take > 0 || (p.offset == 0 && flags != 0) {
                     out.push(DocRef {
@@ -232,9 +237,42 @@ impl Scheduler {
     }
 }
 
+/// Counts a packed document's emptiness; fails when every dataset has drawn empty documents for
+/// twice its size in a row (a whole epoch of each is empty), because no row could ever fill.
+fn note_emptiness(p: &mut Packer, plan: &Plan, dataset: usize, len: usize) -> Result<()> {
+    let lens = plan.lens();
+    if p.empty_runs.len() != lens.len() {
+        p.empty_runs = vec![0; lens.len()];
+    }
+    if len > 0 {
+        p.empty_runs[dataset] = 0;
+        return Ok(());
+    }
+    p.empty_runs[dataset] += 1;
+    if p.empty_runs[dataset] < lens[dataset].saturating_mul(2) {
+        return Ok(());
+    }
+    if p.empty_runs
+        .iter()
+        .zip(lens)
+        .all(|(&run, &n)| run >= n.saturating_mul(2))
+    {
+        return Err(Error::Config(format!(
+            "packing cannot fill a row: a whole epoch of every dataset ({}) gives empty documents \
+             after the transforms (empty sequences, or samples dropped or skipped)",
+            plan.names().join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// The transformed length of a row's document when packing, with its flags; a document the
 /// policies drop or skip has length 0. The skip limit is enforced where batches are delivered.
-fn doc_len(datasets: &[Dataset], t: &TransformConfig, r: &Row) -> Result<(usize, u32), String> {
+pub(crate) fn doc_len(
+    datasets: &[Dataset],
+    t: &TransformConfig,
+    r: &Row,
+) -> Result<(usize, u32), String> {
     let raw = datasets[r.dataset as usize]
         .sequence_len(r.sample as usize)
         .ok_or_else(|| format!("sample {} is outside the dataset", r.sample))?;

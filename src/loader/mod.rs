@@ -15,11 +15,10 @@
 //! parks on condition variables: no thread spins. Worker count is a performance knob only: the
 //! stream is the same with 0 workers (everything on the caller's thread) or 16.
 
-mod build;
 mod builder;
+mod collator;
 mod flow;
 mod job;
-pub mod measure;
 mod state;
 
 pub use builder::*;
@@ -30,14 +29,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::collective::Collective;
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
 use crate::metrics::Aggregator;
 use crate::order::{Plan, Planner};
 use crate::shard::TokenId;
 use crate::transform::BadSamplePolicy;
-use build::Builder;
-use flow::{Mode, Outcome, Turn, build_unlocked, make, plan_next};
+use collator::Collator;
+use flow::{Mode, Outcome, Turn, build_unlocked, make, next_job, plan_next};
 
 /// A stream of batches in plan order, ending when the plan's stream limit is reached.
 ///
@@ -45,7 +45,7 @@ use flow::{Mode, Outcome, Turn, build_unlocked, make, plan_next};
 /// sample) and `None` after it. Dropping the loader stops and joins its threads.
 pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     sink: Arc<S>,
-    builder: Arc<Builder<T>>,
+    collator: Arc<Collator<T>>,
     plan: Arc<Plan>,
     shadow: Planner,
     position: Position,
@@ -74,9 +74,9 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
             cursor: self.shadow.cursor(),
             position: self.position,
             rank: self.plan.config().rank,
-            collate: self.builder.collate.clone(),
-            transform: self.builder.transform.clone(),
-            metrics: self.builder.metrics.as_ref().map(|_| self.metrics.state()),
+            collate: self.collator.collate.clone(),
+            transform: self.collator.transform.clone(),
+            metrics: self.collator.metrics.as_ref().map(|_| self.metrics.state()),
             skips: self
                 .skips
                 .iter()
@@ -86,7 +86,47 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
                     skipped,
                 })
                 .collect(),
+            scope: Scope::Rank,
         }
+    }
+
+    /// A checkpoint whose metrics and skip counts are the whole world's, reduced over the ranks
+    /// through `collective`: resuming it with any world size continues the same reduced
+    /// totals (rank 0 restores them; the other ranks start from zero). Every rank must call it
+    /// at the same step, like any collective. [`Loader::state`] is this rank's alone, for a
+    /// resume with the same rank and world size.
+    ///
+    /// # Errors
+    ///
+    /// The collective's errors; [`Error::Metric`] when ranks disagree on a metric's kind.
+    pub fn checkpoint(&mut self, collective: &dyn Collective) -> Result<LoaderState> {
+        let mut state = self.state();
+        state.scope = Scope::World;
+        if self.collator.metrics.is_some() {
+            state.metrics = Some(self.metrics.reduce(collective)?.state());
+        }
+        let mine = serde_json::to_vec(&state.skips).expect("skip counts serialize");
+        let mut skips: BTreeMap<(String, u64), u64> = BTreeMap::new();
+        for (rank, bytes) in collective.all_gather_bytes(&mine)?.iter().enumerate() {
+            let theirs: Vec<SkipCount> =
+                serde_json::from_slice(bytes).map_err(|e| Error::CollectiveMismatch {
+                    op: "checkpoint skip counts".into(),
+                    call: 0,
+                    reason: format!("rank {rank} sent unreadable skip counts: {e}"),
+                })?;
+            for s in theirs {
+                *skips.entry((s.dataset, s.epoch)).or_default() += s.skipped;
+            }
+        }
+        state.skips = skips
+            .into_iter()
+            .map(|((dataset, epoch), skipped)| SkipCount {
+                dataset,
+                epoch,
+                skipped,
+            })
+            .collect();
+        Ok(state)
     }
 
     /// The metrics of the batches received so far (standard metrics and user metrics), this
@@ -108,7 +148,7 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
             .planned
             .load(Ordering::Relaxed)
             .saturating_sub(self.position.batches) as usize;
-        s.pool = self.builder.pool.stats();
+        s.pool = self.collator.pool.stats();
         s
     }
 
@@ -127,7 +167,7 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
             let count = self.skips.entry((skip.dataset, skip.epoch)).or_default();
             *count += 1;
             self.stats.skipped += 1;
-            if let BadSamplePolicy::Skip { max_per_epoch } = self.builder.transform.bad_samples
+            if let BadSamplePolicy::Skip { max_per_epoch } = self.collator.transform.bad_samples
                 && *count > max_per_epoch
             {
                 let e = Error::SkipLimit {
@@ -172,10 +212,10 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
         let start = Instant::now();
         let want = self.position.batches;
         let outcome = match &mut self.mode {
-            Mode::Inline { scheduler, scratch } => match scheduler.next_job() {
+            Mode::Inline { scheduler, scratch } => match next_job(scheduler) {
                 Ok(Some(job)) => {
                     self.planned.fetch_add(1, Ordering::Relaxed);
-                    make(&self.builder, &*self.sink, job, scratch)
+                    make(&self.collator, &*self.sink, job, scratch)
                 }
                 Ok(None) => {
                     self.done = true;
@@ -204,7 +244,7 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
                             shared,
                             flow,
                             job,
-                            &self.builder,
+                            &self.collator,
                             &*self.sink,
                             &mut self.scratch,
                             &self.busy,
@@ -242,7 +282,7 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
 
 impl<T: TokenId, S: DeviceSink<T>> Drop for Loader<T, S> {
     fn drop(&mut self) {
-        self.builder.stop.store(true, Ordering::Relaxed);
+        self.collator.stop.store(true, Ordering::Relaxed);
         if let Mode::Threads { shared, threads } = &mut self.mode {
             {
                 let mut flow = shared.lock();

@@ -23,8 +23,25 @@ pub struct SkipCount {
     pub skipped: u64,
 }
 
+/// Whose totals a [`LoaderState`]'s metrics and skip counts are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// This rank's own ([`crate::loader::Loader::state`]): a resume must use the same rank and
+    /// world size while metrics are on.
+    #[default]
+    Rank,
+    /// The whole world's, reduced over the ranks ([`crate::loader::Loader::checkpoint`]): a resume
+    /// with any world size restores them on rank 0, so the reduced totals continue.
+    World,
+}
+
 /// Exactly the batches the caller has received: a new loader built with `.resume(state)`
 /// continues with the next one. Serializes with serde (JSON checkpoints are a few hundred bytes).
+///
+/// A state read from a file is untrusted input: [`LoaderState::load`] checks that it is
+/// consistent in itself, and the builder checks it against the plan it resumes; either names the
+/// field that is wrong in an [`Error::Checkpoint`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoaderState {
     /// Format version of this state.
@@ -44,11 +61,16 @@ pub struct LoaderState {
     /// The metric aggregator's state, when metrics are on.
     #[serde(default)]
     pub metrics: Option<AggregatorState>,
+    /// Whose totals `metrics` and `skips` hold.
+    #[serde(default)]
+    pub scope: Scope,
 }
 
 impl LoaderState {
-    /// The current format version.
-    pub const VERSION: u32 = 1;
+    /// The current format version. Version 2 changed the deterministic mixture to exact integer
+    /// arithmetic over weights quantized to 2^-20 and the hashed partition to a keyed
+    /// permutation, so version 1 states would not continue their streams.
+    pub const VERSION: u32 = 2;
 
     /// Writes the state as JSON to `path` atomically (temporary name, fsync, rename).
     ///
@@ -60,30 +82,87 @@ impl LoaderState {
         write_atomic(path, &json)
     }
 
-    /// Reads a state written by [`LoaderState::save`].
+    /// Reads a state written by [`LoaderState::save`] and checks it ([`LoaderState::check`]).
     ///
     /// # Errors
     ///
-    /// [`Error::MissingFile`], [`Error::Io`], or [`Error::Checkpoint`] for a file that is not a
-    /// checkpoint of this version.
+    /// [`Error::MissingFile`], [`Error::Io`], or [`Error::Checkpoint`] naming the file and the
+    /// field for a file that is not a consistent checkpoint of this version.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-        let state: LoaderState = serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        if state.version != Self::VERSION {
-            return Err(Error::Checkpoint {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "version {} (this shardflow reads {})",
-                    state.version,
+        Self::from_json(&bytes).map_err(|e| match e {
+            Error::Checkpoint { field, reason, .. } => Error::Checkpoint {
+                path: Some(path.to_path_buf()),
+                field,
+                reason,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses a state from JSON and checks it ([`LoaderState::check`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Checkpoint`] naming the field.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let state: LoaderState =
+            serde_json::from_slice(bytes).map_err(|e| Error::checkpoint("json", e.to_string()))?;
+        state.check()?;
+        Ok(state)
+    }
+
+    /// Checks that the state is consistent in itself: the version, the cursor's counts (each at
+    /// least its count at the mixture origin, adding up to the position), the position against
+    /// the step, the padding fields, the rank, and the metric state
+    /// ([`AggregatorState::check`]). The builder checks the rest against the plan.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Checkpoint`] naming the field.
+    pub fn check(&self) -> Result<()> {
+        if self.version != Self::VERSION {
+            return Err(Error::checkpoint(
+                "version",
+                format!(
+                    "version {} (this shardflow reads {}; version 2 changed the mixture and \
+                     hashed-partition orders)",
+                    self.version,
                     Self::VERSION
                 ),
-            });
+            ));
         }
-        Ok(state)
+        self.cursor.check()?;
+        let c = &self.cursor;
+        let p = &self.position;
+        if self.rank >= c.world {
+            return Err(Error::checkpoint(
+                "rank",
+                format!("rank {} is outside world size {}", self.rank, c.world),
+            ));
+        }
+        if p.plan_step != c.step {
+            return Err(Error::checkpoint(
+                "position.plan_step",
+                format!("{} but the cursor is at step {}", p.plan_step, c.step),
+            ));
+        }
+        if !self.collate.pack
+            && (p.batches != p.plan_step || p.rows_taken != 0 || p.doc_offset != 0)
+        {
+            return Err(Error::checkpoint(
+                "position",
+                format!(
+                    "a padded stream delivers one batch per step with no remainder, but the \
+                     position is {p:?}"
+                ),
+            ));
+        }
+        if let Some(m) = &self.metrics {
+            m.check()?;
+        }
+        Ok(())
     }
 }
 
@@ -108,4 +187,22 @@ pub struct LoaderStats {
     pub queue_depth: usize,
     /// The staging pool's counters.
     pub pool: PoolStats,
+}
+
+impl LoaderStats {
+    /// The counters since `earlier` (a snapshot of the same loader): counts and times
+    /// subtracted; the queue depth and the pool's counters are the current ones.
+    pub fn since(&self, earlier: &LoaderStats) -> LoaderStats {
+        LoaderStats {
+            batches: self.batches - earlier.batches,
+            rows: self.rows - earlier.rows,
+            real_tokens: self.real_tokens - earlier.real_tokens,
+            padded_tokens: self.padded_tokens - earlier.padded_tokens,
+            skipped: self.skipped - earlier.skipped,
+            wait: self.wait.saturating_sub(earlier.wait),
+            worker_busy: self.worker_busy.saturating_sub(earlier.worker_busy),
+            queue_depth: self.queue_depth,
+            pool: self.pool,
+        }
+    }
 }

@@ -182,6 +182,46 @@ pub struct MetricsConfig {
     pub percentiles: Vec<f64>,
 }
 
+impl MetricsConfig {
+    /// The finest sketch accuracy accepted: finer ones need more buckets than a reduce should
+    /// carry (about 245 000 per side at this accuracy).
+    pub const MIN_ALPHA: f64 = 1e-4;
+    /// The coarsest sketch accuracy accepted.
+    pub const MAX_ALPHA: f64 = 0.5;
+    /// The most percentiles a distribution reports.
+    pub const MAX_PERCENTILES: usize = 64;
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an accuracy outside [`Self::MIN_ALPHA`]..=[`Self::MAX_ALPHA`], a
+    /// percentile outside (0, 1], or more than [`Self::MAX_PERCENTILES`] of them.
+    pub fn check(&self) -> Result<()> {
+        if !(Self::MIN_ALPHA..=Self::MAX_ALPHA).contains(&self.alpha) {
+            return Err(Error::Config(format!(
+                "metrics alpha {}: the sketch accuracy must lie in [{}, {}]",
+                self.alpha,
+                Self::MIN_ALPHA,
+                Self::MAX_ALPHA
+            )));
+        }
+        if self.percentiles.len() > Self::MAX_PERCENTILES {
+            return Err(Error::Config(format!(
+                "metrics percentiles: {} given, at most {}",
+                self.percentiles.len(),
+                Self::MAX_PERCENTILES
+            )));
+        }
+        if let Some(q) = self.percentiles.iter().find(|q| !(**q > 0.0 && **q <= 1.0)) {
+            return Err(Error::Config(format!(
+                "metrics percentile {q}: percentiles are fractions in (0, 1] (0.95 for p95)"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
@@ -200,6 +240,108 @@ pub struct AggregatorState {
     pub entries: BTreeMap<String, BTreeMap<String, State>>,
     /// The names agreed with the other ranks at the last reduce.
     pub layout: Layout,
+}
+
+impl AggregatorState {
+    /// Checks that the state could have been made by an aggregator: valid settings, finite
+    /// values, sketch buckets inside the mapping's range and adding up to their counts, and a
+    /// sorted layout. A state read from a checkpoint is checked before use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Checkpoint`] naming the field (`metrics.entries.DATASET.METRIC`, …).
+    pub fn check(&self) -> Result<()> {
+        self.config
+            .check()
+            .map_err(|e| Error::checkpoint("metrics.config", e.to_string()))?;
+        let map = Mapping::new(self.config.alpha);
+        for (d, metrics) in &self.entries {
+            for (m, state) in metrics {
+                check_state(state, &map)
+                    .map_err(|why| Error::checkpoint(format!("metrics.entries.{d}.{m}"), why))?;
+            }
+        }
+        let keys = &self.layout.keys;
+        for (i, k) in keys.iter().enumerate() {
+            let field = || format!("metrics.layout.keys[{i}]");
+            if i > 0 && (&keys[i - 1].dataset, &keys[i - 1].metric) >= (&k.dataset, &k.metric) {
+                return Err(Error::checkpoint(field(), "keys are not sorted and unique"));
+            }
+            if k.categories.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(Error::checkpoint(
+                    field(),
+                    "categories are not sorted and unique",
+                ));
+            }
+            if !k.categories.is_empty() && k.kind != Kind::Categorical {
+                return Err(Error::checkpoint(
+                    field(),
+                    "only a categorical has categories",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a metric state could not have been recorded, if it could not.
+fn check_state(state: &State, map: &Mapping) -> std::result::Result<(), String> {
+    let finite = |what: &str, v: f64| {
+        if v.is_finite() {
+            Ok(())
+        } else {
+            Err(format!("{what} {v} is not finite"))
+        }
+    };
+    match state {
+        State::Sum { sum } => finite("sum", *sum),
+        State::Mean { sum, count } => {
+            finite("sum", *sum)?;
+            finite("count", *count)?;
+            if *count < 0.0 {
+                return Err(format!("count {count} is negative"));
+            }
+            Ok(())
+        }
+        State::Max { max } if max.is_nan() || *max == f64::INFINITY => {
+            Err(format!("max {max} is not a recorded value"))
+        }
+        State::Min { min } if min.is_nan() || *min == f64::NEG_INFINITY => {
+            Err(format!("min {min} is not a recorded value"))
+        }
+        State::Max { .. } | State::Min { .. } | State::Categorical { .. } => Ok(()),
+        State::Distribution { sketch } => {
+            finite("sum", sketch.sum)?;
+            let range = map.min_index..=map.max_index;
+            let mut total = sketch.zero as u128;
+            for (side, buckets) in [("pos", &sketch.pos), ("neg", &sketch.neg)] {
+                if let Some(i) = buckets.keys().find(|i| !range.contains(i)) {
+                    return Err(format!(
+                        "{side} bucket {i} lies outside {}..={} for alpha {}",
+                        map.min_index, map.max_index, map.alpha
+                    ));
+                }
+                total += buckets.values().map(|&n| n as u128).sum::<u128>();
+            }
+            if total != sketch.count as u128 {
+                return Err(format!(
+                    "the buckets hold {total} values but the count is {}",
+                    sketch.count
+                ));
+            }
+            match (sketch.min, sketch.max) {
+                (None, None) if sketch.count == 0 => Ok(()),
+                (Some(lo), Some(hi)) if sketch.count > 0 && lo.is_finite() && hi.is_finite() => {
+                    if lo <= hi {
+                        Ok(())
+                    } else {
+                        Err(format!("min {lo} is above max {hi}"))
+                    }
+                }
+                _ => Err("min and max do not fit the count".into()),
+            }
+        }
+    }
 }
 
 /// Metric state keyed by (dataset, metric).

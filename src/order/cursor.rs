@@ -51,6 +51,93 @@ pub struct DatasetCursor {
     pub weight: f64,
 }
 
+impl Cursor {
+    /// Checks that the cursor is consistent in itself: sizes and batch shape positive, the
+    /// origin at or before the position, every count at least its count at the origin, the
+    /// counts since the origin adding up to the rows since the origin, and the position inside
+    /// its step. [`Planner::resume`] runs it; a cursor that passes cannot make the planner
+    /// underflow or index out of bounds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Checkpoint`] naming the field.
+    pub fn check(&self) -> Result<()> {
+        let bad = |field: &str, why: String| Err(Error::checkpoint(format!("cursor.{field}"), why));
+        if self.world == 0 || self.global_batch == 0 || self.global_batch % self.world as u64 != 0 {
+            return bad(
+                "global_batch",
+                format!(
+                    "{} rows cannot be split evenly over world size {}",
+                    self.global_batch, self.world
+                ),
+            );
+        }
+        if self.mixture_origin > self.position {
+            return bad(
+                "mixture_origin",
+                format!(
+                    "{} lies after the position {}",
+                    self.mixture_origin, self.position
+                ),
+            );
+        }
+        let mut since_origin: u128 = 0;
+        for (name, d) in &self.datasets {
+            if d.len == 0 {
+                return bad(
+                    &format!("datasets.{name}.len"),
+                    "a dataset holds samples".into(),
+                );
+            }
+            if !(d.weight.is_finite() && d.weight > 0.0 && d.weight <= 1.0) {
+                return bad(
+                    &format!("datasets.{name}.weight"),
+                    format!("{} is not a normalized weight", d.weight),
+                );
+            }
+            if d.consumed_at_origin > d.consumed {
+                return bad(
+                    &format!("datasets.{name}.consumed_at_origin"),
+                    format!("{} is above consumed {}", d.consumed_at_origin, d.consumed),
+                );
+            }
+            since_origin += (d.consumed - d.consumed_at_origin) as u128;
+        }
+        let rows = (self.position - self.mixture_origin) as u128;
+        if since_origin != rows {
+            return bad(
+                "datasets",
+                format!(
+                    "the counts since the mixture origin add up to {since_origin}, but {rows} \
+                     rows lie between the origin and the position"
+                ),
+            );
+        }
+        let per_step = if self.partition == Partition::Global {
+            self.global_batch
+        } else {
+            self.global_batch / self.world as u64
+        } as u128;
+        let (step, position) = (self.step as u128, self.position as u128);
+        let inside = if step == 0 {
+            position == 0
+        } else {
+            (step - 1) * per_step < position && position <= step * per_step
+        };
+        if !inside {
+            return bad(
+                "position",
+                format!(
+                    "{position} is not inside step {step} of {per_step} rows (rows {}..={})",
+                    step.saturating_sub(1) * per_step + 1,
+                    step * per_step
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What a resume may change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResumeOptions {
@@ -67,11 +154,14 @@ impl Planner {
     ///
     /// # Errors
     ///
+    /// [`Error::Checkpoint`] for a cursor that is inconsistent in itself ([`Cursor::check`]) or
+    /// whose deterministic mixture counts are not the schedule's at its position;
     /// [`Error::Resume`] saying why the stream cannot continue: another seed, shuffle, mixture
     /// mode or partition; another global batch size; another world size in an ownership
     /// partition; a dataset whose size changed; datasets added or removed without
     /// [`ResumeOptions::allow_dataset_changes`]; a cursor whose counts do not add up.
     pub fn resume(plan: Arc<Plan>, cursor: &Cursor, options: ResumeOptions) -> Result<Self> {
+        cursor.check()?;
         let c = plan.config();
         let differs = |what: &str, was: String, now: String| {
             Error::Resume(format!(
@@ -174,6 +264,24 @@ impl Planner {
             mix.at_origin.clone_from(&mix.counts);
         } else {
             mix.origin = cursor.mixture_origin;
+            if c.mixture == MixtureMode::Deterministic {
+                // The counts are a function of the position: check them against the schedule.
+                let mut expected = mix.clone();
+                expected.jump(plan.shares(), cursor.position);
+                if expected.counts != mix.counts {
+                    let (d, _) = (0..names.len())
+                        .map(|d| (d, expected.counts[d] != mix.counts[d]))
+                        .find(|x| x.1)
+                        .expect("the counts differ somewhere");
+                    return Err(Error::checkpoint(
+                        format!("cursor.datasets.{}.consumed", names[d]),
+                        format!(
+                            "{} but the mixture schedule gives {} at position {}",
+                            mix.counts[d], expected.counts[d], cursor.position
+                        ),
+                    ));
+                }
+            }
         }
         Ok(Planner::at(plan, cursor.step, cursor.position, mix))
     }

@@ -1,26 +1,41 @@
 //! The mixture: which dataset each stream position draws from.
 //!
-//! Deterministic mode solves Tijdeman's chairman assignment problem by earliest deadline first.
-//! With `t` rows placed after this one and `c_d` the dataset's count (both counted from the
-//! origin), the dataset's next sample may go no earlier than `w_d * t >= c_d` (else it would run
-//! more than one ahead) and must go by `t = (c_d + 1) / w_d + 1` (else it would fall more than one
-//! behind). Among the datasets whose next sample is due (`w_d * t - c_d >= 0`), the one with the
-//! earliest deadline `(c_d + 1) / w_d` gets the row; ties go to the larger deficit
-//! `w_d * t - c_d`, then to the first dataset. A schedule within one sample exists (Tijdeman
-//! 1980), and earliest-deadline-first finds one whenever one exists, so every dataset's count
-//! stays within one sample of `w_d * i` at every prefix i.
+//! Weights are quantized to multiples of `1 / Q` with `Q = 2^20` ([`RESOLUTION`]): integer
+//! shares `k_d` that sum to `Q`, rounded by largest remainder, so each normalized weight moves by
+//! less than `2^-20` (about 1e-6). Every rule below is exact integer arithmetic on the shares.
 //!
-//! The plain largest-deficit rule (`argmax_d w_d * t - c_d`) does not: with four or more datasets
-//! it can fall more than one sample behind (a property test found `123` against `124.05`).
+//! Deterministic mode solves Tijdeman's chairman assignment problem by earliest deadline first.
+//! With `t` the 1-based count of rows since the origin (this one included) and `c_d` the
+//! dataset's count since the origin, dataset d is due when `k_d * t - Q * c_d >= 0` (taking it
+//! keeps it within one sample of its share). Among the due datasets, the one with the earliest
+//! deadline `(c_d + 1) / k_d` gets the row; ties go to the larger deficit `k_d * t - Q * c_d`,
+//! then to the first dataset. A schedule within one sample exists (Tijdeman 1980) and earliest
+//! deadline first finds one, so every dataset's count stays within one sample of `k_d * i / Q`
+//! at every prefix i. Against the unquantized weights `w_d` the bound is `1 + i * 2^-20`.
+//!
+//! The plain largest-deficit rule (`argmax_d w_d * t - c_d`) does not keep that bound: with four
+//! or more datasets it can fall more than one sample behind (a property test found `123` against
+//! `124.05`).
+//!
+//! The schedule is periodic: after `Q` rows every count is exactly `k_d` above where it started,
+//! every deficit is back to zero, and the rule depends only on those deficits and deadline
+//! differences, so the next `Q` rows repeat the first. The counts at any position are therefore
+//! `periods * k_d` plus the counts of at most `Q - 1` replayed rows: [`MixState::jump`] answers
+//! in `O(Q * datasets)` however far the position, where replaying from the start would take
+//! `O(position)`.
 //!
 //! `origin` is the position at which the current weights took effect: 0, or the resume position
 //! after the weights changed, so new weights hold from that position on without a burst that
 //! repays the past.
 //!
-//! Stochastic mode draws position i's dataset from the weights with a uniform number derived
-//! from (seed, i) alone.
+//! Stochastic mode draws position i's dataset from the shares with a uniform number derived from
+//! (seed, i) alone: independent draws, so the counts at a position take `O(position)` to replay.
 
 use super::shuffle::mix64;
+use crate::error::{Error, Result};
+
+/// The resolution of mixture weights: shares are multiples of `1 / RESOLUTION`.
+pub const RESOLUTION: u64 = 1 << 20;
 
 /// How the mixture interleaves datasets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -30,6 +45,42 @@ pub enum MixtureMode {
     Deterministic,
     /// Each position drawn at random from the weights, seeded.
     Stochastic,
+}
+
+/// Integer shares `k_d` summing to [`RESOLUTION`], by largest remainder; ties go to the first
+/// dataset. Weights must be finite and positive (checked by the caller).
+///
+/// # Errors
+///
+/// [`Error::BadWeight`] for a weight whose share rounds to zero (below about `2^-21` of the
+/// total): the mixture cannot represent it.
+pub(crate) fn quantize(names: &[String], weights: &[f64]) -> Result<Vec<u64>> {
+    // Scale by the largest first, so that huge weights cannot overflow their sum.
+    let max = weights.iter().copied().fold(0.0f64, f64::max);
+    let scaled: Vec<f64> = weights.iter().map(|w| w / max).collect();
+    let total: f64 = scaled.iter().sum();
+    let exact: Vec<f64> = scaled
+        .iter()
+        .map(|w| w / total * RESOLUTION as f64)
+        .collect();
+    let mut shares: Vec<u64> = exact.iter().map(|e| e.floor() as u64).collect();
+    let given: u64 = shares.iter().sum();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    for &d in order.iter().take(RESOLUTION.saturating_sub(given) as usize) {
+        shares[d] += 1;
+    }
+    if let Some(d) = shares.iter().position(|&k| k == 0) {
+        return Err(Error::BadWeight {
+            dataset: names[d].clone(),
+            weight: weights[d],
+        });
+    }
+    debug_assert_eq!(shares.iter().sum::<u64>(), RESOLUTION);
+    Ok(shares)
 }
 
 /// The mixture's running state: per-dataset consumed counts and the weights' origin.
@@ -50,46 +101,133 @@ impl MixState {
     }
 
     /// The dataset that stream position `p` draws from, and its consumed count before the draw;
-    /// the count is advanced.
+    /// the count is advanced. The state must be the one at `p` (counts since the origin adding
+    /// up to `p - origin`, which checked cursors guarantee).
     #[inline]
-    pub fn draw(&mut self, mode: MixtureMode, weights: &[f64], seed: u64, p: u64) -> (usize, u64) {
+    pub fn draw(&mut self, mode: MixtureMode, shares: &[u64], seed: u64, p: u64) -> (usize, u64) {
         let d = match mode {
-            _ if weights.len() == 1 => 0,
-            MixtureMode::Deterministic => {
-                let t = (p + 1 - self.origin) as f64;
-                let mut best = usize::MAX;
-                let (mut best_deadline, mut best_deficit) = (f64::INFINITY, f64::NEG_INFINITY);
-                for (d, &w) in weights.iter().enumerate() {
-                    let c = (self.counts[d] - self.at_origin[d]) as f64;
-                    let deficit = w * t - c;
-                    if deficit < -1e-9 {
-                        continue; // not due yet: taking it would run more than one ahead
-                    }
-                    let deadline = (c + 1.0) / w;
-                    if deadline < best_deadline
-                        || (deadline == best_deadline && deficit > best_deficit)
-                    {
-                        (best, best_deadline, best_deficit) = (d, deadline, deficit);
-                    }
-                }
-                // The deficits sum to 1, so some dataset is always due; fall back to the largest
-                // share against rounding.
-                if best == usize::MAX { 0 } else { best }
-            }
+            _ if shares.len() == 1 => 0,
+            MixtureMode::Deterministic => self.earliest_deadline(shares, p),
             MixtureMode::Stochastic => {
-                let u = (mix64(seed ^ mix64(p ^ 0x6d69_7874)) >> 11) as f64 / (1u64 << 53) as f64;
-                let mut acc = 0.0;
-                weights
+                let u = mix64(seed ^ mix64(p ^ 0x6d69_7874)) >> (64 - RESOLUTION.trailing_zeros());
+                let mut acc = 0;
+                shares
                     .iter()
-                    .position(|&w| {
-                        acc += w;
+                    .position(|&k| {
+                        acc += k;
                         u < acc
                     })
-                    .unwrap_or(weights.len() - 1)
+                    .unwrap_or(shares.len() - 1)
             }
         };
         let c = self.counts[d];
         self.counts[d] += 1;
         (d, c)
+    }
+
+    /// The deterministic rule, in exact integer arithmetic (see the module docs).
+    #[inline]
+    fn earliest_deadline(&self, shares: &[u64], p: u64) -> usize {
+        let t = p.saturating_sub(self.origin) as i128 + 1;
+        let q = RESOLUTION as i128;
+        // (dataset, c + 1, share, deficit) of the best so far.
+        let mut best: Option<(usize, i128, i128, i128)> = None;
+        for (d, &k) in shares.iter().enumerate() {
+            let c = self.counts[d].saturating_sub(self.at_origin[d]) as i128;
+            let k = k as i128;
+            let deficit = k * t - q * c;
+            if deficit < 0 {
+                continue; // not due yet: taking it would run more than one ahead
+            }
+            let better = match best {
+                None => true,
+                Some((_, bc1, bk, bdef)) => {
+                    let (mine, theirs) = ((c + 1) * bk, bc1 * k);
+                    mine < theirs || (mine == theirs && deficit > bdef)
+                }
+            };
+            if better {
+                best = Some((d, c + 1, k, deficit));
+            }
+        }
+        // The deficits sum to Q > 0 when the counts add up, so some dataset is due.
+        best.map_or(0, |b| b.0)
+    }
+
+    /// Moves the state to stream position `to` (at or after the current position `from`).
+    /// Deterministic mixtures jump: at most one period of `Q` rows is replayed; stochastic ones
+    /// replay every row in between.
+    pub fn advance(&mut self, mode: MixtureMode, shares: &[u64], seed: u64, from: u64, to: u64) {
+        let rel = to - self.origin;
+        if mode == MixtureMode::Deterministic && shares.len() > 1 && to - from > rel % RESOLUTION {
+            self.jump(shares, to);
+            return;
+        }
+        for p in from..to {
+            self.draw(mode, shares, seed, p);
+        }
+    }
+
+    /// Sets the deterministic state at position `to` from the origin: whole periods of `Q`
+    /// rows add exactly `k_d` each, and the rest is replayed.
+    pub fn jump(&mut self, shares: &[u64], to: u64) {
+        let rel = to - self.origin;
+        let (periods, rest) = (rel / RESOLUTION, rel % RESOLUTION);
+        let mut part = MixState::new(shares.len());
+        for p in 0..rest {
+            part.draw(MixtureMode::Deterministic, shares, 0, p);
+        }
+        for (d, &k) in shares.iter().enumerate() {
+            self.counts[d] = self.at_origin[d] + periods * k + part.counts[d];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("d{i}")).collect()
+    }
+
+    #[test]
+    fn shares_sum_to_the_resolution_and_round_by_largest_remainder() {
+        let k = quantize(&names(3), &[1.0, 1.0, 1.0]).unwrap();
+        assert_eq!(k.iter().sum::<u64>(), RESOLUTION);
+        assert_eq!(k, [349_526, 349_525, 349_525]);
+        let k = quantize(&names(2), &[3.0, 1.0]).unwrap();
+        assert_eq!(k, [786_432, 262_144]);
+        let huge = quantize(&names(2), &[1e308, 1e308]).unwrap();
+        assert_eq!(huge, [RESOLUTION / 2, RESOLUTION / 2]);
+        let e = quantize(&names(2), &[1.0, 1e-9]).unwrap_err();
+        assert!(e.to_string().contains("d1"), "{e}");
+    }
+
+    #[test]
+    fn the_schedule_repeats_every_period_and_jumps_equal_replays() {
+        let shares = quantize(&names(3), &[0.5, 0.3, 0.2]).unwrap();
+        let mut walk = MixState::new(3);
+        let mut first = Vec::new();
+        for p in 0..RESOLUTION + 500 {
+            let (d, _) = walk.draw(MixtureMode::Deterministic, &shares, 0, p);
+            if p < 500 {
+                first.push(d);
+            } else if p >= RESOLUTION {
+                assert_eq!(d, first[(p - RESOLUTION) as usize], "position {p}");
+            }
+            if p == RESOLUTION - 1 {
+                assert_eq!(walk.counts, shares, "a period gives each dataset its share");
+            }
+        }
+        for to in [0, 1, 77, RESOLUTION - 1, RESOLUTION, RESOLUTION + 499] {
+            let mut jumped = MixState::new(3);
+            jumped.jump(&shares, to);
+            let mut replayed = MixState::new(3);
+            for p in 0..to {
+                replayed.draw(MixtureMode::Deterministic, &shares, 0, p);
+            }
+            assert_eq!(jumped.counts, replayed.counts, "position {to}");
+        }
     }
 }

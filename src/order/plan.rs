@@ -5,10 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::cursor::{Cursor, DatasetCursor};
-use super::mixture::{MixState, MixtureMode};
-use super::partition::{Partition, View, views};
+use super::mixture::{MixState, MixtureMode, RESOLUTION, quantize};
+use super::partition::{Partition, Split, View};
 use super::shuffle::{EpochOrder, Shuffle, fnv1a, mix64};
 use crate::error::{Error, Result};
+
+/// The most rows a global batch (world size x local batch) may hold: planning keeps one step's
+/// draws in memory, 16 bytes a row.
+pub const MAX_GLOBAL_BATCH: u64 = 1 << 24;
 
 /// A named dataset as the order sees it: a size and a mixture weight. No token data is read.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -41,9 +45,14 @@ pub enum StreamLimit {
     /// After this many rows (in the global mode, rows of the global stream; in the ownership
     /// modes, this many over all ranks, divided evenly).
     Samples(u64),
-    /// After `e` times the mixture's size (the sum of its datasets' sizes), rounded down. For a
-    /// single dataset, or weights proportional to sizes, each sample is seen floor(e) or ceil(e)
-    /// times.
+    /// After `floor(e * S)` rows, where `S` is the mixture's size (the sum of its datasets'
+    /// sizes). The mixture gives dataset d `c_d` of them, within one sample of its weight's
+    /// share; its samples are then seen `floor(c_d / N_d)` or `ceil(c_d / N_d)` times each. For a
+    /// single dataset, or weights proportional to sizes, that is floor(e) or ceil(e) times; a
+    /// dataset weighted below its size's share sees fewer than e epochs (some samples perhaps
+    /// never), one weighted above sees more. In the ownership modes every rank takes
+    /// `floor(e * S_min)` rows, rounded down to whole steps, where `S_min` sums the smallest
+    /// share any rank has of each dataset.
     Epochs(f64),
 }
 
@@ -89,9 +98,11 @@ impl OrderConfig {
     /// # Errors
     ///
     /// [`Error::NoDatasets`], [`Error::DuplicateDatasets`] (listing the names),
-    /// [`Error::BadWeight`], [`Error::EmptyDataset`], [`Error::EmptyPartition`] (naming the
-    /// dataset, its size and the world size), and [`Error::Config`] for a zero world or batch,
-    /// a rank outside the world, a zero block size or a bad limit.
+    /// [`Error::BadWeight`] (also for a weight below the mixture's resolution, 2^-20 of the
+    /// total), [`Error::EmptyDataset`], [`Error::EmptyPartition`] (naming the dataset, its size
+    /// and the world size), and [`Error::Config`] for an empty dataset name, a zero world or
+    /// batch, a global batch over [`MAX_GLOBAL_BATCH`] rows, a rank outside the world, a zero
+    /// block size or a bad limit.
     pub fn init(self, datasets: Vec<DatasetSpec>) -> Result<Plan> {
         Plan::new(datasets, self)
     }
@@ -116,13 +127,15 @@ pub struct Plan {
     config: OrderConfig,
     names: Vec<String>,
     lens: Vec<u64>,
+    /// Integer mixture shares summing to [`RESOLUTION`].
+    shares: Vec<u64>,
+    /// The shares as normalized weights (`share / RESOLUTION`, exact in f64).
     weights: Vec<f64>,
     streams: Vec<u64>,
-    /// `views[d][v]`: dataset d as view v sees it (one view in the global mode, one per rank
-    /// otherwise).
-    views: Vec<Vec<View>>,
-    /// `slot_base[d]`: where dataset d's views start in a planner's cache of epoch orders.
-    slot_base: Vec<usize>,
+    /// How each dataset divides among ranks.
+    splits: Vec<Split>,
+    /// This rank's view of each dataset.
+    own: Vec<View>,
     rows_per_step: u64,
     total_rows: Option<u64>,
 }
@@ -138,6 +151,16 @@ impl Plan {
                 "world size and local batch size must be at least 1".into(),
             ));
         }
+        let global = (c.world as u64)
+            .checked_mul(c.local_batch as u64)
+            .filter(|&g| g <= MAX_GLOBAL_BATCH)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "world size {} x local batch {} exceeds the largest global batch, \
+                     {MAX_GLOBAL_BATCH} rows",
+                    c.world, c.local_batch
+                ))
+            })?;
         if c.rank >= c.world {
             return Err(Error::Config(format!(
                 "rank {} is outside world size {}",
@@ -148,6 +171,9 @@ impl Plan {
             return Err(Error::Config(
                 "a shuffle block must hold at least one sample".into(),
             ));
+        }
+        if datasets.iter().any(|d| d.name.is_empty()) {
+            return Err(Error::Config("a dataset name is empty".into()));
         }
         let mut seen = BTreeMap::<&str, usize>::new();
         for d in &datasets {
@@ -174,17 +200,30 @@ impl Plan {
                 });
             }
         }
-        let total_weight: f64 = datasets.iter().map(|d| d.weight).sum();
-        let views = datasets
+        let names: Vec<String> = datasets.iter().map(|d| d.name.clone()).collect();
+        let raw: Vec<f64> = datasets.iter().map(|d| d.weight).collect();
+        let shares = quantize(&names, &raw)?;
+        let streams: Vec<u64> = names.iter().map(|n| fnv1a(n.as_bytes())).collect();
+        let splits = datasets
             .iter()
-            .map(|d| views(c.partition, &d.name, d.len, c.world))
+            .zip(&streams)
+            .map(|(d, &s)| Split::new(c.partition, &d.name, s, d.len, c.world))
             .collect::<Result<Vec<_>>>()?;
         let ownership = c.partition != Partition::Global;
         let rows_per_step = if ownership {
-            c.local_batch
+            c.local_batch as u64
         } else {
-            c.world * c.local_batch
-        } as u64;
+            global
+        };
+        let budget = |e: f64, size: u128| -> Result<u64> {
+            let rows = (e * size as f64).floor();
+            if rows >= u64::MAX as f64 {
+                return Err(Error::Config(format!(
+                    "an epoch budget of {e} over {size} samples exceeds 2^64 rows"
+                )));
+            }
+            Ok(rows as u64)
+        };
         let total_rows = match c.limit {
             StreamLimit::Endless => None,
             StreamLimit::Samples(n) if ownership => {
@@ -197,31 +236,25 @@ impl Plan {
                 )));
             }
             StreamLimit::Epochs(e) if ownership => {
-                // Every rank takes the same number of full steps: the smallest rank's budget.
-                let per_rank = (0..c.world).map(|r| {
-                    let size: u64 = views.iter().map(|v| v[r].len()).sum();
-                    (e * size as f64).floor() as u64
-                });
-                Some(per_rank.min().unwrap_or(0) / rows_per_step * rows_per_step)
+                // Every rank takes the same number of full steps, from the smallest shares.
+                let size: u128 = splits.iter().map(|s| s.min_len() as u128).sum();
+                Some(budget(e, size)? / rows_per_step * rows_per_step)
             }
             StreamLimit::Epochs(e) => {
-                Some((e * datasets.iter().map(|d| d.len).sum::<u64>() as f64).floor() as u64)
+                Some(budget(e, datasets.iter().map(|d| d.len as u128).sum())?)
             }
         };
         Ok(Plan {
-            streams: datasets.iter().map(|d| fnv1a(d.name.as_bytes())).collect(),
-            weights: datasets.iter().map(|d| d.weight / total_weight).collect(),
-            lens: datasets.iter().map(|d| d.len).collect(),
-            names: datasets.into_iter().map(|d| d.name).collect(),
-            slot_base: views
+            own: splits.iter().map(|s| s.view(c.rank)).collect(),
+            weights: shares
                 .iter()
-                .scan(0, |acc, v| {
-                    let base = *acc;
-                    *acc += v.len();
-                    Some(base)
-                })
+                .map(|&k| k as f64 / RESOLUTION as f64)
                 .collect(),
-            views,
+            shares,
+            streams,
+            lens: datasets.iter().map(|d| d.len).collect(),
+            names,
+            splits,
             rows_per_step,
             total_rows,
             config,
@@ -238,7 +271,8 @@ impl Plan {
         &self.names
     }
 
-    /// Normalized mixture weights, in dataset order.
+    /// Normalized mixture weights, in dataset order: the given weights quantized to multiples
+    /// of 2^-20 (see [`super::mixture`]).
     pub fn weights(&self) -> &[f64] {
         &self.weights
     }
@@ -253,6 +287,12 @@ impl Plan {
         (self.config.world * self.config.local_batch) as u64
     }
 
+    /// Rows this rank's stream advances per step: the global batch in the global mode, the
+    /// local batch in the ownership modes.
+    pub fn rows_per_step(&self) -> u64 {
+        self.rows_per_step
+    }
+
     /// Number of steps, or `None` for an endless stream. In the global mode a last partial
     /// global batch counts as a step (its rows go to the first ranks); the ownership modes take
     /// full steps only.
@@ -260,11 +300,26 @@ impl Plan {
         self.total_rows.map(|t| t.div_ceil(self.rows_per_step))
     }
 
+    /// The stream position where `step` starts (the end of the stream for a step past it), or
+    /// `None` when it does not fit in 64 bits.
+    pub fn position_of(&self, step: u64) -> Option<u64> {
+        match (step.checked_mul(self.rows_per_step), self.total_rows) {
+            (Some(p), Some(t)) => Some(p.min(t)),
+            (None, Some(t)) => Some(t),
+            (p, None) => p,
+        }
+    }
+
     /// The samples rank `rank` owns of dataset `dataset`, in view order (all of them in the
     /// global mode).
     pub fn owned(&self, dataset: usize, rank: usize) -> impl Iterator<Item = u64> + '_ {
-        let v = &self.views[dataset][if self.ownership() { rank } else { 0 }];
+        let v = self.splits[dataset].view(rank);
         (0..v.len()).map(move |j| v.sample(j))
+    }
+
+    /// The integer mixture shares, summing to [`RESOLUTION`].
+    pub(crate) fn shares(&self) -> &[u64] {
+        &self.shares
     }
 
     fn ownership(&self) -> bool {
@@ -280,9 +335,12 @@ pub struct Planner {
     step: u64,
     position: u64,
     mix: MixState,
-    /// `orders[d * views + v]`: the cached epoch order of dataset d as view v sees it.
-    orders: Vec<Option<(u64, EpochOrder)>>,
+    /// Per dataset, the last epoch order built: (view, epoch, order).
+    orders: Vec<Option<(u64, u64, EpochOrder)>>,
     draws: Vec<(u32, u64)>,
+    /// Other ranks' views while a step is handed out rank by rank.
+    views: Vec<View>,
+    rows: Vec<Row>,
 }
 
 impl Planner {
@@ -293,10 +351,11 @@ impl Planner {
     }
 
     pub(crate) fn at(plan: Arc<Plan>, step: u64, position: u64, mix: MixState) -> Self {
-        let slots = plan.views.iter().map(Vec::len).sum();
         Planner {
-            orders: vec![None; slots],
+            orders: vec![None; plan.names.len()],
             draws: Vec::new(),
+            views: Vec::new(),
+            rows: Vec::new(),
             plan,
             step,
             position,
@@ -346,49 +405,27 @@ impl Planner {
     /// Appends this rank's rows of the next global batch to `out` (cleared first). Returns
     /// false, leaving `out` empty, when the stream has ended.
     pub fn next_rows(&mut self, out: &mut Vec<Row>) -> bool {
+        out.clear();
         let rank = self.plan.config.rank;
-        self.next_batch(out, rank..rank + 1)
+        self.next_step(rank..rank + 1, |_, rows| out.extend_from_slice(rows))
     }
 
     /// Appends every rank's rows of the next global batch to `out` (cleared first), rank by
     /// rank. Returns false when the stream has ended.
     pub fn next_global(&mut self, out: &mut Vec<Row>) -> bool {
-        let world = self.plan.config.world;
-        self.next_batch(out, 0..world)
-    }
-
-    /// Advances to `step` without mapping rows to samples: only the mixture draws are replayed,
-    /// a few arithmetic operations per row. Never moves backwards.
-    pub fn skip_to(&mut self, step: u64) {
-        let p = Arc::clone(&self.plan);
-        while self.step < step {
-            let rows = self.rows_in_step();
-            if rows == 0 {
-                return;
-            }
-            for i in 0..rows {
-                self.mix.draw(
-                    p.config.mixture,
-                    &p.weights,
-                    p.config.seed,
-                    self.position + i,
-                );
-            }
-            self.position += rows;
-            self.step += 1;
-        }
-    }
-
-    fn rows_in_step(&self) -> u64 {
-        let left = self
-            .plan
-            .total_rows
-            .map_or(u64::MAX, |t| t.saturating_sub(self.position));
-        left.min(self.plan.rows_per_step)
-    }
-
-    fn next_batch(&mut self, out: &mut Vec<Row>, ranks: std::ops::Range<usize>) -> bool {
         out.clear();
+        let world = self.plan.config.world;
+        self.next_step(0..world, |_, rows| out.extend_from_slice(rows))
+    }
+
+    /// Plans the next step and hands each rank of `ranks` its rows, in rank order, through a
+    /// buffer of one rank's rows: memory stays at one global batch of draws however many ranks
+    /// there are. Returns false, calling nothing, when the stream has ended.
+    pub fn next_step(
+        &mut self,
+        ranks: std::ops::Range<usize>,
+        mut each: impl FnMut(usize, &[Row]),
+    ) -> bool {
         let rows = self.rows_in_step();
         if rows == 0 {
             return false;
@@ -399,49 +436,96 @@ impl Planner {
         for i in 0..rows {
             let (d, n) = self
                 .mix
-                .draw(c.mixture, &p.weights, c.seed, self.position + i);
+                .draw(c.mixture, &p.shares, c.seed, self.position + i);
             self.draws.push((d as u32, n));
         }
         let b = c.local_batch;
         let draws = std::mem::take(&mut self.draws);
+        let mut out = std::mem::take(&mut self.rows);
+        let mut views = std::mem::take(&mut self.views);
         for r in ranks {
+            out.clear();
             if p.ownership() {
+                // Every rank maps the same draws through its own view.
+                let own = r == c.rank;
+                if !own {
+                    views.clear();
+                    views.extend(p.splits.iter().map(|s| s.view(r)));
+                }
                 for &(d, n) in &draws {
-                    out.push(self.map(&p, d, n, r, r));
+                    let view = if own {
+                        &p.own[d as usize]
+                    } else {
+                        &views[d as usize]
+                    };
+                    out.push(self.map(&p, d, n, view, r as u64, r));
                 }
             } else {
                 let slice = draws
                     .get(r * b..((r + 1) * b).min(draws.len()))
                     .unwrap_or(&[]);
                 for &(d, n) in slice {
-                    out.push(self.map(&p, d, n, 0, r));
+                    out.push(self.map(&p, d, n, &p.own[d as usize], 0, r));
                 }
             }
+            each(r, &out);
         }
         self.draws = draws;
+        self.rows = out;
+        self.views = views;
         self.position += rows;
         self.step += 1;
         true
     }
 
-    /// The row for the `n`-th draw (0-based) of dataset `d`, as view `v` sees it, for `rank`.
+    /// Advances to `step` (the end of the stream, if that comes first) without mapping rows to
+    /// samples. A deterministic mixture jumps in `O(2^20 x datasets)` at most, however far;
+    /// a stochastic one replays the draws in between. Never moves backwards.
+    ///
+    /// # Panics
+    ///
+    /// When the step's position does not fit in 64 bits ([`Plan::position_of`] says so first).
+    pub fn skip_to(&mut self, step: u64) {
+        if step <= self.step {
+            return;
+        }
+        let p = Arc::clone(&self.plan);
+        let to = p
+            .position_of(step)
+            .expect("the caller checks that the step's position fits 64 bits");
+        if to > self.position {
+            let c = &p.config;
+            self.mix
+                .advance(c.mixture, &p.shares, c.seed, self.position, to);
+        }
+        self.step = match p.steps() {
+            Some(last) => step.min(last.max(self.step)),
+            None => step,
+        };
+        self.position = to.max(self.position);
+    }
+
+    fn rows_in_step(&self) -> u64 {
+        let left = self
+            .plan
+            .total_rows
+            .map_or(u64::MAX, |t| t.saturating_sub(self.position));
+        left.min(self.plan.rows_per_step)
+    }
+
+    /// The row for the `n`-th draw (0-based) of dataset `d`, as view `v` (numbered `view_id`)
+    /// sees it, for `rank`.
     #[inline]
-    fn map(&mut self, p: &Plan, d: u32, n: u64, v: usize, rank: usize) -> Row {
-        let view = &p.views[d as usize][v];
+    fn map(&mut self, p: &Plan, d: u32, n: u64, view: &View, view_id: u64, rank: usize) -> Row {
         let len = view.len();
         let (epoch, offset) = (n / len, n % len);
-        let slot = p.slot_base[d as usize] + v;
-        let order = match &self.orders[slot] {
-            Some((e, order)) if *e == epoch => order,
+        let order = match &self.orders[d as usize] {
+            Some((v, e, order)) if *v == view_id && *e == epoch => order,
             _ => {
-                let stream = p.streams[d as usize]
-                    ^ if p.ownership() {
-                        mix64(v as u64 + 1)
-                    } else {
-                        0
-                    };
+                let stream =
+                    p.streams[d as usize] ^ if p.ownership() { mix64(view_id + 1) } else { 0 };
                 let order = EpochOrder::new(p.config.shuffle, len, p.config.seed, stream, epoch);
-                &self.orders[slot].insert((epoch, order)).1
+                &self.orders[d as usize].insert((view_id, epoch, order)).2
             }
         };
         Row {

@@ -1,6 +1,6 @@
 //! A dataset: one or more shards behind one global sample index.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Shard;
@@ -56,25 +56,7 @@ impl Dataset {
     ///
     /// [`Error::EmptyDirectory`] when there is none; [`Error::Io`]; a shard's open error.
     pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
-        let mut prefixes = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(|e| Error::io(dir, "list", e))?.path();
-            if path.extension().is_some_and(|e| e == "idx") {
-                let prefix = path.with_extension("");
-                if shard_paths(&prefix).1.is_file() {
-                    prefixes.push(prefix);
-                }
-            }
-        }
-        if prefixes.is_empty() {
-            return Err(Error::EmptyDirectory {
-                path: dir.to_path_buf(),
-            });
-        }
-        prefixes.sort();
-        Self::open(&prefixes)
+        Self::open(&shard_prefixes(dir.as_ref())?)
     }
 
     /// The shards, in order.
@@ -88,6 +70,11 @@ impl Dataset {
             .starts
             .last()
             .expect("starts holds at least the leading 0")
+    }
+
+    /// Tokens over all shards.
+    pub fn tokens(&self) -> u64 {
+        self.shards.iter().map(|s| s.tokens()).sum()
     }
 
     /// Whether the dataset holds no sample.
@@ -116,4 +103,31 @@ impl Dataset {
         let (k, j) = self.locate(i)?;
         self.shards[k].sequence_len(j)
     }
+}
+
+/// The prefixes of the Megatron shards in `dir` (each `NAME.idx` with a `NAME.bin` beside it),
+/// sorted by name.
+///
+/// # Errors
+///
+/// [`Error::EmptyDirectory`] when there is none; [`Error::Io`] when `dir` cannot be listed.
+pub fn shard_prefixes(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))?;
+    let mut prefixes = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, "list", e))?.path();
+        if path.extension().is_some_and(|e| e == "idx") {
+            let prefix = path.with_extension("");
+            if shard_paths(&prefix).1.is_file() {
+                prefixes.push(prefix);
+            }
+        }
+    }
+    if prefixes.is_empty() {
+        return Err(Error::EmptyDirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    prefixes.sort();
+    Ok(prefixes)
 }

@@ -170,12 +170,6 @@ pub trait TokenId:
     + Sync
     + std::fmt::Debug
     + PartialEq
-    + TryFrom<u8>
-    + TryFrom<i8>
-    + TryFrom<i16>
-    + TryFrom<u16>
-    + TryFrom<i32>
-    + TryFrom<u32>
     + TryFrom<i64>
     + Into<i64>
     + bytemuck::Pod

@@ -64,7 +64,7 @@ impl FlatShard {
     }
 
     /// Tokens in the file, including a trailing partial window.
-    pub fn tokens(&self) -> u64 {
+    pub fn file_tokens(&self) -> u64 {
         (self.map.len() / self.dtype.size()) as u64
     }
 
@@ -95,6 +95,10 @@ impl Shard for FlatShard {
 
     fn sequence_len(&self, i: usize) -> Option<usize> {
         (i < self.len()).then_some(self.window)
+    }
+
+    fn tokens(&self) -> u64 {
+        (self.len() * self.window) as u64
     }
 
     fn path(&self) -> &Path {

@@ -14,7 +14,8 @@
 //! | 34 + 4N | 8N | i64 byte pointers into `.bin` |
 //! | 34 + 12N | 8D | i64 document indices: sequence boundaries, first 0, last N |
 //!
-//! Bytes after the document indices (Megatron's multimodal sequence modes) are allowed. The i64
+//! Bytes after the document indices (Megatron's multimodal sequence modes) are allowed; when they
+//! are shardflow's integrity [trailer](super::trailer), the `.bin` is checked against it. The i64
 //! arrays are usually not 8-aligned, so every read here is an unaligned little-endian read.
 
 use std::ops::Range;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::dtype::{CodeMeaning, Dtype, TokenSlice};
+use super::trailer::{Trailer, TrailerError, sample_hash, xxh64};
 use super::{Shard, map_file};
 use crate::error::{Error, Result};
 
@@ -32,6 +34,17 @@ pub const MAGIC: &[u8; 9] = b"MMIDIDX\0\0";
 pub const VERSION: u64 = 1;
 /// Header length: magic, version, dtype code, N, D.
 pub const HEADER_LEN: usize = 34;
+
+/// The prefix a user meant: `data/web.idx` and `data/web.bin` name the shard `data/web`
+/// (unless `data/web.idx.idx` exists).
+pub fn resolve_prefix(prefix: &Path) -> PathBuf {
+    let named_file = prefix.extension().is_some_and(|e| e == "idx" || e == "bin");
+    if named_file && !shard_paths(prefix).0.exists() {
+        prefix.with_extension("")
+    } else {
+        prefix.to_path_buf()
+    }
+}
 
 /// The paths of a shard's two files, from its prefix.
 pub fn shard_paths(prefix: &Path) -> (PathBuf, PathBuf) {
@@ -72,22 +85,76 @@ pub struct IndexedShard {
     dtype: Dtype,
     sequences: usize,
     doc_entries: usize,
+    trailer: Option<Trailer>,
 }
 
 impl IndexedShard {
-    /// Opens `PREFIX.idx` and `PREFIX.bin` and validates them.
+    /// Opens `PREFIX.idx` and `PREFIX.bin` and validates them. A prefix given with its `.idx`
+    /// or `.bin` extension is taken without it ([`resolve_prefix`]).
     ///
     /// # Errors
     ///
     /// Each failure names the file and the byte offset: [`Error::MissingFile`],
-    /// [`Error::BadMagic`], [`Error::UnsupportedVersion`], [`Error::UnknownDtype`],
-    /// [`Error::NotTokenIds`], [`Error::TruncatedIndex`], [`Error::NegativeLength`],
-    /// [`Error::BadPointer`], [`Error::SequenceOutOfBin`], [`Error::BadDocumentIndex`].
+    /// [`Error::NotAFile`], [`Error::UnpairedShard`] (one file missing, or a `.bin` that is not
+    /// the one the `.idx` was written for), [`Error::BadTrailer`], [`Error::BadMagic`],
+    /// [`Error::UnsupportedVersion`], [`Error::UnknownDtype`], [`Error::NotTokenIds`],
+    /// [`Error::TruncatedIndex`], [`Error::NegativeLength`], [`Error::BadPointer`],
+    /// [`Error::SequenceOutOfBin`], [`Error::BadDocumentIndex`].
     pub fn open(prefix: impl AsRef<Path>) -> Result<Self> {
-        let (idx_path, bin_path) = shard_paths(prefix.as_ref());
+        let (idx_path, bin_path) = shard_paths(&resolve_prefix(prefix.as_ref()));
+        let unpaired = |reason: &str| Error::UnpairedShard {
+            idx: idx_path.clone(),
+            bin: bin_path.clone(),
+            reason: reason.into(),
+        };
+        match (idx_path.exists(), bin_path.exists()) {
+            (false, true) => {
+                return Err(unpaired(
+                    "the .idx is missing beside an existing .bin (a write that was interrupted \
+                     leaves this state); write the shard again",
+                ));
+            }
+            (true, false) => return Err(unpaired("the .bin is missing")),
+            _ => {}
+        }
         let idx = map_file(&idx_path)?;
         let header = Header::parse(&idx, &idx_path)?;
         let bin = map_file(&bin_path)?;
+        let trailer =
+            Trailer::parse(&idx[header.docs_end..]).map_err(|TrailerError::Checksum| {
+                Error::BadTrailer {
+                    path: idx_path.clone(),
+                    offset: header.docs_end as u64,
+                    reason:
+                        "shardflow's integrity trailer is damaged (its checksum does not match)"
+                            .into(),
+                }
+            })?;
+        if let Some(t) = trailer {
+            if t.bin_len != bin.len() as u64 {
+                return Err(unpaired(&format!(
+                    "the .idx was written for a .bin of {} bytes, but this .bin holds {} (a file \
+                     of another write, or a partial copy)",
+                    t.bin_len,
+                    bin.len()
+                )));
+            }
+            if t.bin_sample != sample_hash(&bin) {
+                return Err(unpaired(
+                    "the .bin's content is not the one the .idx was written for (its sampled \
+                     hash differs): a file of another write",
+                ));
+            }
+            if t.idx_hash != xxh64(&idx[..header.docs_end]) {
+                return Err(Error::BadTrailer {
+                    path: idx_path.clone(),
+                    offset: (header.docs_end + 32) as u64,
+                    reason: "the index bytes changed after they were written (their hash does \
+                             not match the trailer's)"
+                        .into(),
+                });
+            }
+        }
         let shard = IndexedShard {
             idx_path,
             bin_path,
@@ -96,10 +163,42 @@ impl IndexedShard {
             dtype: header.dtype,
             sequences: header.sequences,
             doc_entries: header.doc_entries,
+            trailer,
         };
         shard.validate_sequences()?;
         shard.validate_documents()?;
         Ok(shard)
+    }
+
+    /// shardflow's integrity trailer, when the writer left one (shards of other tools have
+    /// none).
+    pub fn trailer(&self) -> Option<&Trailer> {
+        self.trailer.as_ref()
+    }
+
+    /// Reads the whole `.bin` and checks it against the full hash in the trailer (opening checks
+    /// only a sample). Returns whether there was a trailer to check against.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnpairedShard`] when the content differs from what was written.
+    pub fn verify(&self) -> Result<bool> {
+        let Some(t) = &self.trailer else {
+            return Ok(false);
+        };
+        let found = xxh64(&self.bin);
+        if found != t.bin_hash {
+            return Err(Error::UnpairedShard {
+                idx: self.idx_path.clone(),
+                bin: self.bin_path.clone(),
+                reason: format!(
+                    "the .bin's XXH64 is {found:016x}, but the .idx was written for \
+                     {:016x}: the .bin changed or is another write's",
+                    t.bin_hash
+                ),
+            });
+        }
+        Ok(true)
     }
 
     /// The `.idx` path.
@@ -130,11 +229,6 @@ impl IndexedShard {
     /// The document indices: sequence boundaries, first 0, last [`Shard::len`].
     pub fn document_boundaries(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
         (0..self.doc_entries).map(|e| self.doc_entry(e) as usize)
-    }
-
-    /// Total tokens over all sequences.
-    pub fn tokens(&self) -> u64 {
-        self.end_of(self.sequences) / self.dtype.size() as u64
     }
 
     fn lengths_offset(&self) -> usize {
@@ -280,6 +374,10 @@ impl Shard for IndexedShard {
         (i < self.sequences).then(|| self.raw_length(i) as usize)
     }
 
+    fn tokens(&self) -> u64 {
+        self.end_of(self.sequences) / self.dtype.size() as u64
+    }
+
     fn path(&self) -> &Path {
         &self.idx_path
     }
@@ -294,6 +392,8 @@ struct Header {
     dtype: Dtype,
     sequences: usize,
     doc_entries: usize,
+    /// Where the document indices end (and a trailer may start).
+    docs_end: usize,
 }
 
 impl Header {
@@ -359,6 +459,7 @@ impl Header {
             dtype,
             sequences: n as usize,
             doc_entries: d as usize,
+            docs_end: docs_end as usize,
         })
     }
 }

@@ -8,12 +8,14 @@
 //!   `&mut [i64]` or `&mut [u32]`, with no allocation.
 //! - [`synthetic`] writes the built-in deterministic corpus that `shardflow demo` and the
 //!   benchmarks use.
+//! - [`trailer`]: the integrity trailer that ties a written `.idx` to its `.bin`.
 
 mod dataset;
 mod dtype;
 mod flat;
 mod indexed;
 pub mod synthetic;
+pub mod trailer;
 mod writer;
 
 pub use dataset::*;
@@ -46,6 +48,13 @@ pub trait Shard: Send + Sync + std::fmt::Debug {
     /// Tokens in sequence `i`; cheaper than [`Shard::get`] where an index stores lengths.
     fn sequence_len(&self, i: usize) -> Option<usize> {
         self.get(i).map(|s| s.len())
+    }
+
+    /// Tokens over all sequences (by default a pass over the lengths).
+    fn tokens(&self) -> u64 {
+        (0..self.len())
+            .map(|i| self.sequence_len(i).unwrap_or(0) as u64)
+            .sum()
     }
 
     /// The file that names this shard in errors and reports.
@@ -105,7 +114,7 @@ impl LengthStats {
 
 /// The name a shard prefix gives its dataset: its file name (`data/web` → `web`).
 pub fn prefix_name(prefix: &Path) -> String {
-    prefix
+    resolve_prefix(prefix)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -113,6 +122,14 @@ pub fn prefix_name(prefix: &Path) -> String {
 
 /// Maps `path` read-only.
 fn map_file(path: &Path) -> Result<Mmap> {
+    // Check the type first: opening a named pipe would block until a writer appears.
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
+    if !meta.is_file() {
+        return Err(Error::NotAFile {
+            path: path.to_path_buf(),
+            found: crate::atomic::describe(&meta),
+        });
+    }
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
     // SAFETY: the map is read-only and shardflow never writes shard files in place (its writer
     // renames new files over old ones, leaving existing maps on the old inode). Another process

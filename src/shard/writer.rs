@@ -2,9 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use memmap2::Mmap;
+
 use super::dtype::Dtype;
 use super::indexed::{HEADER_LEN, MAGIC, VERSION, shard_paths};
-use crate::atomic::AtomicFile;
+use super::trailer::{Trailer, Xxh64};
+use crate::atomic::{AtomicFile, commit_pair, remove_stale};
 use crate::error::{Error, Result};
 
 /// What a finished shard holds.
@@ -24,9 +27,13 @@ pub struct ShardSummary {
 
 /// Writes a Megatron indexed dataset.
 ///
-/// Both files are written under temporary names and renamed into place by
-/// [`IndexedWriter::finish`] (the `.bin` first, then the `.idx`, each fsynced, then the
-/// directory); a writer dropped before `finish` leaves nothing behind.
+/// Both files are written under temporary names and moved into place by
+/// [`IndexedWriter::finish`] with [`commit_pair`]: the old pair is moved aside, then the new
+/// `.bin` and the new `.idx` are renamed in, so a crash at any moment leaves the old pair, the
+/// new pair, or a missing `.idx` that opening reports, never an old file beside a new one. The
+/// `.idx` ends with an integrity [trailer](super::trailer) (the `.bin`'s length and hashes) that
+/// opening checks. A writer dropped before `finish` leaves nothing behind; a killed write leaves
+/// hidden temporary files that the next write to the same prefix removes.
 ///
 /// With the automatic dtype (`None`), ids are stored as u16 while every id fits, and the file
 /// written so far is widened once to i32 (or i64) when the first id that does not fit arrives.
@@ -41,6 +48,7 @@ pub struct IndexedWriter {
     doc_idx: Vec<i64>,
     tokens: u64,
     scratch: Vec<u8>,
+    removed_stale: Vec<(PathBuf, u64)>,
 }
 
 impl IndexedWriter {
@@ -48,8 +56,10 @@ impl IndexedWriter {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for [`Dtype::U32`], which Megatron cannot store; [`Error::Io`] when the
-    /// directory is not writable.
+    /// [`Error::Config`] for [`Dtype::U32`], which Megatron cannot store, for a prefix that is a
+    /// directory, and while another write to the same prefix is in progress;
+    /// [`Error::MissingDirectory`]; [`Error::NotAFile`] when `PREFIX.idx` or `PREFIX.bin` exists
+    /// and is not a regular file; [`Error::Io`] when the directory is not writable.
     pub fn create(prefix: impl AsRef<Path>, dtype: Option<Dtype>) -> Result<Self> {
         let prefix = prefix.as_ref().to_path_buf();
         if let Some(d) = dtype.filter(|d| d.megatron_code().is_none()) {
@@ -57,9 +67,36 @@ impl IndexedWriter {
                 "dtype {d} has no Megatron code; use u16, i32 or i64 for a .bin/.idx shard"
             )));
         }
+        let is_dir = prefix.as_os_str().to_string_lossy().ends_with(['/', '\\'])
+            || prefix.is_dir()
+            || prefix.file_name().is_none();
+        if is_dir {
+            return Err(Error::Config(format!(
+                "output prefix {}: is a directory; a prefix names the shard inside it, like \
+                 {}/NAME (which writes NAME.idx and NAME.bin)",
+                prefix.display(),
+                prefix.display().to_string().trim_end_matches(['/', '\\'])
+            )));
+        }
         let (idx_dest, bin_dest) = shard_paths(&prefix);
+        let mut removed_stale = Vec::new();
+        for dest in [&bin_dest, &idx_dest] {
+            let stale = remove_stale(dest)?;
+            if let Some(busy) = stale.busy.first() {
+                return Err(Error::Config(format!(
+                    "another write to {} is in progress (its temporary file {} is held open); \
+                     wait for it to finish or stop it",
+                    prefix.display(),
+                    busy.display()
+                )));
+            }
+            removed_stale.extend(stale.removed);
+        }
+        // Check the .idx destination now, so that a bad one fails before any work.
+        drop(AtomicFile::create(&idx_dest)?);
         Ok(IndexedWriter {
             bin: AtomicFile::create(bin_dest)?,
+            removed_stale,
             prefix,
             idx_dest,
             dtype: dtype.unwrap_or(Dtype::U16),
@@ -79,6 +116,12 @@ impl IndexedWriter {
     /// Sequences written so far.
     pub fn sequences(&self) -> usize {
         self.lengths.len()
+    }
+
+    /// The temporary files of earlier, killed writes to this prefix that [`IndexedWriter::create`]
+    /// removed, with their sizes in bytes.
+    pub fn removed_stale(&self) -> &[(PathBuf, u64)] {
+        &self.removed_stale
     }
 
     /// Appends one sequence.
@@ -136,17 +179,27 @@ impl IndexedWriter {
         Ok(())
     }
 
-    /// Writes the `.idx` and moves both files into place. Sequences added after the last
-    /// [`IndexedWriter::end_document`] form a final document.
+    /// Writes the `.idx` (with its integrity trailer) and moves both files into place. Sequences
+    /// added after the last [`IndexedWriter::end_document`] form a final document.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] naming the file; on error neither file is left at its final name.
+    /// [`Error::Io`] naming the file; on error the old pair (if any) is back in place and no new
+    /// file is left at its final name.
     pub fn finish(mut self) -> Result<ShardSummary> {
         if self.doc_idx.last().copied() != Some(self.lengths.len() as i64) {
             self.end_document()?;
         }
-        let mut idx = AtomicFile::create(&self.idx_dest)?;
+        self.bin.flush()?;
+        let (_, bin_dest) = shard_paths(&self.prefix);
+        // SAFETY: the temporary file is this writer's own (hidden name, exclusively locked), and
+        // nothing writes to it while the map lives.
+        let bin = unsafe { Mmap::map(self.bin.temp_file()) }
+            .map_err(|e| Error::io(&bin_dest, "read back", e))?;
+        let mut idx = IndexWriter {
+            file: AtomicFile::create(&self.idx_dest)?,
+            hash: Xxh64::new(0),
+        };
         let code = self
             .dtype
             .megatron_code()
@@ -157,31 +210,20 @@ impl IndexedWriter {
         head.push(code);
         head.extend_from_slice(&(self.lengths.len() as u64).to_le_bytes());
         head.extend_from_slice(&(self.doc_idx.len() as u64).to_le_bytes());
-        idx.write_all(&head)?;
-        idx.write_all(
-            &self
-                .lengths
-                .iter()
-                .flat_map(|l| l.to_le_bytes())
-                .collect::<Vec<_>>(),
-        )?;
+        idx.put(&head)?;
+        idx.put_all(self.lengths.iter().map(|l| l.to_le_bytes()))?;
         let size = self.dtype.size() as i64;
-        let mut pointer = 0i64;
-        let mut pointers = Vec::with_capacity(8 * self.lengths.len());
-        for &l in &self.lengths {
-            pointers.extend_from_slice(&pointer.to_le_bytes());
-            pointer += l as i64 * size;
-        }
-        idx.write_all(&pointers)?;
-        idx.write_all(
-            &self
-                .doc_idx
-                .iter()
-                .flat_map(|d| d.to_le_bytes())
-                .collect::<Vec<_>>(),
-        )?;
-        self.bin.commit()?;
-        idx.commit()?;
+        let pointers = self.lengths.iter().scan(0i64, |at, &l| {
+            let p = *at;
+            *at += l as i64 * size;
+            Some(p.to_le_bytes())
+        });
+        idx.put_all(pointers)?;
+        idx.put_all(self.doc_idx.iter().map(|d| d.to_le_bytes()))?;
+        let trailer = Trailer::of(&bin, idx.hash.finish());
+        drop(bin);
+        idx.file.write_all(&trailer.to_bytes())?;
+        commit_pair(self.bin, idx.file)?;
         Ok(ShardSummary {
             prefix: self.prefix,
             dtype: self.dtype,
@@ -207,5 +249,31 @@ impl IndexedWriter {
         self.bin = wide;
         self.dtype = dtype;
         Ok(())
+    }
+}
+
+/// The `.idx` being written, hashed as it goes (the trailer records the hash).
+struct IndexWriter {
+    file: AtomicFile,
+    hash: Xxh64,
+}
+
+impl IndexWriter {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hash.update(bytes);
+        self.file.write_all(bytes)
+    }
+
+    /// Writes little-endian values through a small buffer.
+    fn put_all<const N: usize>(&mut self, values: impl Iterator<Item = [u8; N]>) -> Result<()> {
+        let mut buf = Vec::with_capacity(1 << 16);
+        for v in values {
+            buf.extend_from_slice(&v);
+            if buf.len() >= 1 << 16 {
+                self.put(&buf)?;
+                buf.clear();
+            }
+        }
+        self.put(&buf)
     }
 }

@@ -1,4 +1,4 @@
-//! The parallel side of the loader: a worker turns a job into a staged batch by decoding token
+//! The parallel side of the loader: the [`Collator`], with which a worker turns a job into a staged batch by decoding token
 //! ids straight from the memory maps into pooled staging memory and applying the transforms.
 
 use std::sync::Arc;
@@ -23,21 +23,6 @@ pub(crate) struct Skip {
     pub reason: String,
 }
 
-/// What every worker shares: its [`Parts`] and what follows from them.
-pub(crate) struct Builder<T: TokenId> {
-    parts: Parts<T>,
-    bos: Option<T>,
-    eos: Option<T>,
-    max_len: usize,
-}
-
-impl<T: TokenId> std::ops::Deref for Builder<T> {
-    type Target = Parts<T>;
-    fn deref(&self) -> &Parts<T> {
-        &self.parts
-    }
-}
-
 /// A user metric: records metrics of one sample (its ids after every transform).
 pub type UserMetric<T> =
     Arc<dyn Fn(&SampleInfo<'_>, &[T], &mut SampleMetrics<'_>) -> Result<(), String> + Send + Sync>;
@@ -45,8 +30,9 @@ pub type UserMetric<T> =
 /// The sample a worker is on, for reporting a panic.
 pub(crate) type Current = Option<(u32, u64)>;
 
-/// What a [`Builder`] is made of.
-pub(crate) struct Parts<T: TokenId> {
+/// What every worker shares to turn a job into a staged batch: the datasets, the transforms
+/// and the collate settings.
+pub(crate) struct Collator<T: TokenId> {
     /// The datasets, in plan order.
     pub datasets: Vec<Dataset>,
     pub names: Vec<String>,
@@ -59,20 +45,25 @@ pub(crate) struct Parts<T: TokenId> {
     pub user_metrics: Vec<UserMetric<T>>,
 }
 
-impl<T: TokenId> Builder<T> {
-    pub fn new(p: Parts<T>) -> Self {
-        let id = |v: Option<i64>| v.and_then(|v| T::try_from(v).ok());
-        // Packed documents are cut across rows, so only an explicit maximum caps them (as in the
-        // packer); padded rows are capped by the row length too.
-        let max_len = match (p.collate.pack, p.transform.max_len) {
+impl<T: TokenId> Collator<T> {
+    /// The BOS id as `T` (checked to fit when the loader was built).
+    fn bos(&self) -> Option<T> {
+        self.transform.bos.and_then(|v| T::try_from(v).ok())
+    }
+
+    /// The EOS id as `T`.
+    fn eos(&self) -> Option<T> {
+        self.transform.eos.and_then(|v| T::try_from(v).ok())
+    }
+
+    /// The longest sample: packed documents are cut across rows, so only an explicit maximum
+    /// caps them (as in the packer); padded rows are capped by the row length too.
+    fn max_len(&self) -> usize {
+        match (self.collate.pack, self.transform.max_len) {
             (true, cap) => cap.unwrap_or(usize::MAX),
-            (false, cap) => cap.unwrap_or(p.collate.seq_len).min(p.collate.seq_len),
-        };
-        Builder {
-            bos: id(p.transform.bos),
-            eos: id(p.transform.eos),
-            max_len,
-            parts: p,
+            (false, cap) => cap
+                .unwrap_or(self.collate.seq_len)
+                .min(self.collate.seq_len),
         }
     }
 
@@ -103,7 +94,7 @@ impl<T: TokenId> Builder<T> {
     ) -> Result<StagedBatch<T>> {
         let rows = job.rows;
         // Every row fits `max_len`: the bound sizes the buffer without a pass over the lengths.
-        let bound = rows * self.max_len;
+        let bound = rows * self.max_len();
         let mut tokens = self.pool.take::<T>(bound);
         let mut offsets = self.pool.take::<u32>(rows + 1);
         let mut pos = 0;
@@ -180,7 +171,7 @@ impl<T: TokenId> Builder<T> {
         scratch: &mut Vec<T>,
     ) -> Result<usize, String> {
         let slice = self.slice(piece)?;
-        let content = match self.transform.shape(slice.len(), self.max_len)? {
+        let content = match self.transform.shape(slice.len(), self.max_len())? {
             Shape::Dropped => {
                 piece.flags |= DocRef::DROPPED;
                 return Ok(0);
@@ -193,7 +184,7 @@ impl<T: TokenId> Builder<T> {
             }
         };
         let mut n = 0;
-        if let Some(bos) = self.bos {
+        if let Some(bos) = self.bos() {
             out[0] = bos;
             n = 1;
         }
@@ -201,7 +192,7 @@ impl<T: TokenId> Builder<T> {
             .sub(0..content)
             .decode_into(&mut out[n..])
             .map_err(|e| e.to_string())?;
-        if let Some(eos) = self.eos {
+        if let Some(eos) = self.eos() {
             out[n] = eos;
             n += 1;
         }
@@ -218,10 +209,10 @@ impl<T: TokenId> Builder<T> {
         for f in &self.user {
             f(&info, scratch)?;
         }
-        if scratch.len() > self.max_len {
+        if scratch.len() > self.max_len() {
             match self.transform.truncate {
                 TruncatePolicy::Truncate => {
-                    scratch.truncate(self.max_len);
+                    scratch.truncate(self.max_len());
                     piece.flags |= DocRef::TRUNCATED;
                 }
                 TruncatePolicy::Drop => {
@@ -232,7 +223,7 @@ impl<T: TokenId> Builder<T> {
                     return Err(format!(
                         "a transform made the sample {} tokens long, over the maximum {}",
                         scratch.len(),
-                        self.max_len
+                        self.max_len()
                     ));
                 }
             }
@@ -297,16 +288,16 @@ impl<T: TokenId> Builder<T> {
     /// (`[BOS] + content + [EOS]`) into `out`.
     fn write_piece(&self, piece: &DocRef, out: &mut [T]) -> Result<usize, String> {
         let slice = self.slice(piece)?;
-        let Shape::Keep { content, .. } = self.transform.shape(slice.len(), self.max_len)? else {
+        let Shape::Keep { content, .. } = self.transform.shape(slice.len(), self.max_len())? else {
             return Ok(0);
         };
-        let nb = self.bos.is_some() as usize;
+        let nb = self.bos().is_some() as usize;
         let (a, b) = (
             piece.doc_offset as usize,
             (piece.doc_offset + piece.len) as usize,
         );
         let mut n = 0;
-        if let (Some(bos), 0) = (self.bos, a) {
+        if let (Some(bos), 0) = (self.bos(), a) {
             out[0] = bos;
             n = 1;
         }
@@ -317,7 +308,7 @@ impl<T: TokenId> Builder<T> {
                 .decode_into(&mut out[n..])
                 .map_err(|e| e.to_string())?;
         }
-        if let Some(eos) = self.eos.filter(|_| b == nb + content + 1) {
+        if let Some(eos) = self.eos().filter(|_| b == nb + content + 1) {
             out[n] = eos;
             n += 1;
         }
