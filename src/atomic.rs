@@ -168,9 +168,14 @@ impl AtomicFile {
         let dest = dest.as_ref().to_path_buf();
         check_destination(&dest)?;
         let dir = parent_dir(&dest);
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", file_name(&dest)))
-            .suffix(TMP_SUFFIX)
+        let prefix = format!(".{}.", file_name(&dest));
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(TMP_SUFFIX);
+        // A file for others to read, like any a command creates (0666 less the umask), not the
+        // owner-only mode of a temporary file.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let tmp = builder
             .tempfile_in(dir)
             .map_err(|e| Error::io(dir, "create a temporary file in", e))?;
         // The lock tells a later write that this file's writer still lives. A file system
@@ -331,16 +336,22 @@ pub fn commit_pair(first: AtomicFile, second: AtomicFile) -> Result<()> {
         return Err(e);
     }
     drop(commit);
-    sync_dir_path(&dir).map_err(|e| Error::io(&dir, "fsync the directory", e))?;
+    // The new pair is in place. Remove the old files even when an fsync fails, then report the
+    // first error.
+    let mut first_error = sync_dir_path(&dir)
+        .map_err(|e| Error::io(&dir, "fsync the directory", e))
+        .err();
     for (_, old) in &aside {
-        fault("remove an old file")
-            .and_then(|()| std::fs::remove_file(old))
-            .map_err(|e| Error::io(old, "remove the replaced file", e))?;
+        if let Err(e) = fault("remove an old file").and_then(|()| std::fs::remove_file(old)) {
+            first_error.get_or_insert(Error::io(old, "remove the replaced file", e));
+        }
     }
-    if !aside.is_empty() {
-        sync_dir_path(&dir).map_err(|e| Error::io(&dir, "fsync the directory", e))?;
+    if !aside.is_empty()
+        && let Err(e) = sync_dir_path(&dir)
+    {
+        first_error.get_or_insert(Error::io(&dir, "fsync the directory", e));
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// The leftovers of earlier writes to one destination.

@@ -43,7 +43,6 @@ pub struct Args {
 }
 
 #[derive(Debug, Subcommand)]
-#[command(allow_negative_numbers = true)]
 enum Command {
     /// Write the built-in synthetic corpus, inspect it and print a summary.
     Demo {
@@ -67,10 +66,13 @@ enum Command {
         verify: bool,
     },
     /// Measure loader throughput against a memcpy of the same bytes.
+    #[command(allow_negative_numbers = true)]
     Bench(bench::BenchArgs),
     /// Print the sample order (dataset, sample, epoch of every row) without reading tokens.
+    #[command(allow_negative_numbers = true)]
     Plan(plan::PlanArgs),
     /// Print sequences as JSON arrays of token ids, one per line.
+    #[command(allow_negative_numbers = true)]
     Cat {
         /// The shard prefix.
         prefix: PathBuf,

@@ -155,7 +155,7 @@ impl Planner {
     /// # Errors
     ///
     /// [`Error::Checkpoint`] for a cursor that is inconsistent in itself ([`Cursor::check`]) or
-    /// whose deterministic mixture counts are not the schedule's at its position;
+    /// whose mixture counts are not the schedule's at its position;
     /// [`Error::Resume`] saying why the stream cannot continue: another seed, shuffle, mixture
     /// mode or partition; another global batch size; another world size in an ownership
     /// partition; a dataset whose size changed; datasets added or removed without
@@ -264,10 +264,10 @@ impl Planner {
             mix.at_origin.clone_from(&mix.counts);
         } else {
             mix.origin = cursor.mixture_origin;
-            if c.mixture == MixtureMode::Deterministic {
+            {
                 // The counts are a function of the position: check them against the schedule.
                 let mut expected = mix.clone();
-                expected.jump(plan.shares(), cursor.position);
+                expected.jump(c.mixture, plan.shares(), c.seed, cursor.position);
                 if expected.counts != mix.counts {
                     let (d, _) = (0..names.len())
                         .map(|d| (d, expected.counts[d] != mix.counts[d]))

@@ -28,10 +28,14 @@
 //! after the weights changed, so new weights hold from that position on without a burst that
 //! repays the past.
 //!
-//! Stochastic mode draws position i's dataset from the shares with a uniform number derived from
-//! (seed, i) alone: independent draws, so the counts at a position take `O(position)` to replay.
+//! Stochastic mode is random but stratified: the rows since the origin fall in blocks of `Q`,
+//! and each block is a seeded random permutation (a Feistel network over exactly `2^20` slots,
+//! keyed by the seed, the origin and the block) of a multiset holding `k_d` rows of each dataset.
+//! Rows are drawn without replacement within a block: the interleave is random, every block gives
+//! each dataset exactly its share, and the counts at any position are again whole blocks plus at
+//! most `Q - 1` replayed rows.
 
-use super::shuffle::mix64;
+use super::shuffle::Permutation;
 use crate::error::{Error, Result};
 
 /// The resolution of mixture weights: shares are multiples of `1 / RESOLUTION`.
@@ -43,7 +47,8 @@ pub const RESOLUTION: u64 = 1 << 20;
 pub enum MixtureMode {
     /// Earliest deadline first: exact to within one sample at every prefix.
     Deterministic,
-    /// Each position drawn at random from the weights, seeded.
+    /// Seeded random order, drawn without replacement from blocks of 2^20 rows that hold each
+    /// dataset's exact share.
     Stochastic,
 }
 
@@ -89,6 +94,8 @@ pub(crate) struct MixState {
     pub counts: Vec<u64>,
     pub origin: u64,
     pub at_origin: Vec<u64>,
+    /// The stochastic mode's permutation of the current block.
+    block: Option<(u64, Permutation)>,
 }
 
 impl MixState {
@@ -97,6 +104,7 @@ impl MixState {
             counts: vec![0; datasets],
             origin: 0,
             at_origin: vec![0; datasets],
+            block: None,
         }
     }
 
@@ -108,17 +116,7 @@ impl MixState {
         let d = match mode {
             _ if shares.len() == 1 => 0,
             MixtureMode::Deterministic => self.earliest_deadline(shares, p),
-            MixtureMode::Stochastic => {
-                let u = mix64(seed ^ mix64(p ^ 0x6d69_7874)) >> (64 - RESOLUTION.trailing_zeros());
-                let mut acc = 0;
-                shares
-                    .iter()
-                    .position(|&k| {
-                        acc += k;
-                        u < acc
-                    })
-                    .unwrap_or(shares.len() - 1)
-            }
+            MixtureMode::Stochastic => self.stratified(shares, seed, p),
         };
         let c = self.counts[d];
         self.counts[d] += 1;
@@ -154,13 +152,34 @@ impl MixState {
         best.map_or(0, |b| b.0)
     }
 
-    /// Moves the state to stream position `to` (at or after the current position `from`).
-    /// Deterministic mixtures jump: at most one period of `Q` rows is replayed; stochastic ones
-    /// replay every row in between.
+    /// The stochastic rule: slot `rel % Q` of block `rel / Q`'s permutation of the multiset.
+    #[inline]
+    fn stratified(&mut self, shares: &[u64], seed: u64, p: u64) -> usize {
+        let rel = p.saturating_sub(self.origin);
+        let (block, slot) = (rel / RESOLUTION, rel % RESOLUTION);
+        let perm = match &self.block {
+            Some((b, perm)) if *b == block => perm,
+            _ => {
+                let perm = Permutation::keyed(RESOLUTION, seed, self.origin, block, 0x6d69_7874);
+                &self.block.insert((block, perm)).1
+            }
+        };
+        let mut x = perm.apply(slot);
+        for (d, &k) in shares.iter().enumerate() {
+            if x < k {
+                return d;
+            }
+            x -= k;
+        }
+        shares.len() - 1
+    }
+
+    /// Moves the state to stream position `to` (at or after the current position `from`):
+    /// row by row when that is shorter, else by [`MixState::jump`].
     pub fn advance(&mut self, mode: MixtureMode, shares: &[u64], seed: u64, from: u64, to: u64) {
         let rel = to - self.origin;
-        if mode == MixtureMode::Deterministic && shares.len() > 1 && to - from > rel % RESOLUTION {
-            self.jump(shares, to);
+        if to - from > rel % RESOLUTION {
+            self.jump(mode, shares, seed, to);
             return;
         }
         for p in from..to {
@@ -168,14 +187,21 @@ impl MixState {
         }
     }
 
-    /// Sets the deterministic state at position `to` from the origin: whole periods of `Q`
-    /// rows add exactly `k_d` each, and the rest is replayed.
-    pub fn jump(&mut self, shares: &[u64], to: u64) {
+    /// Sets the state at position `to` from the origin: every whole period of `Q` rows adds
+    /// exactly `k_d` to each count (in both modes), and the rest of the last period is replayed.
+    pub fn jump(&mut self, mode: MixtureMode, shares: &[u64], seed: u64, to: u64) {
         let rel = to - self.origin;
-        let (periods, rest) = (rel / RESOLUTION, rel % RESOLUTION);
+        let periods = rel / RESOLUTION;
+        let start = self.origin + periods * RESOLUTION;
         let mut part = MixState::new(shares.len());
-        for p in 0..rest {
-            part.draw(MixtureMode::Deterministic, shares, 0, p);
+        // The deterministic rule repeats every period, so the last one replays from a state
+        // whose origin is its start; the stochastic one keys its blocks by the true origin.
+        part.origin = match mode {
+            MixtureMode::Deterministic => start,
+            MixtureMode::Stochastic => self.origin,
+        };
+        for p in start..to {
+            part.draw(mode, shares, seed, p);
         }
         for (d, &k) in shares.iter().enumerate() {
             self.counts[d] = self.at_origin[d] + periods * k + part.counts[d];
@@ -220,14 +246,18 @@ mod tests {
                 assert_eq!(walk.counts, shares, "a period gives each dataset its share");
             }
         }
-        for to in [0, 1, 77, RESOLUTION - 1, RESOLUTION, RESOLUTION + 499] {
-            let mut jumped = MixState::new(3);
-            jumped.jump(&shares, to);
-            let mut replayed = MixState::new(3);
-            for p in 0..to {
-                replayed.draw(MixtureMode::Deterministic, &shares, 0, p);
+        for mode in [MixtureMode::Deterministic, MixtureMode::Stochastic] {
+            for to in [0, 77, RESOLUTION, RESOLUTION + 499] {
+                let mut jumped = MixState::new(3);
+                jumped.origin = 5;
+                jumped.jump(mode, &shares, 9, to + 5);
+                let mut replayed = MixState::new(3);
+                replayed.origin = 5;
+                for p in 5..to + 5 {
+                    replayed.draw(mode, &shares, 9, p);
+                }
+                assert_eq!(jumped.counts, replayed.counts, "{mode:?} at {to}");
             }
-            assert_eq!(jumped.counts, replayed.counts, "position {to}");
         }
     }
 }

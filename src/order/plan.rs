@@ -479,8 +479,8 @@ impl Planner {
     }
 
     /// Advances to `step` (the end of the stream, if that comes first) without mapping rows to
-    /// samples. A deterministic mixture jumps in `O(2^20 x datasets)` at most, however far;
-    /// a stochastic one replays the draws in between. Never moves backwards.
+    /// samples: the mixture jumps in `O(2^20 x datasets)` at most, however far. Never moves
+    /// backwards.
     ///
     /// # Panics
     ///
@@ -506,10 +506,12 @@ impl Planner {
     }
 
     fn rows_in_step(&self) -> u64 {
+        // An endless stream ends at row 2^64 - 1, where positions stop fitting 64 bits.
         let left = self
             .plan
             .total_rows
-            .map_or(u64::MAX, |t| t.saturating_sub(self.position));
+            .unwrap_or(u64::MAX)
+            .saturating_sub(self.position);
         left.min(self.plan.rows_per_step)
     }
 

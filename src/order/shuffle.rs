@@ -32,7 +32,7 @@ impl std::fmt::Display for Shuffle {
 }
 
 /// A keyed bijection on `[0, n)`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Permutation {
     n: u64,
     half_bits: u32,

@@ -244,6 +244,7 @@ mod tests {
     fn streaming_equals_one_shot_for_every_split() {
         let data: Vec<u8> = (0..300u32).map(|i| (i * 31 % 251) as u8).collect();
         let whole = xxh64(&data);
+        assert_eq!(whole, 0xC55F_F11A_6813_7B7B, "python-xxhash's value");
         for split in [0, 1, 7, 31, 32, 33, 64, 100, 299, 300] {
             let mut h = Xxh64::new(0);
             h.update(&data[..split]);
