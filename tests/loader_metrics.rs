@@ -167,3 +167,113 @@ fn reduce_after_resume_equals_the_uninterrupted_run() {
         .sum();
     assert_eq!(total, 30.0 * 2.0 * 4.0, "30 steps x 2 ranks x 4 rows");
 }
+
+/// A loader of rank `rank` in a world of `world` ranks sharing a global batch of 8 rows.
+fn world_loader(
+    sources: &[Source],
+    world: usize,
+    rank: usize,
+    state: Option<LoaderState>,
+) -> Loader<i32> {
+    let b = LoaderBuilder::new(sources.to_vec())
+        .with_order(OrderConfig {
+            seed: 9,
+            world,
+            rank,
+            local_batch: 8 / world,
+            ..Default::default()
+        })
+        .with_collate(CollateConfig {
+            seq_len: 40,
+            padding: Padding::Multiple(8),
+            ..Default::default()
+        })
+        .with_workers(1);
+    match state {
+        Some(s) => b.resume(s),
+        None => b,
+    }
+    .build_host()
+    .unwrap()
+}
+
+/// Runs `world` ranks on threads, each through `f(rank, collective)`.
+fn on_world<T: Send>(
+    world: usize,
+    f: impl Fn(usize, &shardflow::collective::WorldRank) -> T + Sync,
+) -> Vec<T> {
+    let ranks = in_process(world, Duration::from_secs(20));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .iter()
+            .enumerate()
+            .map(|(rank, c)| {
+                let f = &f;
+                s.spawn(move || f(rank, c))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_world_checkpoint_resumed_with_another_world_size_keeps_the_reduced_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = mixture(dir.path());
+    let (steps, at) = (20, 7);
+    let uninterrupted = on_world(4, |rank, c| {
+        let mut l = world_loader(&sources, 4, rank, None);
+        l.by_ref().take(steps).for_each(|b| drop(b.unwrap()));
+        l.metrics_mut().reduce(c).unwrap().report()
+    });
+    // Four ranks take 7 steps and checkpoint the world's totals; each also keeps its own state.
+    let saved = on_world(4, |rank, c| {
+        let mut l = world_loader(&sources, 4, rank, None);
+        l.by_ref().take(at).for_each(|b| drop(b.unwrap()));
+        (l.checkpoint(c).unwrap(), l.state())
+    });
+    // Every rank's world checkpoint holds the same totals.
+    assert!(saved.iter().all(|(w, _)| w.metrics == saved[0].0.metrics));
+
+    // Two ranks continue the global stream from it; the reduce then gives the uninterrupted totals.
+    let json = serde_json::to_string(&saved[0].0).unwrap();
+    let resumed = on_world(2, |rank, c| {
+        let state = LoaderState::from_json(json.as_bytes()).unwrap();
+        let mut l = world_loader(&sources, 2, rank, Some(state));
+        l.by_ref().take(steps - at).for_each(|b| drop(b.unwrap()));
+        l.metrics_mut().reduce(c).unwrap().report()
+    });
+    for r in &resumed {
+        assert_eq!(r, &uninterrupted[0]);
+    }
+    let samples: f64 = ["web", "code", "books"]
+        .iter()
+        .map(|d| resumed[0].number(d, "samples_seen").unwrap())
+        .sum();
+    assert_eq!(samples, (steps * 8) as f64);
+
+    // A rank's own state cannot move to a world of another size while metrics are on.
+    let own = saved[0].1.clone();
+    let e = LoaderBuilder::<i32>::new(sources.clone())
+        .with_order(OrderConfig {
+            seed: 9,
+            world: 2,
+            local_batch: 4,
+            ..Default::default()
+        })
+        .with_collate(CollateConfig {
+            seq_len: 40,
+            padding: Padding::Multiple(8),
+            ..Default::default()
+        })
+        .resume(own)
+        .build_host()
+        .err()
+        .unwrap();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("holds the metric totals of rank 0 of 4, and this loader is rank 0 of 2"),
+        "{msg}"
+    );
+    assert!(msg.contains("Loader::checkpoint"), "{msg}");
+}

@@ -158,6 +158,39 @@ proptest! {
         prop_assert!(counts.iter().all(|&c| c == lo || c == hi), "{counts:?}");
     }
 
+    /// In a mixture, an epoch budget of e gives floor(e * S) rows (S the datasets' total
+    /// size); dataset d gets c_d of them, within one of its share; and each of its samples is
+    /// seen floor(c_d / N_d) or ceil(c_d / N_d) times (the README's definition).
+    #[test]
+    fn a_mixture_budget_follows_its_documented_definition(
+        sizes in proptest::collection::vec(1u64..40, 2..4),
+        weights in proptest::collection::vec(0.05f64..5.0, 4),
+        e in 0.0f64..3.0, shuffle in shuffle_strategy(), stochastic in any::<bool>(),
+    ) {
+        let data: Vec<DatasetSpec> = sizes.iter().enumerate()
+            .map(|(d, &n)| DatasetSpec::new(format!("d{d}"), n, weights[d])).collect();
+        let mixture = if stochastic { MixtureMode::Stochastic } else { MixtureMode::Deterministic };
+        let p = plan(
+            OrderConfig { shuffle, mixture, local_batch: 3, limit: StreamLimit::Epochs(e), ..Default::default() },
+            data,
+        );
+        let w = p.weights().to_vec();
+        let total = (e * sizes.iter().sum::<u64>() as f64).floor() as u64;
+        let rows = global_stream(&mut Planner::new(p), u64::MAX).concat();
+        prop_assert_eq!(rows.len() as u64, total);
+        for (d, &n) in sizes.iter().enumerate() {
+            let mine: Vec<&Row> = rows.iter().filter(|r| r.dataset as usize == d).collect();
+            let c = mine.len() as u64;
+            if !stochastic {
+                prop_assert!((c as f64 - w[d] * total as f64).abs() <= 1.0 + 1e-9, "d{d}: {c}");
+            }
+            let mut seen = vec![0u64; n as usize];
+            mine.iter().for_each(|r| seen[r.sample as usize] += 1);
+            let (lo, hi) = (c / n, c.div_ceil(n));
+            prop_assert!(seen.iter().all(|&k| k == lo || k == hi), "d{d}: {seen:?}");
+        }
+    }
+
     /// The ranks' rows are disjoint and together make the global batch.
     #[test]
     fn ranks_split_the_global_batch(world in 1usize..6, local in 1usize..6, seed in any::<u64>(),
@@ -333,6 +366,39 @@ fn skip_to_equals_planning_through() {
     let mut skipped = Planner::new(plan(cfg, data));
     skipped.skip_to(17);
     assert_eq!(global_stream(&mut skipped, 13), whole[17..]);
+}
+
+#[test]
+fn a_far_skip_equals_planning_through_in_both_mixture_modes() {
+    // 2100 steps of 512 rows: past one period of the mixture (2^20 rows), so the jump uses a
+    // whole period and a replayed part.
+    for mixture in [MixtureMode::Deterministic, MixtureMode::Stochastic] {
+        let cfg = OrderConfig {
+            seed: 4,
+            mixture,
+            world: 8,
+            local_batch: 64,
+            ..Default::default()
+        };
+        let data = vec![
+            DatasetSpec::new("web", 1000, 0.5),
+            DatasetSpec::new("code", 300, 0.3),
+            DatasetSpec::new("books", 77, 0.2),
+        ];
+        let mut walked = Planner::new(plan(cfg.clone(), data.clone()));
+        let mut rows = Vec::new();
+        for _ in 0..2100 {
+            walked.next_rows(&mut rows);
+        }
+        let mut jumped = Planner::new(plan(cfg, data));
+        jumped.skip_to(2100);
+        assert_eq!(jumped.cursor(), walked.cursor(), "{mixture:?}");
+        assert_eq!(
+            global_stream(&mut jumped, 3),
+            global_stream(&mut walked, 3),
+            "{mixture:?}"
+        );
+    }
 }
 
 #[test]

@@ -102,7 +102,7 @@ pub fn run(args: WriteArgs) -> Result<ExitCode> {
         writer.add_sequence(&tokens)?;
         writer.end_document()?;
         records += 1;
-        if records % 256 == 0 {
+        if records.is_multiple_of(256) {
             bar.set_position(bytes_read);
             bar.set_message(format!("{records} records"));
         }

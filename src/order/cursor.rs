@@ -63,7 +63,10 @@ impl Cursor {
     /// [`Error::Checkpoint`] naming the field.
     pub fn check(&self) -> Result<()> {
         let bad = |field: &str, why: String| Err(Error::checkpoint(format!("cursor.{field}"), why));
-        if self.world == 0 || self.global_batch == 0 || self.global_batch % self.world as u64 != 0 {
+        if self.world == 0
+            || self.global_batch == 0
+            || !self.global_batch.is_multiple_of(self.world as u64)
+        {
             return bad(
                 "global_batch",
                 format!(
