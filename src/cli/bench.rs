@@ -172,6 +172,15 @@ impl BenchArgs {
     }
 }
 
+impl BenchArgs {
+    /// Caps what only costs time and memory (threads, batch size), for the fuzz target.
+    pub(super) fn cap_for_fuzzing(&mut self) {
+        self.workers = self.workers.min(2);
+        self.batch_size = self.batch_size.min(64);
+        self.seq_len = self.seq_len.min(1024);
+    }
+}
+
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let tmp = TempDir::new()?;
     let sources = if a.data.is_empty() {

@@ -10,6 +10,7 @@ pub mod bench;
 mod cat;
 mod data;
 mod demo;
+pub mod fuzz;
 mod inspect;
 pub mod measure;
 pub mod plan;

@@ -141,6 +141,13 @@ impl PlanArgs {
     }
 }
 
+impl PlanArgs {
+    /// Caps what only costs time (the steps printed), for the fuzz target.
+    pub(super) fn cap_for_fuzzing(&mut self) {
+        self.steps = self.steps.min(20);
+    }
+}
+
 pub fn run(a: PlanArgs) -> Result<ExitCode> {
     let mut out = Out::new();
     a.print(&mut out)?;

@@ -142,7 +142,7 @@ fn open_input(path: &Path) -> Result<File> {
 
 /// Whether the input is JSON lines: by its extension (any case), else by its first non-blank
 /// byte, peeked without consuming it.
-fn detect_jsonl(path: &Path, reader: &mut impl BufRead) -> Result<bool> {
+pub(super) fn detect_jsonl(path: &Path, reader: &mut impl BufRead) -> Result<bool> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
@@ -159,7 +159,7 @@ fn detect_jsonl(path: &Path, reader: &mut impl BufRead) -> Result<bool> {
 }
 
 /// Calls `emit` with each JSON line's `field` text; blank lines are skipped.
-fn read_jsonl(
+pub(super) fn read_jsonl(
     reader: impl BufRead,
     path: &Path,
     field: &str,
@@ -195,7 +195,7 @@ fn read_jsonl(
 }
 
 /// Calls `emit` with each paragraph: lines up to a blank line, joined by newlines.
-fn read_paragraphs(
+pub(super) fn read_paragraphs(
     reader: impl BufRead,
     path: &Path,
     emit: &mut impl FnMut(&[u8], u64) -> Result<()>,

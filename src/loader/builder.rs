@@ -239,10 +239,15 @@ impl<T: TokenId> LoaderBuilder<T> {
                     .join(", ")
             )));
         }
-        if prefetch == 0 {
-            return Err(Error::Config(
-                "the prefetch depth must be at least 1".into(),
-            ));
+        if prefetch == 0 || prefetch > MAX_PREFETCH {
+            return Err(Error::Config(format!(
+                "the prefetch depth {prefetch} must lie in 1..={MAX_PREFETCH}"
+            )));
+        }
+        if workers > MAX_WORKERS {
+            return Err(Error::Config(format!(
+                "{workers} worker threads: at most {MAX_WORKERS}"
+            )));
         }
         let specs = sources
             .iter()
@@ -331,7 +336,7 @@ impl<T: TokenId> LoaderBuilder<T> {
         } else {
             spawn(
                 scheduler, &collator, &sink, workers, prefetch, &busy, &planned,
-            )
+            )?
         };
         Ok(Loader {
             sink,
@@ -351,6 +356,11 @@ impl<T: TokenId> LoaderBuilder<T> {
         })
     }
 }
+
+/// The most worker threads a loader starts.
+pub const MAX_WORKERS: usize = 1024;
+/// The most batches a loader plans ahead of the caller.
+pub const MAX_PREFETCH: usize = 1 << 16;
 
 /// The largest batch a loader builds: local batch x sequence length, in tokens. Every `[B, T]`
 /// buffer of a batch is allocated at this size at most.

@@ -160,7 +160,7 @@ pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
     prefetch: usize,
     busy: &Arc<AtomicU64>,
     planned: &Arc<AtomicU64>,
-) -> Mode<T, S> {
+) -> Result<Mode<T, S>> {
     let delivered = scheduler.batch;
     let shared = Arc::new(Shared {
         state: Mutex::new(Flow {
@@ -177,21 +177,33 @@ pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
         caller: Condvar::new(),
         workers: Condvar::new(),
     });
-    let threads = (0..workers)
-        .map(|w| {
-            let (shared, collator, sink) = (shared.clone(), collator.clone(), sink.clone());
-            let (busy, planned) = (busy.clone(), planned.clone());
-            std::thread::Builder::new()
-                .name(format!("shardflow-worker-{w}"))
-                .spawn(move || {
-                    work(&shared, &collator, &*sink, &busy, &planned);
-                    shared.lock().alive -= 1;
-                    shared.caller.notify_all();
-                })
-                .expect("spawning a loader worker thread")
-        })
-        .collect();
-    Mode::Threads { shared, threads }
+    let mut threads = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (shared2, collator, sink) = (shared.clone(), collator.clone(), sink.clone());
+        let (busy, planned) = (busy.clone(), planned.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("shardflow-worker-{w}"))
+            .spawn(move || {
+                work(&shared2, &collator, &*sink, &busy, &planned);
+                shared2.lock().alive -= 1;
+                shared2.caller.notify_all();
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                // Stop the workers already running before reporting.
+                shared.lock().stop = true;
+                shared.workers.notify_all();
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(Error::Config(format!(
+                    "cannot start loader worker thread {w} of {workers}: {e}"
+                )));
+            }
+        }
+    }
+    Ok(Mode::Threads { shared, threads })
 }
 
 /// What a thread holding the lock found to do.
