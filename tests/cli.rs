@@ -1,24 +1,8 @@
 //! The command: write → inspect → cat round trips, and a malformed input line.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn shardflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardflow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = shardflow(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::cmd::{ok, p, run as shardflow};
 
 /// Byte-level ids of `text` followed by the end-of-document id 256, as `cat` prints them.
 fn ids(text: &str) -> String {
@@ -28,10 +12,6 @@ fn ids(text: &str) -> String {
         .chain(["256".to_string()])
         .collect();
     format!("[{}]", ids.join(","))
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 #[test]

@@ -1,27 +1,14 @@
 //! The command at its edges, as a new user or an attacker meets it: closed pipes and full disks,
 //! numbers too large for their meaning, and errors that say what is wrong.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn shardflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardflow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = shardflow(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::cmd::{ok, p, run as shardflow};
 
 /// The command's stderr; it must have failed with status 1 (not a panic's 101).
 fn fails(args: &[&str]) -> String {
@@ -30,10 +17,6 @@ fn fails(args: &[&str]) -> String {
     assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{args:?}: {err}");
     err
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 /// A small shard at `dir/name` (three paragraphs).

@@ -3,19 +3,15 @@
 //! later open reads the old pair, the new pair, or fails naming the file; never tokens of
 //! neither. The writes here run the `shardflow` binary, so a crash is a real process exit.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::cmd::{p, shardflow};
+
 use shardflow::shard::trailer::{TRAILER_LEN, TRAILER_MAGIC};
 use shardflow::{Dtype, Error, IndexedShard, IndexedWriter, Shard};
-
-fn shardflow() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shardflow"))
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// Every sequence's tokens, or the error opening gives.
 fn read(prefix: &Path) -> Result<Vec<Vec<i64>>, Error> {
@@ -243,6 +239,18 @@ fn stale_temporaries_are_removed_and_a_live_write_is_refused() {
     assert!(e.to_string().contains("another write to"), "{e}");
     w.finish().unwrap();
     assert_eq!(read(&prefix).unwrap(), vec![vec![1, 2]]);
+
+    // Shard files get the mode any new file gets (0666 less the umask), not a temporary
+    // file's owner-only 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&prefix.with_extension("bin")), mode(&plain));
+        assert_eq!(mode(&prefix.with_extension("idx")), mode(&plain));
+    }
 }
 
 #[test]

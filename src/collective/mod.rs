@@ -64,6 +64,33 @@ pub trait Collective: Send + Sync {
     fn barrier(&self) -> Result<()>;
 }
 
+/// Every rank's `mine`, in rank order, exchanged as JSON through
+/// [`Collective::all_gather_bytes`]: for the small, rare exchanges of names and counts.
+///
+/// # Errors
+///
+/// The collective's errors; [`crate::Error::CollectiveMismatch`] naming `what` and the rank
+/// whose bytes do not parse.
+pub fn all_gather_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+    collective: &dyn Collective,
+    mine: &T,
+    what: &str,
+) -> Result<Vec<T>> {
+    let bytes = serde_json::to_vec(mine).expect("the exchanged values serialize");
+    collective
+        .all_gather_bytes(&bytes)?
+        .iter()
+        .enumerate()
+        .map(|(rank, theirs)| {
+            serde_json::from_slice(theirs).map_err(|e| crate::Error::CollectiveMismatch {
+                op: what.to_string(),
+                call: 0,
+                reason: format!("rank {rank} sent unreadable {what}: {e}"),
+            })
+        })
+        .collect()
+}
+
 /// A world of one: every collective is the identity.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Solo;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::collective::Collective;
+use crate::collective::{Collective, all_gather_json};
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
 use crate::metrics::Aggregator;
@@ -105,15 +105,8 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         if self.collator.metrics.is_some() {
             state.metrics = Some(self.metrics.reduce(collective)?.state());
         }
-        let mine = serde_json::to_vec(&state.skips).expect("skip counts serialize");
         let mut skips: BTreeMap<(String, u64), u64> = BTreeMap::new();
-        for (rank, bytes) in collective.all_gather_bytes(&mine)?.iter().enumerate() {
-            let theirs: Vec<SkipCount> =
-                serde_json::from_slice(bytes).map_err(|e| Error::CollectiveMismatch {
-                    op: "checkpoint skip counts".into(),
-                    call: 0,
-                    reason: format!("rank {rank} sent unreadable skip counts: {e}"),
-                })?;
+        for theirs in all_gather_json(collective, &state.skips, "skip counts")? {
             for s in theirs {
                 *skips.entry((s.dataset, s.epoch)).or_default() += s.skipped;
             }

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use super::aggregator::{Aggregator, Kind, State};
 use super::sketch::{Mapping, Sketch};
-use crate::collective::{Collective, ReduceOp};
+use crate::collective::{Collective, ReduceOp, all_gather_json};
 use crate::error::{Error, Result};
 
 /// One agreed metric key, and for a categorical its agreed categories (sorted).
@@ -218,20 +218,14 @@ impl Aggregator {
     }
 
     /// Folds every rank's new names into the layout: the sorted union, the same on every rank.
-    fn agree(&mut self, gathered: Vec<Vec<u8>>) -> Result<()> {
+    fn agree(&mut self, gathered: Vec<Vec<LayoutKey>>) -> Result<()> {
         let mut keys: BTreeMap<(String, String), (Kind, usize, Vec<String>)> = self
             .layout
             .keys
             .drain(..)
             .map(|k| ((k.dataset, k.metric), (k.kind, usize::MAX, k.categories)))
             .collect();
-        for (rank, bytes) in gathered.iter().enumerate() {
-            let names: Vec<LayoutKey> =
-                serde_json::from_slice(bytes).map_err(|e| Error::CollectiveMismatch {
-                    op: "metric name exchange".into(),
-                    call: 0,
-                    reason: format!("rank {rank} sent unreadable names: {e}"),
-                })?;
+        for (rank, names) in gathered.into_iter().enumerate() {
             for n in names {
                 let entry = keys
                     .entry((n.dataset.clone(), n.metric.clone()))
@@ -283,9 +277,7 @@ impl Aggregator {
         let mut sum = self.pack_sum(fresh.len());
         collective.all_reduce_f64(&mut sum, ReduceOp::Sum)?;
         if sum[0] > 0.0 {
-            let mine = serde_json::to_vec(&fresh).expect("layout keys serialize");
-            let gathered = collective.all_gather_bytes(&mine)?;
-            self.agree(gathered)?;
+            self.agree(all_gather_json(collective, &fresh, "metric names")?)?;
             sum = self.pack_sum(0);
             collective.all_reduce_f64(&mut sum, ReduceOp::Sum)?;
         }

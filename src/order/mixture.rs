@@ -20,7 +20,7 @@
 //! The schedule is periodic: after `Q` rows every count is exactly `k_d` above where it started,
 //! every deficit is back to zero, and the rule depends only on those deficits and deadline
 //! differences, so the next `Q` rows repeat the first. The counts at any position are therefore
-//! `periods * k_d` plus the counts of at most `Q - 1` replayed rows: [`MixState::jump`] answers
+//! `periods * k_d` plus the counts of at most `Q - 1` replayed rows: a jump answers
 //! in `O(Q * datasets)` however far the position, where replaying from the start would take
 //! `O(position)`.
 //!

@@ -5,13 +5,16 @@
 //!   block (blocks shuffled, then samples within each block, so reads stay local).
 //! - Epochs per dataset: a dataset that has given `c` samples is at epoch `c / N`, offset `c % N`;
 //!   it starts its next epoch by itself, with a fresh permutation.
-//! - [`MixtureMode`]: the deterministic earliest-deadline interleave (each dataset within one
-//!   sample of `w_d * i` at every prefix i) or a seeded stochastic draw.
+//! - [`MixtureMode`]: weights quantized to multiples of 2^-20, then the deterministic
+//!   earliest-deadline interleave (each dataset within one sample of its share of every prefix)
+//!   or a seeded, stratified random one. Both repeat their counts every 2^20 rows, so the state
+//!   at any position is computed from at most one period ([`mixture`]).
 //! - [`Partition`]: every rank takes rows `r*B .. (r+1)*B` of the global batch of `W*B` rows
-//!   (global, elastic), or owns a fixed subset (contiguous, strided, hashed).
+//!   (global, elastic), or owns a fixed subset (contiguous, strided, hashed), each rank's share
+//!   computed in O(1).
 //! - [`Cursor`]: a step, a position and per-dataset consumed counts. [`Planner::resume`]
-//!   continues from it in O(datasets), also with another world size when the global batch size
-//!   is unchanged, and with new weights from the cursor on.
+//!   continues from it, checking it first, also with another world size when the global batch
+//!   size is unchanged, and with new weights from the cursor on.
 //!
 //! # A plan you can check by hand
 //!
@@ -47,13 +50,13 @@
 //! ```
 
 mod cursor;
-mod mixture;
+pub mod mixture;
 mod partition;
 mod plan;
 mod shuffle;
 
 pub use cursor::*;
-pub use mixture::MixtureMode;
+pub use mixture::{MixtureMode, RESOLUTION};
 pub use partition::Partition;
 pub use plan::*;
 pub use shuffle::{EpochOrder, Permutation, Shuffle, fnv1a, mix64};

@@ -88,7 +88,7 @@ impl Trailer {
     }
 }
 
-/// XXH64 of a sample of `bin`: its length, then [`SAMPLE_BLOCKS`] blocks of [`SAMPLE_BLOCK`]
+/// XXH64 of a sample of `bin`: its length, then 16 blocks of 4096
 /// bytes at evenly spaced offsets (first and last included), or the whole of a small file.
 pub fn sample_hash(bin: &[u8]) -> u64 {
     let mut h = Xxh64::new(0);

@@ -1,5 +1,7 @@
-//! Test corpora whose token ids say where they come from.
+//! Test corpora whose token ids say where they come from, and the command's runners.
 #![allow(dead_code)]
+
+pub mod cmd;
 
 use std::path::Path;
 
