@@ -158,7 +158,7 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         };
         for skip in &info.skips {
             let count = self.skips.entry((skip.dataset, skip.epoch)).or_default();
-            *count += 1;
+            *count = count.saturating_add(1);
             self.stats.skipped += 1;
             if let BadSamplePolicy::Skip { max_per_epoch } = self.collator.transform.bad_samples
                 && *count > max_per_epoch

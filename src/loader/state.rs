@@ -142,6 +142,13 @@ impl LoaderState {
                 format!("rank {} is outside world size {}", self.rank, c.world),
             ));
         }
+        // Far beyond any real stream, and it keeps every `+ 1` on the counters from overflowing.
+        if p.batches >= 1 << 62 {
+            return Err(Error::checkpoint(
+                "position.batches",
+                format!("{} batches cannot have been delivered", p.batches),
+            ));
+        }
         if p.plan_step != c.step {
             return Err(Error::checkpoint(
                 "position.plan_step",
