@@ -8,7 +8,8 @@
 //!   reader sees the old pair, the new pair, or a missing file, which it reports.
 //! - Temporary files are named `.NAME.XXXXXX.tmp` beside their destination and held under an
 //!   exclusive lock while their writer lives, so [`remove_stale`] can tell the leftovers of a
-//!   killed write (unlocked) from a write in progress (locked).
+//!   killed write (unlocked) from a write in progress (locked). Every new write to a
+//!   destination removes the leftovers first.
 //! - [`interrupt`] removes every temporary file of this process (the command calls it on Ctrl-C
 //!   and SIGTERM); a commit in progress finishes first, so nothing is left half renamed.
 
@@ -167,6 +168,8 @@ impl AtomicFile {
     pub fn create(dest: impl AsRef<Path>) -> Result<Self> {
         let dest = dest.as_ref().to_path_buf();
         check_destination(&dest)?;
+        // Leftovers of killed writes to the same file go (live writers keep theirs).
+        remove_stale(&dest)?;
         let dir = parent_dir(&dest);
         let prefix = format!(".{}.", file_name(&dest));
         let mut builder = tempfile::Builder::new();
@@ -342,8 +345,11 @@ pub fn commit_pair(first: AtomicFile, second: AtomicFile) -> Result<()> {
         .map_err(|e| Error::io(&dir, "fsync the directory", e))
         .err();
     for (_, old) in &aside {
-        if let Err(e) = fault("remove an old file").and_then(|()| std::fs::remove_file(old)) {
-            first_error.get_or_insert(Error::io(old, "remove the replaced file", e));
+        match fault("remove an old file").and_then(|()| std::fs::remove_file(old)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                first_error.get_or_insert(Error::io(old, "remove the replaced file", e));
+            }
+            _ => {}
         }
     }
     if !aside.is_empty()
@@ -435,7 +441,11 @@ fn aside_name(dest: &Path) -> PathBuf {
 
 /// Checks that `dest` can be written: it names a file, its directory exists, and it is not
 /// something other than a regular file.
-fn check_destination(dest: &Path) -> Result<()> {
+///
+/// # Errors
+///
+/// As [`AtomicFile::create`].
+pub(crate) fn check_destination(dest: &Path) -> Result<()> {
     let ends_with_separator = dest.as_os_str().to_string_lossy().ends_with(['/', '\\']);
     if dest.file_name().is_none() || ends_with_separator {
         return Err(Error::Config(format!(

@@ -7,7 +7,7 @@ use memmap2::Mmap;
 use super::dtype::Dtype;
 use super::indexed::{HEADER_LEN, MAGIC, VERSION, shard_paths};
 use super::trailer::{Trailer, Xxh64};
-use crate::atomic::{AtomicFile, commit_pair, remove_stale};
+use crate::atomic::{AtomicFile, check_destination, commit_pair, remove_stale};
 use crate::error::{Error, Result};
 
 /// What a finished shard holds.
@@ -93,7 +93,7 @@ impl IndexedWriter {
             removed_stale.extend(stale.removed);
         }
         // Check the .idx destination now, so that a bad one fails before any work.
-        drop(AtomicFile::create(&idx_dest)?);
+        check_destination(&idx_dest)?;
         Ok(IndexedWriter {
             bin: AtomicFile::create(bin_dest)?,
             removed_stale,
