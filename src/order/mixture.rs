@@ -123,29 +123,36 @@ impl MixState {
         (d, c)
     }
 
-    /// The deterministic rule, in exact integer arithmetic (see the module docs).
+    /// The deterministic rule, in exact integer arithmetic (see the module docs). The rule is
+    /// the same one period later, so it runs on the position within the current period and the
+    /// counts less the whole periods' shares: small numbers, exact in i64.
     #[inline]
     fn earliest_deadline(&self, shares: &[u64], p: u64) -> usize {
-        let t = p.saturating_sub(self.origin) as i128 + 1;
-        let q = RESOLUTION as i128;
+        let rel = p.saturating_sub(self.origin);
+        let periods = rel / RESOLUTION;
+        let t = (rel % RESOLUTION) as i64 + 1;
+        let q = RESOLUTION as i64;
         // (dataset, c + 1, share, deficit) of the best so far.
-        let mut best: Option<(usize, i128, i128, i128)> = None;
+        let mut best: Option<(usize, i64, i64, i64)> = None;
         for (d, &k) in shares.iter().enumerate() {
-            let c = self.counts[d].saturating_sub(self.at_origin[d]) as i128;
-            let k = k as i128;
-            let deficit = k * t - q * c;
+            // Within one of k * t / Q for a state the cursor checks allow; wrapping keeps a
+            // corrupt one from panicking.
+            let c = (self.counts[d].wrapping_sub(self.at_origin[d]))
+                .wrapping_sub(periods.wrapping_mul(k)) as i64;
+            let k = k as i64;
+            let deficit = (k * t).wrapping_sub(q.wrapping_mul(c));
             if deficit < 0 {
                 continue; // not due yet: taking it would run more than one ahead
             }
             let better = match best {
                 None => true,
                 Some((_, bc1, bk, bdef)) => {
-                    let (mine, theirs) = ((c + 1) * bk, bc1 * k);
+                    let (mine, theirs) = (c.wrapping_add(1).wrapping_mul(bk), bc1.wrapping_mul(k));
                     mine < theirs || (mine == theirs && deficit > bdef)
                 }
             };
             if better {
-                best = Some((d, c + 1, k, deficit));
+                best = Some((d, c.wrapping_add(1), k, deficit));
             }
         }
         // The deficits sum to Q > 0 when the counts add up, so some dataset is due.
