@@ -436,6 +436,17 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A device (a wgpu adapter, a CUDA device) failed or cannot do what was asked.
+    #[error("device {device}: cannot {op}: {reason}")]
+    Device {
+        /// The device: `wgpu`, `wgpu llvmpipe (...)`, `cuda:0`.
+        device: String,
+        /// What was being done: "find an adapter", "upload batch 12", …
+        op: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     /// A configuration that cannot work; the message says which setting and why.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -2,7 +2,9 @@
 //! fast, and impossible to corrupt.
 //!
 //! - [`error`]: the one [`Error`] type; every variant names the file, offset, dataset or rank.
-//! - [`atomic`]: atomic file writes (temporary name, fsync, rename, directory fsync).
+//! - [`atomic`]: atomic file writes (temporary name, fsync, rename, directory fsync), shard
+//!   pairs that never mix, and the cleanup of interrupted writes.
+//! - [`gpu`]: the wgpu context (adapter, device, queue, compiled shaders).
 //! - [`shard`]: Megatron `.bin/.idx` shards (read, validate, write), flat token files,
 //!   multi-shard datasets, host decoding of token ids, the built-in synthetic corpus.
 //! - [`order`]: the deterministic sample order: shuffles, epochs, the mixture of datasets, rank
@@ -11,7 +13,7 @@
 //! - [`collate`]: padding and packing into staged batches in pooled, aligned memory.
 //! - [`collective`]: the [`collective::Collective`] trait; solo and in-process engines.
 //! - [`metrics`]: metric kinds, the aggregator, the distribution sketch, the fused reduce.
-//! - [`device`]: the [`device::DeviceSink`] seam and the host reference sink.
+//! - [`device`]: the [`device::DeviceSink`] seam, the host reference sink and the wgpu sink.
 //! - [`loader`]: planner, workers, reorder buffer, checkpoint state and statistics.
 //! - `cli` (feature `cli`): the `shardflow` command.
 //!
@@ -45,7 +47,7 @@
 //!
 //! - `cli` (default): the `shardflow` command and what only it needs (clap, indicatif, libc).
 //!   Library users can turn it off with `default-features = false`.
-//! - `wgpu`: the wgpu device sink and reduction engine (filled by the wgpu issue).
+//! - `wgpu` (default): the wgpu context, device sink, reduction engine and sketch binning.
 //! - `cuda`: the CUDA sink and NCCL engine through cudarc (filled by the CUDA issue).
 //! - `burn`: Burn's `DataLoader` over a shardflow loader (filled by the Burn issue).
 //! - `fault-injection`: for tests only; lets a test stop a shard write at any step.
@@ -62,6 +64,7 @@ pub mod collate;
 pub mod collective;
 pub mod device;
 pub mod error;
+pub mod gpu;
 pub mod loader;
 pub mod metrics;
 pub mod order;

@@ -21,6 +21,9 @@ pub use pool::*;
 use crate::error::{Error, Result};
 use crate::shard::TokenId;
 
+/// Packed pieces per row that staging memory is sized for (more still work; they allocate).
+pub const PIECES_PER_ROW: usize = 8;
+
 /// How rows are padded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -275,15 +278,7 @@ pub fn pad_host<T: TokenId>(
         }
         p
     });
-    let cu_seqlens = staged.packed.then(|| {
-        let pieces = staged.docs.iter().filter(|d| d.len > 0);
-        let mut cu = pool.take_within::<i32>(pieces.clone().count() + 1, 8 * b + 1);
-        cu[0] = 0;
-        for (i, d) in pieces.enumerate() {
-            cu[i + 1] = cu[i] + d.len as i32;
-        }
-        cu
-    });
+    let cu_seqlens = staged.packed.then(|| cu_seqlens(&staged.docs, b, pool));
     Batch {
         step: staged.step,
         rows: b,
@@ -296,4 +291,16 @@ pub fn pad_host<T: TokenId>(
         cu_seqlens,
         docs: staged.docs,
     }
+}
+
+/// Document boundaries over the real tokens of a packed batch of `rows` rows, row-major: 0, then
+/// the running sum of every non-empty piece's length.
+pub fn cu_seqlens(docs: &[DocRef], rows: usize, pool: &Pool) -> PooledBuf<i32> {
+    let pieces = docs.iter().filter(|d| d.len > 0);
+    let mut cu = pool.take_within::<i32>(pieces.clone().count() + 1, PIECES_PER_ROW * rows + 1);
+    cu[0] = 0;
+    for (i, d) in pieces.enumerate() {
+        cu[i + 1] = cu[i] + d.len as i32;
+    }
+    cu
 }

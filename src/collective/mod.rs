@@ -5,10 +5,17 @@
 //!   order so every rank gets bitwise the same result; a rank that does not arrive in time is an
 //!   error naming it, never a hang.
 //! - [`Counting`]: wraps any engine and counts its calls and bytes (for tests and benchmarks).
+//! - [`wgpu_world`] (feature `wgpu`): an in-process world whose all-reduces run on a wgpu
+//!   device, one dispatch per call, bit for bit the host engine's results where the adapter has
+//!   f64.
 
+#[cfg(feature = "wgpu")]
+mod wgpu;
 mod world;
 
-pub use world::*;
+#[cfg(feature = "wgpu")]
+pub use self::wgpu::*;
+pub use world::{WorldRank, in_process};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -84,6 +84,11 @@ pub fn in_process(world: usize, timeout: Duration) -> Vec<WorldRank> {
 impl WorldRank {
     /// Contributes `part` to this rank's next call and returns every rank's part, in rank order.
     fn exchange(&self, part: Part) -> Result<Vec<Part>> {
+        self.exchange_call(part).map(|(_, parts)| parts)
+    }
+
+    /// [`WorldRank::exchange`], with the call's number (the same on every rank).
+    fn exchange_call(&self, part: Part) -> Result<(u64, Vec<Part>)> {
         let op = part.name();
         let call = {
             let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
@@ -138,7 +143,27 @@ impl WorldRank {
         }
         drop(rounds);
         check_alike(&parts, op, call)?;
-        Ok(parts)
+        Ok((call, parts))
+    }
+
+    /// Every rank's f64 buffer for this call, in rank order, and the call's number.
+    pub(crate) fn gather_f64(&self, buf: &[f64], op: ReduceOp) -> Result<(u64, Vec<Vec<f64>>)> {
+        let (call, parts) = self.exchange_call(Part::F64(buf.to_vec(), op))?;
+        let vecs = parts.into_iter().map(|p| match p {
+            Part::F64(v, _) => v,
+            _ => unreachable!("check_alike made every part an f64 all-reduce"),
+        });
+        Ok((call, vecs.collect()))
+    }
+
+    /// Every rank's u64 buffer for this call, in rank order, and the call's number.
+    pub(crate) fn gather_u64(&self, buf: &[u64], op: ReduceOp) -> Result<(u64, Vec<Vec<u64>>)> {
+        let (call, parts) = self.exchange_call(Part::U64(buf.to_vec(), op))?;
+        let vecs = parts.into_iter().map(|p| match p {
+            Part::U64(v, _) => v,
+            _ => unreachable!("check_alike made every part a u64 all-reduce"),
+        });
+        Ok((call, vecs.collect()))
     }
 }
 
@@ -165,14 +190,33 @@ fn check_alike(parts: &[Part], op: &str, call: u64) -> Result<()> {
     Ok(())
 }
 
-fn reduce<T: Copy>(out: &mut [T], parts: impl Iterator<Item = Vec<T>>, f: impl Fn(T, T) -> T) {
+fn reduce<T: Copy>(out: &mut [T], parts: impl IntoIterator<Item = Vec<T>>, f: impl Fn(T, T) -> T) {
     // Rank order, always: every rank computes bitwise the same result.
-    for (i, part) in parts.enumerate() {
+    for (i, part) in parts.into_iter().enumerate() {
         if i == 0 {
             out.copy_from_slice(&part);
         } else {
             out.iter_mut().zip(part).for_each(|(o, v)| *o = f(*o, v));
         }
+    }
+}
+
+/// Reduces f64 buffers on the host, in rank order. Max and min keep the earlier value on ties
+/// (`-0.0` against `0.0`), as the device engines do, so every engine gives the same bits.
+pub(crate) fn reduce_f64(out: &mut [f64], parts: Vec<Vec<f64>>, op: ReduceOp) {
+    match op {
+        ReduceOp::Sum => reduce(out, parts, |a, b| a + b),
+        ReduceOp::Max => reduce(out, parts, |a, b| if b > a { b } else { a }),
+        ReduceOp::Min => reduce(out, parts, |a, b| if b < a { b } else { a }),
+    }
+}
+
+/// Reduces u64 buffers on the host, in rank order; sums wrap.
+pub(crate) fn reduce_u64(out: &mut [u64], parts: Vec<Vec<u64>>, op: ReduceOp) {
+    match op {
+        ReduceOp::Sum => reduce(out, parts, u64::wrapping_add),
+        ReduceOp::Max => reduce(out, parts, u64::max),
+        ReduceOp::Min => reduce(out, parts, u64::min),
     }
 }
 
@@ -186,30 +230,14 @@ impl Collective for WorldRank {
     }
 
     fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<()> {
-        let parts = self.exchange(Part::F64(buf.to_vec(), op))?;
-        let vecs = parts.into_iter().map(|p| match p {
-            Part::F64(v, _) => v,
-            _ => unreachable!("check_alike made every part an f64 all-reduce"),
-        });
-        match op {
-            ReduceOp::Sum => reduce(buf, vecs, |a, b| a + b),
-            ReduceOp::Max => reduce(buf, vecs, f64::max),
-            ReduceOp::Min => reduce(buf, vecs, f64::min),
-        }
+        let (_, parts) = self.gather_f64(buf, op)?;
+        reduce_f64(buf, parts, op);
         Ok(())
     }
 
     fn all_reduce_u64(&self, buf: &mut [u64], op: ReduceOp) -> Result<()> {
-        let parts = self.exchange(Part::U64(buf.to_vec(), op))?;
-        let vecs = parts.into_iter().map(|p| match p {
-            Part::U64(v, _) => v,
-            _ => unreachable!("check_alike made every part a u64 all-reduce"),
-        });
-        match op {
-            ReduceOp::Sum => reduce(buf, vecs, u64::wrapping_add),
-            ReduceOp::Max => reduce(buf, vecs, u64::max),
-            ReduceOp::Min => reduce(buf, vecs, u64::min),
-        }
+        let (_, parts) = self.gather_u64(buf, op)?;
+        reduce_u64(buf, parts, op);
         Ok(())
     }
 

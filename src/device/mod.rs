@@ -1,9 +1,29 @@
 //! Device sinks: where a staged batch leaves the host pipeline.
 //!
 //! A [`DeviceSink`] has two halves. [`DeviceSink::prepare`] runs on the loader's worker threads,
-//! in parallel, and does the host-side work (the host sink pads there). [`DeviceSink::upload`]
-//! runs on the caller's thread, in plan order, and does what must be sequential (a device queue).
+//! in parallel, with a context of the worker's own ([`DeviceSink::Worker`]: a staging belt, a
+//! copy stream), and does the host-side work (the host sink pads there). [`DeviceSink::upload`]
+//! runs on the caller's thread, in plan order, and does what must be sequential (a device
+//! queue); what it returns carries whatever the caller must wait on before use (a wgpu
+//! submission, a CUDA event).
+//!
+//! The sink supplies the staging memory the collator writes ragged ids into
+//! ([`DeviceSink::staging`]): buffers of that pool go back to it when dropped, so a sink whose
+//! copies run asynchronously keeps them in its in-flight batch until the device says it is done.
+//! The loader accounts a batch (position, metrics, statistics) only after its upload succeeded,
+//! so a checkpoint never skips a batch that failed to arrive.
+//!
 //! Every sink must produce exactly what [`HostSink`] produces.
+//!
+//! - [`HostSink`]: padded [`Batch`]es in pooled host memory, the reference.
+//! - [`WgpuSink`] (feature `wgpu`): ragged ids to the device, padded there by
+//!   `shaders/pad_collate.wgsl`.
+
+#[cfg(feature = "wgpu")]
+mod wgpu;
+
+#[cfg(feature = "wgpu")]
+pub use self::wgpu::*;
 
 use crate::collate::{Batch, CollateConfig, Pool, StagedBatch, pad_host};
 use crate::error::Result;
@@ -11,10 +31,29 @@ use crate::shard::TokenId;
 
 /// Where staged batches go: host memory, a wgpu buffer, a CUDA buffer, a Burn tensor.
 pub trait DeviceSink<T: TokenId>: Send + Sync + 'static {
+    /// A worker's own state, made once per thread that builds batches.
+    type Worker: Send + 'static;
     /// What `prepare` hands to `upload`.
     type Prepared: Send + 'static;
     /// The batch the caller receives.
     type Output;
+
+    /// The device, as errors and reports name it (`host`, `wgpu llvmpipe (LLVM 15.0.6, 256
+    /// bits)`).
+    fn device(&self) -> String;
+
+    /// The pool the collator takes staging memory from. Host memory by default.
+    fn staging(&self) -> Pool {
+        Pool::new()
+    }
+
+    /// A new worker context.
+    ///
+    /// # Errors
+    ///
+    /// A sink-specific error (the output type cannot live on this device, a stream cannot be
+    /// created); the loader fails to build.
+    fn worker(&self) -> Result<Self::Worker>;
 
     /// Host-side work on a worker thread: ragged ids and offsets in, buffers recycled to `pool`.
     ///
@@ -23,17 +62,25 @@ pub trait DeviceSink<T: TokenId>: Send + Sync + 'static {
     /// A sink-specific error; the loader reports it for the batch's step.
     fn prepare(
         &self,
+        worker: &mut Self::Worker,
         staged: StagedBatch<T>,
         config: &CollateConfig,
         pool: &Pool,
     ) -> Result<Self::Prepared>;
 
-    /// The sequential part on the caller's thread, in plan order.
+    /// The sequential part on the caller's thread, in plan order, for batch `batch` (the
+    /// loader's batch index).
     ///
     /// # Errors
     ///
-    /// A sink-specific error (a failed device copy).
-    fn upload(&self, prepared: Self::Prepared) -> Result<Self::Output>;
+    /// [`crate::Error::Device`] naming the device and the operation; the batch is not counted
+    /// as delivered.
+    fn upload(
+        &self,
+        prepared: Self::Prepared,
+        batch: u64,
+        config: &CollateConfig,
+    ) -> Result<Self::Output>;
 }
 
 /// The host sink: pads on the worker threads and hands out [`Batch`]es in pooled host memory.
@@ -42,11 +89,21 @@ pub trait DeviceSink<T: TokenId>: Send + Sync + 'static {
 pub struct HostSink;
 
 impl<T: TokenId> DeviceSink<T> for HostSink {
+    type Worker = ();
     type Prepared = Batch<T>;
     type Output = Batch<T>;
 
+    fn device(&self) -> String {
+        "host".into()
+    }
+
+    fn worker(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn prepare(
         &self,
+        _worker: &mut (),
         staged: StagedBatch<T>,
         config: &CollateConfig,
         pool: &Pool,
@@ -54,7 +111,7 @@ impl<T: TokenId> DeviceSink<T> for HostSink {
         Ok(pad_host(staged, config, pool))
     }
 
-    fn upload(&self, prepared: Batch<T>) -> Result<Batch<T>> {
+    fn upload(&self, prepared: Batch<T>, _batch: u64, _config: &CollateConfig) -> Result<Batch<T>> {
         Ok(prepared)
     }
 }

@@ -9,7 +9,7 @@ use super::collator::{Collator, UserMetric};
 use super::flow::{Mode, spawn};
 use super::job::{Packer, Scheduler, doc_len};
 use super::{Loader, LoaderState, LoaderStats, Position, Scope};
-use crate::collate::{CollateConfig, Pool};
+use crate::collate::CollateConfig;
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
 use crate::metrics::{Aggregator, AggregatorState, MetricsConfig, SampleMetrics};
@@ -293,7 +293,7 @@ impl<T: TokenId> LoaderBuilder<T> {
                 (planner, shadow, state.position, skips)
             }
         };
-        let pool = Pool::new();
+        let pool = sink.staging();
         let stop = Arc::new(AtomicBool::new(false));
         let datasets: Vec<Dataset> = sources.into_iter().map(|s| s.data).collect();
         let collator = Arc::new(Collator {
@@ -328,10 +328,12 @@ impl<T: TokenId> LoaderBuilder<T> {
         let sink = Arc::new(sink);
         let busy = Arc::new(AtomicU64::new(0));
         let planned = Arc::new(AtomicU64::new(position.batches));
+        let caller_worker = sink.worker()?;
         let mode = if workers == 0 {
             Mode::Inline {
                 scheduler: Box::new(scheduler),
                 scratch: Vec::new(),
+                worker: sink.worker()?,
             }
         } else {
             spawn(
@@ -352,6 +354,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             done: false,
             watchdog,
             scratch: Vec::new(),
+            worker: caller_worker,
             metrics: aggregator,
         })
     }

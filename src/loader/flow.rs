@@ -68,6 +68,7 @@ pub(super) enum Mode<T: TokenId, S: DeviceSink<T>> {
     Inline {
         scheduler: Box<Scheduler>,
         scratch: Vec<T>,
+        worker: S::Worker,
     },
     Threads {
         shared: Arc<Shared<S::Prepared>>,
@@ -75,13 +76,27 @@ pub(super) enum Mode<T: TokenId, S: DeviceSink<T>> {
     },
 }
 
+/// What a thread builds batches with: the shared collator and sink, and its own sink context and
+/// scratch space.
+pub(super) struct Kit<'a, T: TokenId, S: DeviceSink<T>> {
+    pub collator: &'a Collator<T>,
+    pub sink: &'a S,
+    pub worker: &'a mut S::Worker,
+    pub scratch: &'a mut Vec<T>,
+}
+
 /// Builds a batch on the current thread: staged by the collator, prepared by the sink.
 pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
-    collator: &Collator<T>,
-    sink: &S,
+    kit: &mut Kit<'_, T, S>,
     job: Job,
-    scratch: &mut Vec<T>,
 ) -> Outcome<S::Prepared> {
+    let Kit {
+        collator,
+        sink,
+        worker,
+        scratch,
+    } = kit;
+    let (collator, sink) = (*collator, *sink);
     let batch = job.batch;
     let after = job.after;
     let mut current: Current = None;
@@ -103,7 +118,7 @@ pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
             staged.real_tokens(),
             staged.rows * staged.width,
         );
-        let prepared = sink.prepare(staged, &collator.collate, &collator.pool)?;
+        let prepared = sink.prepare(worker, staged, &collator.collate, &collator.pool)?;
         Ok((
             prepared,
             Info {
@@ -177,14 +192,19 @@ pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
         caller: Condvar::new(),
         workers: Condvar::new(),
     });
+    // Every worker's device context is made here, so that a sink that cannot make one fails
+    // the build instead of a thread.
+    let contexts = (0..workers)
+        .map(|_| sink.worker())
+        .collect::<Result<Vec<_>>>()?;
     let mut threads = Vec::with_capacity(workers);
-    for w in 0..workers {
+    for (w, mut context) in contexts.into_iter().enumerate() {
         let (shared2, collator, sink) = (shared.clone(), collator.clone(), sink.clone());
         let (busy, planned) = (busy.clone(), planned.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("shardflow-worker-{w}"))
             .spawn(move || {
-                work(&shared2, &collator, &*sink, &busy, &planned);
+                work(&shared2, &collator, &*sink, &mut context, &busy, &planned);
                 shared2.lock().alive -= 1;
                 shared2.caller.notify_all();
             });
@@ -251,15 +271,13 @@ pub(super) fn build_unlocked<'a, T: TokenId, S: DeviceSink<T>>(
     shared: &'a Shared<S::Prepared>,
     flow: MutexGuard<'a, Flow<S::Prepared>>,
     job: Job,
-    collator: &Collator<T>,
-    sink: &S,
-    scratch: &mut Vec<T>,
+    kit: &mut Kit<'_, T, S>,
     busy: &AtomicU64,
 ) -> MutexGuard<'a, Flow<S::Prepared>> {
     drop(flow);
     let batch = job.batch;
     let start = Instant::now();
-    let outcome = make(collator, sink, job, scratch);
+    let outcome = make(kit, job);
     busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let mut flow = shared.lock();
     flow.ready.insert(batch, outcome);
@@ -275,10 +293,17 @@ fn work<T: TokenId, S: DeviceSink<T>>(
     shared: &Shared<S::Prepared>,
     collator: &Collator<T>,
     sink: &S,
+    worker: &mut S::Worker,
     busy: &AtomicU64,
     planned: &AtomicU64,
 ) {
     let mut scratch = Vec::new();
+    let mut kit = Kit {
+        collator,
+        sink,
+        worker,
+        scratch: &mut scratch,
+    };
     let mut flow = shared.lock();
     loop {
         match plan_next(&mut flow, shared, planned) {
@@ -289,7 +314,7 @@ fn work<T: TokenId, S: DeviceSink<T>>(
                 flow.idle_workers -= 1;
             }
             Turn::Build(job) => {
-                flow = build_unlocked(shared, flow, job, collator, sink, &mut scratch, busy);
+                flow = build_unlocked(shared, flow, job, &mut kit, busy);
             }
         }
     }

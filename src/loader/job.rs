@@ -1,14 +1,11 @@
 //! The sequential side of the loader: turning the plan into jobs (one per batch), padded or
 //! packed. Cheap: it reads sequence lengths from the index, never token data.
 
-use crate::collate::{DocRef, Pool, PooledBuf};
+use crate::collate::{DocRef, PIECES_PER_ROW, Pool, PooledBuf};
 use crate::error::{Error, Result};
 use crate::order::{Plan, Planner, Row};
 use crate::shard::Dataset;
 use crate::transform::{BadSamplePolicy, Shape, TransformConfig};
-
-/// Packed pieces per row that the staging pool sizes for (more still work; they allocate).
-pub(crate) const PIECES_PER_ROW: usize = 8;
 
 /// One piece of work: the rows (padded) or document pieces (packed) of one batch.
 pub(crate) struct Job {

@@ -37,7 +37,7 @@ use crate::order::{Plan, Planner};
 use crate::shard::TokenId;
 use crate::transform::BadSamplePolicy;
 use collator::Collator;
-use flow::{Mode, Outcome, Turn, build_unlocked, make, next_job, plan_next};
+use flow::{Kit, Mode, Outcome, Turn, build_unlocked, make, next_job, plan_next};
 
 /// A stream of batches in plan order, ending when the plan's stream limit is reached.
 ///
@@ -57,6 +57,8 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     done: bool,
     watchdog: Duration,
     scratch: Vec<T>,
+    /// The sink's context for batches the caller builds itself.
+    worker: S::Worker,
     metrics: Aggregator,
 }
 
@@ -150,10 +152,17 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         Some(Err(e))
     }
 
-    /// Accounts for a built batch in plan order and uploads it.
+    /// Uploads a built batch in plan order and, once it has arrived, accounts for it.
     fn deliver(&mut self, outcome: Outcome<S::Prepared>) -> Option<Result<S::Output>> {
         let (prepared, info) = match outcome {
             Ok(x) => x,
+            Err(e) => return self.fail(e),
+        };
+        // Nothing is counted before the upload succeeds: a checkpoint taken after a failed upload
+        // resumes with this batch.
+        let batch = info.after.batches - 1;
+        let out = match self.sink.upload(prepared, batch, &self.collator.collate) {
+            Ok(out) => out,
             Err(e) => return self.fail(e),
         };
         for skip in &info.skips {
@@ -188,10 +197,7 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         self.stats.rows += info.rows as u64;
         self.stats.real_tokens += info.real as u64;
         self.stats.padded_tokens += info.padded as u64;
-        match self.sink.upload(prepared) {
-            Ok(out) => Some(Ok(out)),
-            Err(e) => self.fail(e),
-        }
+        Some(Ok(out))
     }
 }
 
@@ -205,10 +211,20 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
         let start = Instant::now();
         let want = self.position.batches;
         let outcome = match &mut self.mode {
-            Mode::Inline { scheduler, scratch } => match next_job(scheduler) {
+            Mode::Inline {
+                scheduler,
+                scratch,
+                worker,
+            } => match next_job(scheduler) {
                 Ok(Some(job)) => {
                     self.planned.fetch_add(1, Ordering::Relaxed);
-                    make(&self.collator, &*self.sink, job, scratch)
+                    let mut kit = Kit {
+                        collator: &self.collator,
+                        sink: &*self.sink,
+                        worker,
+                        scratch,
+                    };
+                    make(&mut kit, job)
                 }
                 Ok(None) => {
                     self.done = true;
@@ -233,15 +249,13 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
                     // Rather than sleep, the caller builds the next batch itself when there is one
                     // to build: on few cores this saves a thread handoff per batch.
                     if let Turn::Build(job) = plan_next(&mut flow, shared, &self.planned) {
-                        flow = build_unlocked(
-                            shared,
-                            flow,
-                            job,
-                            &self.collator,
-                            &*self.sink,
-                            &mut self.scratch,
-                            &self.busy,
-                        );
+                        let mut kit = Kit {
+                            collator: &self.collator,
+                            sink: &*self.sink,
+                            worker: &mut self.worker,
+                            scratch: &mut self.scratch,
+                        };
+                        flow = build_unlocked(shared, flow, job, &mut kit, &self.busy);
                         continue;
                     }
                     if flow.alive == 0 && flow.end.is_none() {

@@ -11,6 +11,8 @@
 //! | CATEGORICAL | count per category | + | the counts |
 
 mod aggregator;
+#[cfg(feature = "wgpu")]
+pub mod device;
 mod reduce;
 mod report;
 mod sketch;

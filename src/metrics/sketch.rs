@@ -108,6 +108,16 @@ impl Mapping {
     }
 }
 
+/// The smaller of two values in the total order (-0.0 below 0.0).
+fn total_min(a: f64, b: f64) -> f64 {
+    if b.total_cmp(&a).is_lt() { b } else { a }
+}
+
+/// The larger of two values in the total order.
+fn total_max(a: f64, b: f64) -> f64 {
+    if b.total_cmp(&a).is_gt() { b } else { a }
+}
+
 /// A mergeable sketch of a distribution.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sketch {
@@ -167,8 +177,10 @@ impl Sketch {
     pub fn add(&mut self, map: &Mapping, v: f64) {
         self.count += 1;
         self.sum += v;
-        self.min = Some(self.min.map_or(v, |m| m.min(v)));
-        self.max = Some(self.max.map_or(v, |m| m.max(v)));
+        // The total order (-0.0 below 0.0), so that min and max do not depend on the order of
+        // the values, as on a device.
+        self.min = Some(self.min.map_or(v, |m| total_min(m, v)));
+        self.max = Some(self.max.map_or(v, |m| total_max(m, v)));
         let mag = v.abs();
         if mag < MIN_VALUE {
             self.zero += 1;
@@ -189,11 +201,11 @@ impl Sketch {
         self.count += other.count;
         self.sum += other.sum;
         self.min = match (self.min, other.min) {
-            (Some(a), Some(b)) => Some(a.min(b)),
+            (Some(a), Some(b)) => Some(total_min(a, b)),
             (a, b) => a.or(b),
         };
         self.max = match (self.max, other.max) {
-            (Some(a), Some(b)) => Some(a.max(b)),
+            (Some(a), Some(b)) => Some(total_max(a, b)),
             (a, b) => a.or(b),
         };
         self.zero += other.zero;

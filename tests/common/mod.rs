@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod cmd;
+pub mod conformance;
+#[cfg(feature = "wgpu")]
+pub mod gpu;
 
 use std::path::Path;
 

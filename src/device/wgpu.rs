@@ -1,0 +1,597 @@
+//! The wgpu sink: only real tokens cross to the device, and `shaders/pad_collate.wgsl` pads
+//! them there into ids, attention mask, labels and position ids, exactly as [`pad_host`]
+//! does.
+//!
+//! Workers prepare a batch's small index arrays on the host (row offsets, each row's document
+//! pieces, lengths, `cu_seqlens`). The upload, on the caller's thread in plan order, writes the
+//! ragged ids and those arrays into a slot of device buffers and dispatches the shader. Slots
+//! are recycled: a slot is free again once the caller has dropped the batch that used it and
+//! the device has finished its work (its submission index is the fence), so while batch k is in
+//! use batch k+1 is written into another slot, and a steady stream allocates no wgpu buffer
+//! ([`WgpuSink::stats`] counts them).
+//!
+//! [`pad_host`]: crate::collate::pad_host
+
+use std::sync::{Arc, Mutex};
+
+use crate::collate::{
+    Batch, CollateConfig, DocRef, PIECES_PER_ROW, Pool, PooledBuf, StagedBatch, cu_seqlens,
+};
+use crate::device::DeviceSink;
+use crate::error::Result;
+use crate::gpu::{Shader, WgpuContext};
+use crate::shard::TokenId;
+
+/// Counters of a [`WgpuSink`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WgpuSinkStats {
+    /// Slots of device buffers created (a steady stream creates two, then none).
+    pub slots_created: u64,
+    /// wgpu buffers created for slots.
+    pub buffers_created: u64,
+    /// Batches uploaded.
+    pub uploads: u64,
+    /// Bytes written to the device: the ragged ids and the index arrays.
+    pub bytes_uploaded: u64,
+    /// Bytes a host-padded upload of the same batches would have written: every requested
+    /// `[B, T]` field, the lengths and `cu_seqlens`.
+    pub padded_bytes: u64,
+}
+
+/// Collates batches into wgpu buffers. Build a loader with it:
+/// `LoaderBuilder::new(sources).build(WgpuSink::new(WgpuContext::new()?)?)`.
+pub struct WgpuSink {
+    ctx: Arc<WgpuContext>,
+    slots: Mutex<Vec<Arc<Slot>>>,
+    stats: Mutex<WgpuSinkStats>,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for WgpuSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuSink")
+            .field("device", &self.ctx.name())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl WgpuSink {
+    /// A sink on `ctx`'s device; compiles the collate shader now.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] when the shader does not compile on this device.
+    pub fn new(ctx: Arc<WgpuContext>) -> Result<Self> {
+        ctx.pipeline(Shader::PadCollate)?;
+        Ok(WgpuSink {
+            ctx,
+            slots: Mutex::new(Vec::new()),
+            stats: Mutex::new(WgpuSinkStats::default()),
+            pool: Pool::new(),
+        })
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<WgpuContext> {
+        &self.ctx
+    }
+
+    /// The pool the sink's staging and readbacks come from.
+    pub fn staging_pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> WgpuSinkStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A free slot that fits `need`, waiting for the device to finish its last use; or a new
+    /// one sized for the batch's bound.
+    fn acquire(&self, need: &Sizes, bound: &Sizes) -> Result<Arc<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // A slot is free when only this list holds it (the caller dropped its batch).
+        let free = |s: &Arc<Slot>| Arc::strong_count(s) == 1;
+        if let Some(slot) = slots.iter().find(|s| free(s) && s.sizes.holds(need)) {
+            let fence = slot.fence.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if fence.is_some() {
+                self.ctx.wait(fence)?;
+            }
+            return Ok(slot.clone());
+        }
+        // Free slots that are too small go; the new one is sized for the largest batch.
+        slots.retain(|s| !free(s) || s.sizes.holds(need));
+        let sizes = need.max(bound);
+        let slot = Arc::new(Slot::new(&self.ctx, sizes)?);
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.slots_created += 1;
+        stats.buffers_created += Slot::BUFFERS;
+        slots.push(slot.clone());
+        Ok(slot)
+    }
+}
+
+/// What a worker prepares for the upload: the staged batch and its index arrays.
+pub struct WgpuPrepared<T: TokenId> {
+    staged: StagedBatch<T>,
+    /// For each row, the index of its first piece; `rows + 1` entries.
+    row_pieces: PooledBuf<u32>,
+    /// Each piece as (start column, length).
+    pieces: PooledBuf<[u32; 2]>,
+    lengths: PooledBuf<u32>,
+    cu_seqlens: Option<PooledBuf<i32>>,
+}
+
+impl<T: TokenId> DeviceSink<T> for WgpuSink {
+    type Worker = ();
+    type Prepared = WgpuPrepared<T>;
+    type Output = WgpuBatch<T>;
+
+    fn device(&self) -> String {
+        self.ctx.name().to_string()
+    }
+
+    fn staging(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    fn worker(&self) -> Result<()> {
+        if size_of::<T>() != 4 {
+            return Err(self.ctx.error(
+                format!("collate {} ids", T::NAME),
+                "WGSL has no 64-bit integers; use i32 or u32 ids with the wgpu sink",
+            ));
+        }
+        Ok(())
+    }
+
+    fn prepare(
+        &self,
+        _worker: &mut (),
+        staged: StagedBatch<T>,
+        _config: &CollateConfig,
+        pool: &Pool,
+    ) -> Result<WgpuPrepared<T>> {
+        let rows = staged.rows;
+        let mut row_pieces = pool.take::<u32>(rows + 1);
+        let mut pieces = pool.take_within::<[u32; 2]>(staged.docs.len(), PIECES_PER_ROW * rows);
+        let mut lengths = pool.take::<u32>(rows);
+        // Empty pieces (dropped or skipped documents) label and position nothing: the shader
+        // gets the others only, sorted by start within each row as the collator made them.
+        let (mut next, mut kept) = (0, 0);
+        for r in 0..rows {
+            row_pieces[r] = kept as u32;
+            while next < staged.docs.len() && staged.docs[next].row as usize == r {
+                let d = &staged.docs[next];
+                if d.len > 0 {
+                    pieces[kept] = [d.start, d.len];
+                    kept += 1;
+                }
+                next += 1;
+            }
+            lengths[r] = staged.offsets[r + 1] - staged.offsets[r];
+        }
+        row_pieces[rows] = kept as u32;
+        pieces.truncate(kept);
+        let cu_seqlens = staged.packed.then(|| cu_seqlens(&staged.docs, rows, pool));
+        Ok(WgpuPrepared {
+            staged,
+            row_pieces,
+            pieces,
+            lengths,
+            cu_seqlens,
+        })
+    }
+
+    fn upload(
+        &self,
+        p: WgpuPrepared<T>,
+        batch: u64,
+        config: &CollateConfig,
+    ) -> Result<WgpuBatch<T>> {
+        let s = &p.staged;
+        let (rows, width) = (s.rows, s.width);
+        let cells = rows * width;
+        let need = Sizes {
+            tokens: s.tokens.len(),
+            rows,
+            pieces: p.pieces.len(),
+            cells,
+        };
+        let bound = Sizes {
+            tokens: rows * config.seq_len.max(width),
+            rows,
+            pieces: PIECES_PER_ROW * rows,
+            cells: rows * config.seq_len.max(width),
+        };
+        let slot = self.acquire(&need, &bound)?;
+        let pad = T::try_from(config.pad_id).unwrap_or_default();
+        let fields = config.attention_mask as u32
+            | (config.labels as u32) << 1
+            | (config.position_ids as u32) << 2;
+        let params = [
+            rows as u32,
+            width as u32,
+            bits(pad),
+            bits(T::IGNORE),
+            fields,
+            cells as u32,
+            0,
+            0,
+        ];
+        let cu = p.cu_seqlens.as_ref().map(|c| c.as_bytes()).unwrap_or(&[]);
+        let writes: [(&wgpu::Buffer, &[u8]); 7] = [
+            (&slot.params, bytemuck::cast_slice(&params)),
+            (&slot.tokens, s.tokens.as_bytes()),
+            (&slot.offsets, s.offsets.as_bytes()),
+            (&slot.row_pieces, p.row_pieces.as_bytes()),
+            (&slot.pieces, p.pieces.as_bytes()),
+            (&slot.lengths, p.lengths.as_bytes()),
+            (&slot.cu_seqlens, cu),
+        ];
+        let ctx = &self.ctx;
+        let pipeline = ctx.pipeline(Shader::PadCollate)?;
+        let submission = ctx.scoped(&format!("upload batch {batch}"), || {
+            for (buffer, bytes) in writes {
+                if !bytes.is_empty() {
+                    ctx.queue().write_buffer(buffer, 0, bytes);
+                }
+            }
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("shardflow pad_collate"),
+                    });
+            if cells > 0 {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("shardflow pad_collate"),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &slot.bind_group, &[]);
+                pass.dispatch_workgroups(cells.div_ceil(4).div_ceil(64) as u32, 1, 1);
+            }
+            ctx.queue().submit([encoder.finish()])
+        })?;
+        *slot.fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(submission.clone());
+        let uploaded: u64 = writes.iter().map(|(_, b)| b.len() as u64).sum();
+        let padded_fields = 4
+            + config.attention_mask as u64
+            + 4 * config.labels as u64
+            + 4 * config.position_ids as u64;
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            stats.uploads += 1;
+            stats.bytes_uploaded += uploaded;
+            stats.padded_bytes +=
+                cells as u64 * padded_fields + p.lengths.as_bytes().len() as u64 + cu.len() as u64;
+        }
+        let segments = p.cu_seqlens.as_ref().map(|c| c.len());
+        let WgpuPrepared { staged, .. } = p;
+        Ok(WgpuBatch {
+            ctx: self.ctx.clone(),
+            slot,
+            submission,
+            pool: self.pool.clone(),
+            step: staged.step,
+            rows,
+            width,
+            docs: staged.docs,
+            mask: config.attention_mask,
+            labels: config.labels,
+            positions: config.position_ids,
+            cu_seqlens_len: segments,
+            _t: std::marker::PhantomData,
+        })
+    }
+}
+
+/// The bits of a 4-byte id, as the shader holds it.
+fn bits<T: TokenId>(t: T) -> u32 {
+    u32::from_le_bytes(bytemuck::bytes_of(&t).try_into().expect("a 4-byte id"))
+}
+
+/// Element counts a slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sizes {
+    tokens: usize,
+    rows: usize,
+    pieces: usize,
+    cells: usize,
+}
+
+impl Sizes {
+    fn holds(&self, need: &Sizes) -> bool {
+        self.tokens >= need.tokens
+            && self.rows >= need.rows
+            && self.pieces >= need.pieces
+            && self.cells >= need.cells
+    }
+
+    fn max(&self, other: &Sizes) -> Sizes {
+        Sizes {
+            tokens: self.tokens.max(other.tokens),
+            rows: self.rows.max(other.rows),
+            pieces: self.pieces.max(other.pieces),
+            cells: self.cells.max(other.cells),
+        }
+    }
+}
+
+/// One batch's device buffers, recycled from batch to batch.
+struct Slot {
+    sizes: Sizes,
+    params: wgpu::Buffer,
+    tokens: wgpu::Buffer,
+    offsets: wgpu::Buffer,
+    row_pieces: wgpu::Buffer,
+    pieces: wgpu::Buffer,
+    lengths: wgpu::Buffer,
+    cu_seqlens: wgpu::Buffer,
+    ids: wgpu::Buffer,
+    mask: wgpu::Buffer,
+    labels: wgpu::Buffer,
+    positions: wgpu::Buffer,
+    bind_group: wgpu::BindGroup,
+    /// The submission that last used the slot.
+    fence: Mutex<Option<wgpu::SubmissionIndex>>,
+}
+
+impl Slot {
+    const BUFFERS: u64 = 11;
+
+    fn new(ctx: &WgpuContext, sizes: Sizes) -> Result<Self> {
+        use wgpu::BufferUsages as U;
+        let input = U::STORAGE | U::COPY_DST | U::COPY_SRC;
+        let output = U::STORAGE | U::COPY_SRC;
+        let n = |count: usize, bytes: usize| (count * bytes) as u64;
+        ctx.scoped("create batch buffers", || {
+            let params = ctx.buffer("params", 32, U::UNIFORM | U::COPY_DST);
+            let tokens = ctx.buffer("ragged ids", n(sizes.tokens, 4), input);
+            let offsets = ctx.buffer("row offsets", n(sizes.rows + 1, 4), input);
+            let row_pieces = ctx.buffer("row pieces", n(sizes.rows + 1, 4), input);
+            let pieces = ctx.buffer("pieces", n(sizes.pieces, 8), input);
+            let lengths = ctx.buffer("lengths", n(sizes.rows, 4), input);
+            let cu_seqlens = ctx.buffer("cu_seqlens", n(sizes.pieces + 1, 4), input);
+            let ids = ctx.buffer("ids", n(sizes.cells, 4), output);
+            let mask = ctx.buffer("attention mask", n(sizes.cells.div_ceil(4), 4), output);
+            let labels = ctx.buffer("labels", n(sizes.cells, 4), output);
+            let positions = ctx.buffer("position ids", n(sizes.cells, 4), output);
+            (
+                params, tokens, offsets, row_pieces, pieces, lengths, cu_seqlens, ids, mask,
+                labels, positions,
+            )
+        })
+        .and_then(
+            |(
+                params,
+                tokens,
+                offsets,
+                row_pieces,
+                pieces,
+                lengths,
+                cu_seqlens,
+                ids,
+                mask,
+                labels,
+                positions,
+            )| {
+                let layout = &ctx.pipeline(Shader::PadCollate)?.layout;
+                let bind_group = ctx.scoped("bind batch buffers", || {
+                    let entries: Vec<wgpu::BindGroupEntry<'_>> = [
+                        &params,
+                        &tokens,
+                        &offsets,
+                        &row_pieces,
+                        &pieces,
+                        &ids,
+                        &mask,
+                        &labels,
+                        &positions,
+                    ]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource: b.as_entire_binding(),
+                    })
+                    .collect();
+                    ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("shardflow pad_collate"),
+                        layout,
+                        entries: &entries,
+                    })
+                })?;
+                Ok(Slot {
+                    sizes,
+                    params,
+                    tokens,
+                    offsets,
+                    row_pieces,
+                    pieces,
+                    lengths,
+                    cu_seqlens,
+                    ids,
+                    mask,
+                    labels,
+                    positions,
+                    bind_group,
+                    fence: Mutex::new(None),
+                })
+            },
+        )
+    }
+}
+
+/// A device buffer holding one field of a batch: `bytes` bytes at the start of `buffer` (which
+/// may be larger: slots are sized for the largest batch).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceField<'a> {
+    /// The buffer.
+    pub buffer: &'a wgpu::Buffer,
+    /// The field's shape: `[B, T]`, `[B]` or `[segments + 1]`.
+    pub shape: [usize; 2],
+    /// How many of the shape's dimensions are real (1 or 2).
+    pub dims: usize,
+    /// The element type: `i32`, `u32` or `u8`.
+    pub dtype: &'static str,
+    /// Bytes of the field.
+    pub bytes: u64,
+}
+
+/// A batch in wgpu buffers. Its fields are written by a submission that may still be running:
+/// wgpu orders later work on the same queue after it, and [`WgpuBatch::wait`] blocks until it
+/// is done. The buffers stay this batch's until it is dropped.
+pub struct WgpuBatch<T: TokenId> {
+    ctx: Arc<WgpuContext>,
+    slot: Arc<Slot>,
+    submission: wgpu::SubmissionIndex,
+    pool: Pool,
+    /// The step this batch belongs to.
+    pub step: u64,
+    /// Rows, B.
+    pub rows: usize,
+    /// Columns, T.
+    pub width: usize,
+    /// The document pieces, in row order (on the host).
+    pub docs: PooledBuf<DocRef>,
+    mask: bool,
+    labels: bool,
+    positions: bool,
+    cu_seqlens_len: Option<usize>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: TokenId> std::fmt::Debug for WgpuBatch<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuBatch")
+            .field("step", &self.step)
+            .field("rows", &self.rows)
+            .field("width", &self.width)
+            .finish()
+    }
+}
+
+impl<T: TokenId> WgpuBatch<T> {
+    fn grid<'a>(
+        &'a self,
+        buffer: &'a wgpu::Buffer,
+        dtype: &'static str,
+        size: usize,
+    ) -> DeviceField<'a> {
+        DeviceField {
+            buffer,
+            shape: [self.rows, self.width],
+            dims: 2,
+            dtype,
+            bytes: (self.rows * self.width * size) as u64,
+        }
+    }
+
+    /// Token ids `[B, T]`.
+    pub fn ids(&self) -> DeviceField<'_> {
+        self.grid(&self.slot.ids, T::NAME, 4)
+    }
+
+    /// The attention mask `[B, T]`, one byte per element, when the collate config asks for it.
+    pub fn attention_mask(&self) -> Option<DeviceField<'_>> {
+        self.mask.then(|| self.grid(&self.slot.mask, "u8", 1))
+    }
+
+    /// Labels `[B, T]`, when the collate config asks for them.
+    pub fn labels(&self) -> Option<DeviceField<'_>> {
+        self.labels
+            .then(|| self.grid(&self.slot.labels, T::NAME, 4))
+    }
+
+    /// Position ids `[B, T]`, when the collate config asks for them.
+    pub fn position_ids(&self) -> Option<DeviceField<'_>> {
+        self.positions
+            .then(|| self.grid(&self.slot.positions, T::NAME, 4))
+    }
+
+    /// Real tokens per row `[B]` (u32).
+    pub fn lengths(&self) -> DeviceField<'_> {
+        DeviceField {
+            buffer: &self.slot.lengths,
+            shape: [self.rows, 1],
+            dims: 1,
+            dtype: "u32",
+            bytes: self.rows as u64 * 4,
+        }
+    }
+
+    /// Document boundaries over the real tokens `[segments + 1]` (i32), for packed batches.
+    pub fn cu_seqlens(&self) -> Option<DeviceField<'_>> {
+        self.cu_seqlens_len.map(|n| DeviceField {
+            buffer: &self.slot.cu_seqlens,
+            shape: [n, 1],
+            dims: 1,
+            dtype: "i32",
+            bytes: n as u64 * 4,
+        })
+    }
+
+    /// The context whose device holds the batch.
+    pub fn context(&self) -> &Arc<WgpuContext> {
+        &self.ctx
+    }
+
+    /// Blocks until the device has written the batch.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] when the device is lost.
+    pub fn wait(&self) -> Result<()> {
+        self.ctx.wait(Some(self.submission.clone()))
+    }
+
+    /// Copies the batch back into a host [`Batch`], field for field: for tests and debugging.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] naming the operation.
+    pub fn to_host(&self) -> Result<Batch<T>> {
+        let mut fields = vec![self.ids(), self.lengths()];
+        fields.extend(self.attention_mask());
+        fields.extend(self.labels());
+        fields.extend(self.position_ids());
+        fields.extend(self.cu_seqlens());
+        let ranges: Vec<_> = fields.iter().map(|f| (f.buffer, 0, f.bytes)).collect();
+        let mut bytes = self.ctx.read_many(&ranges)?.into_iter();
+        let cells = self.rows * self.width;
+        let mut next = || bytes.next().expect("one readback per field");
+        let ids = filled::<T>(&self.pool, cells, &next());
+        let lengths = filled::<u32>(&self.pool, self.rows, &next());
+        let attention_mask = self.mask.then(|| filled::<u8>(&self.pool, cells, &next()));
+        let labels = self.labels.then(|| filled::<T>(&self.pool, cells, &next()));
+        let position_ids = self
+            .positions
+            .then(|| filled::<T>(&self.pool, cells, &next()));
+        let cu_seqlens = self
+            .cu_seqlens_len
+            .map(|n| filled::<i32>(&self.pool, n, &next()));
+        let mut docs = self.pool.take::<DocRef>(self.docs.len());
+        docs.copy_from_slice(&self.docs);
+        Ok(Batch {
+            step: self.step,
+            rows: self.rows,
+            width: self.width,
+            ids,
+            lengths,
+            attention_mask,
+            labels,
+            position_ids,
+            cu_seqlens,
+            docs,
+        })
+    }
+}
+
+/// A pooled buffer of `len` elements holding `bytes`.
+fn filled<E: bytemuck::Pod>(pool: &Pool, len: usize, bytes: &[u8]) -> PooledBuf<E> {
+    let mut buf = pool.take::<E>(len);
+    bytemuck::cast_slice_mut::<E, u8>(&mut buf).copy_from_slice(&bytes[..len * size_of::<E>()]);
+    buf
+}

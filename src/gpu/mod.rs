@@ -1,0 +1,11 @@
+//! GPU contexts, used by [`crate::device`] and [`crate::collective`] (never the other way).
+//!
+//! - [`WgpuContext`] (feature `wgpu`): an adapter, its device and queue (created here, or adopted
+//!   from Burn or any other wgpu 30 user), and the compute pipelines of `shaders/`, compiled once
+//!   per context.
+
+#[cfg(feature = "wgpu")]
+mod wgpu_context;
+
+#[cfg(feature = "wgpu")]
+pub use wgpu_context::*;

@@ -1,0 +1,375 @@
+//! The wgpu 30 context: adapter, device, queue, and the compute pipelines of `shaders/`.
+//!
+//! [`WgpuContext::new`] picks an adapter of the native backends (Vulkan, Metal, DX12): the one
+//! whose name contains `SHARDFLOW_WGPU_ADAPTER` (case-insensitive) when that is set, else by
+//! power preference (a discrete GPU, an integrated one, a virtual one, then a CPU adapter such
+//! as lavapipe). [`WgpuContext::from_device`] adopts a device and queue made elsewhere, such as
+//! Burn's, so that batches land on the device the model uses. Pipelines are compiled once per
+//! context, on first use. Every wgpu call that can fail runs inside an error scope, so a
+//! validation or out-of-memory error is an [`Error::Device`] naming the operation, not wgpu's
+//! default panic.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::error::{Error, Result};
+
+/// The environment variable that picks an adapter by (part of) its name, case-insensitive.
+pub const ADAPTER_ENV: &str = "SHARDFLOW_WGPU_ADAPTER";
+
+/// The compute shaders, by file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shader {
+    /// `shaders/pad_collate.wgsl`: ragged ids to padded ids, mask, labels, positions.
+    PadCollate,
+    /// `shaders/reduce.wgsl`, entry `sum_f64`/`max_f64`/`min_f64`: stacked ranks, rank order.
+    ReduceF64,
+    /// `shaders/reduce.wgsl`, entries for u64 held as u32 pairs.
+    ReduceU64,
+    /// `shaders/sketch.wgsl`: device f32 values into sketch buckets, per dataset.
+    Sketch,
+}
+
+impl Shader {
+    const ALL: [Shader; 4] = [
+        Shader::PadCollate,
+        Shader::ReduceF64,
+        Shader::ReduceU64,
+        Shader::Sketch,
+    ];
+
+    fn source(self) -> &'static str {
+        match self {
+            Shader::PadCollate => include_str!("../../shaders/pad_collate.wgsl"),
+            Shader::ReduceF64 => include_str!("../../shaders/reduce_f64.wgsl"),
+            Shader::ReduceU64 => include_str!("../../shaders/reduce_u64.wgsl"),
+            Shader::Sketch => include_str!("../../shaders/sketch.wgsl"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Shader::PadCollate => "pad_collate.wgsl",
+            Shader::ReduceF64 => "reduce_f64.wgsl",
+            Shader::ReduceU64 => "reduce_u64.wgsl",
+            Shader::Sketch => "sketch.wgsl",
+        }
+    }
+
+    /// Whether the shader uses f64 (the adapter needs `SHADER_F64`).
+    fn needs_f64(self) -> bool {
+        matches!(self, Shader::ReduceF64 | Shader::Sketch)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An adapter's device and queue, with the pipelines shardflow runs on them.
+pub struct WgpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    name: String,
+    pipelines: [OnceLock<std::result::Result<Pipeline, String>>; 4],
+}
+
+/// A compiled pipeline and its bind group layout.
+pub(crate) struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl std::fmt::Debug for WgpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuContext")
+            .field("adapter", &self.name)
+            .field("f64", &self.has_f64())
+            .finish()
+    }
+}
+
+/// The reason no adapter was found, with what to install.
+const NO_ADAPTER: &str = "no Vulkan, Metal or DX12 adapter found; on Linux install a Vulkan driver \
+     (the package mesa-vulkan-drivers gives the software one, lavapipe), or run with the host sink";
+
+impl WgpuContext {
+    /// A context on the adapter `SHARDFLOW_WGPU_ADAPTER` names, or the most powerful one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] when there is no adapter (saying what to install), when no adapter's
+    /// name matches `SHARDFLOW_WGPU_ADAPTER` (listing the names), or when the device cannot be
+    /// created.
+    pub fn new() -> Result<Arc<Self>> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+        let fail = |op: &str, reason: String| Error::Device {
+            device: "wgpu".into(),
+            op: op.into(),
+            reason,
+        };
+        if adapters.is_empty() {
+            return Err(fail("find an adapter", NO_ADAPTER.into()));
+        }
+        let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Cpu => 3,
+            wgpu::DeviceType::Other => 4,
+        };
+        adapters.sort_by_key(rank);
+        let adapter = match std::env::var(ADAPTER_ENV) {
+            Ok(want) if !want.is_empty() => {
+                let want_lower = want.to_lowercase();
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                let found = adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&want_lower));
+                found.ok_or_else(|| {
+                    fail(
+                        "find an adapter",
+                        format!("{ADAPTER_ENV}={want} matches none of the adapters {names:?}"),
+                    )
+                })?
+            }
+            _ => adapters.remove(0),
+        };
+        Self::with_adapter(&adapter)
+    }
+
+    /// A context on `adapter`: a device with the adapter's features (less
+    /// `MAPPABLE_PRIMARY_BUFFERS`, as Burn creates its devices) and limits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] when the device cannot be created.
+    pub fn with_adapter(adapter: &wgpu::Adapter) -> Result<Arc<Self>> {
+        let info = adapter.get_info();
+        let descriptor = wgpu::DeviceDescriptor {
+            label: Some("shardflow"),
+            required_features: adapter.features() - wgpu::Features::MAPPABLE_PRIMARY_BUFFERS,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        };
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&descriptor)).map_err(|e| Error::Device {
+                device: format!("wgpu {}", info.name),
+                op: "create a device".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self::from_device(device, queue, info))
+    }
+
+    /// Adopts a device and queue made elsewhere (Burn's, say): batches then land where the model
+    /// runs. `info` names the adapter in reports.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+    ) -> Arc<Self> {
+        let name = format!("wgpu {} ({:?})", info.name, info.backend);
+        Arc::new(WgpuContext {
+            device,
+            queue,
+            info,
+            name,
+            pipelines: Default::default(),
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The adapter's description.
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// `wgpu NAME (BACKEND)`, as errors and reports name the device.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether shaders may use f64 (`SHADER_F64`): device reductions then equal the host's bit
+    /// for bit, and device sketches carry exact sums.
+    pub fn has_f64(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F64)
+    }
+
+    /// An [`Error::Device`] for this device.
+    pub(crate) fn error(&self, op: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Device {
+            device: self.name.clone(),
+            op: op.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Runs `f` inside a validation and out-of-memory error scope; a wgpu error becomes an
+    /// [`Error::Device`] naming `op`.
+    pub(crate) fn scoped<R>(&self, op: &str, f: impl FnOnce() -> R) -> Result<R> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let errors = [
+            pollster::block_on(validation.pop()),
+            pollster::block_on(oom.pop()),
+        ];
+        match errors.into_iter().flatten().next() {
+            Some(e) => Err(self.error(op, e.to_string())),
+            None => Ok(out),
+        }
+    }
+
+    /// The compiled pipeline of `shader`, compiled on first use.
+    pub(crate) fn pipeline(&self, shader: Shader) -> Result<&Pipeline> {
+        let compiled = self.pipelines[shader.index()].get_or_init(|| {
+            if shader.needs_f64() && !self.has_f64() {
+                return Err(format!(
+                    "{} needs f64 in shaders, which this adapter lacks (SHADER_F64)",
+                    shader.name()
+                ));
+            }
+            self.scoped(&format!("compile {}", shader.name()), || {
+                let module = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name()),
+                        source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                    });
+                let pipeline =
+                    self.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(shader.name()),
+                            layout: None,
+                            module: &module,
+                            entry_point: Some("main"),
+                            compilation_options: Default::default(),
+                            cache: None,
+                        });
+                let layout = pipeline.get_bind_group_layout(0);
+                Pipeline { pipeline, layout }
+            })
+            .map_err(|e| e.to_string())
+        });
+        compiled
+            .as_ref()
+            .map_err(|reason| self.error(format!("compile {}", shader.name()), reason.clone()))
+    }
+
+    /// Compiles every pipeline this adapter can run (the f64 ones only with `SHADER_F64`), so
+    /// that a broken shader fails here; returns how many were compiled.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] naming the shader and wgpu's message.
+    pub fn compile_all(&self) -> Result<usize> {
+        let mut n = 0;
+        for shader in Shader::ALL {
+            if shader.needs_f64() && !self.has_f64() {
+                continue;
+            }
+            self.pipeline(shader)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A buffer of `size` bytes (at least 4) with `usage`.
+    pub(crate) fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4).next_multiple_of(4),
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Blocks until `index` has finished on the device.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] when the device is lost or the wait fails.
+    pub(crate) fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
+            .map(|_| ())
+            .map_err(|e| self.error("wait for the device", e.to_string()))
+    }
+
+    /// Copies `size` bytes of `buffer` from `offset` back to the host (a staging copy, a map and
+    /// a wait): for tests, debugging and small results.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] naming the operation.
+    pub fn read(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        self.read_many(&[(buffer, offset, size)])
+            .map(|mut v| v.remove(0))
+    }
+
+    /// Copies several ranges back to the host in one submission and one map.
+    ///
+    /// # Errors
+    ///
+    /// As [`WgpuContext::read`].
+    pub(crate) fn read_many(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        let padded: Vec<u64> = ranges.iter().map(|r| r.2.next_multiple_of(4)).collect();
+        let total: u64 = padded.iter().sum();
+        let staging = self.buffer(
+            "shardflow readback",
+            total,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let index = self.scoped("copy back to the host", || {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("shardflow readback"),
+                });
+            let mut at = 0;
+            for ((buffer, offset, _), &len) in ranges.iter().zip(&padded) {
+                if len > 0 {
+                    encoder.copy_buffer_to_buffer(buffer, *offset, &staging, at, len);
+                }
+                at += len;
+            }
+            self.queue.submit([encoder.finish()])
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait(Some(index))?;
+        rx.recv()
+            .map_err(|_| self.error("map a readback buffer", "the map callback never ran"))?
+            .map_err(|e| self.error("map a readback buffer", e.to_string()))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| self.error("map a readback buffer", e.to_string()))?;
+        let mut out = Vec::with_capacity(ranges.len());
+        let mut at = 0usize;
+        for (r, &len) in ranges.iter().zip(&padded) {
+            out.push(view[at..at + r.2 as usize].to_vec());
+            at += len as usize;
+        }
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}
