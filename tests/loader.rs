@@ -21,7 +21,10 @@ fn builder(sources: Vec<Source>, order: OrderConfig, collate: CollateConfig) -> 
         .with_collate(collate)
 }
 
-fn take(loader: &mut HostLoader, n: usize) -> Vec<Vec<u8>> {
+fn take<S: shardflow::device::DeviceSink<i32, Output = Batch<i32>>>(
+    loader: &mut Loader<i32, S>,
+    n: usize,
+) -> Vec<Vec<u8>> {
     loader
         .by_ref()
         .take(n)
@@ -807,5 +810,100 @@ fn an_ownership_partition_gives_every_sample_to_one_rank_per_epoch() {
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..96).collect::<Vec<u64>>(), "{partition:?}");
+    }
+}
+
+/// A host sink whose upload of one batch fails once, as a device copy might.
+struct Flaky {
+    fail_at: u64,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl shardflow::device::DeviceSink<i32> for Flaky {
+    type Worker = ();
+    type Prepared = Batch<i32>;
+    type Output = Batch<i32>;
+
+    fn device(&self) -> String {
+        "flaky".into()
+    }
+
+    fn worker(&self) -> shardflow::Result<()> {
+        Ok(())
+    }
+
+    fn prepare(
+        &self,
+        _: &mut (),
+        staged: shardflow::collate::StagedBatch<i32>,
+        config: &CollateConfig,
+        pool: &shardflow::collate::Pool,
+    ) -> shardflow::Result<Batch<i32>> {
+        Ok(shardflow::collate::pad_host(staged, config, pool))
+    }
+
+    fn upload(
+        &self,
+        prepared: Batch<i32>,
+        batch: u64,
+        _: &CollateConfig,
+    ) -> shardflow::Result<Batch<i32>> {
+        if batch == self.fail_at && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Device {
+                device: "flaky".into(),
+                op: format!("upload batch {batch}"),
+                reason: "the copy failed".into(),
+            });
+        }
+        Ok(prepared)
+    }
+}
+
+#[test]
+fn a_failed_upload_is_not_counted_and_resumes_with_that_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = mixture(dir.path());
+    let order = OrderConfig {
+        seed: 8,
+        local_batch: 3,
+        ..Default::default()
+    };
+    for workers in [0, 2] {
+        let make = || {
+            builder(
+                sources.clone(),
+                order.clone(),
+                collate(Padding::Longest, false),
+            )
+            .with_workers(workers)
+        };
+        let whole = take(&mut make().build_host().unwrap(), 6);
+        let mut flaky = make()
+            .build(Flaky {
+                fail_at: 2,
+                failed: Default::default(),
+            })
+            .unwrap();
+        assert_eq!(take(&mut flaky, 2), whole[..2]);
+        let e = flaky.next().unwrap().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("device flaky: cannot upload batch 2: the copy failed"),
+            "{e}"
+        );
+        assert!(flaky.next().is_none(), "the stream ends at the error");
+        let state = flaky.state();
+        assert_eq!(
+            state.position.batches, 2,
+            "the failed batch is not delivered"
+        );
+        assert_eq!(flaky.stats().batches, 2);
+        let seen: f64 = ["web", "code", "books"]
+            .iter()
+            .filter_map(|d| flaky.metrics().report().number(d, "samples_seen"))
+            .sum();
+        assert_eq!(seen, 6.0, "two batches of three rows in the metrics");
+        let mut resumed = make().resume(state).build_host().unwrap();
+        assert_eq!(take(&mut resumed, 4), whole[2..], "{workers} workers");
     }
 }

@@ -68,6 +68,11 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         &self.plan
     }
 
+    /// The sink batches go through (for its device and counters).
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
     /// The state after the batches the caller has received (not those prefetched).
     pub fn state(&self) -> LoaderState {
         let names = self.plan.names();

@@ -72,11 +72,13 @@ pub fn staged<T: TokenId>(
                 t
             };
             let mut col = 0;
+            // Some batches pack many short documents, some a few long ones.
+            let short = seed % 2 == 0;
             while col < fill {
-                let len = if next(5) == 0 {
-                    0
-                } else {
-                    1 + next((fill - col) as u64) as usize
+                let len = match next(5) {
+                    0 => 0,
+                    _ if short => (1 + next(3) as usize).min(fill - col),
+                    _ => 1 + next((fill - col) as u64) as usize,
                 };
                 docs.push(DocRef {
                     sample: next(1000),
