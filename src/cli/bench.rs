@@ -10,6 +10,7 @@ use clap::Args;
 use super::{Out, data, measure, note, outln};
 use crate::atomic::TempDir;
 use crate::collate::{CollateConfig, Padding};
+use crate::device::DeviceSink;
 use crate::loader::{Loader, LoaderBuilder, LoaderStats, Source};
 use crate::order::{OrderConfig, Shuffle};
 use crate::shard::resolve_prefix;
@@ -55,9 +56,22 @@ pub struct BenchArgs {
     /// The seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where batches go: `host` (padded on the host) or `wgpu` (ragged ids to the first wgpu
+    /// adapter, padded there; the host sink runs first on the same batches for comparison).
+    #[arg(long, value_enum, default_value_t = Device::Host)]
+    device: Device,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The `--device` of `bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// Host memory.
+    Host,
+    /// A wgpu adapter.
+    Wgpu,
 }
 
 /// The most tokens `bench` generates.
@@ -82,6 +96,58 @@ struct Report {
     roofline_ratio: f64,
     /// The loader's counters over the timed batches (the warm-up subtracted).
     stats: LoaderStats,
+    /// The device sink's figures, with `--device wgpu`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceReport>,
+}
+
+/// What `--device wgpu` measured beside the host figures.
+#[derive(Debug, serde::Serialize)]
+struct DeviceReport {
+    adapter: String,
+    /// Batches per second through the wgpu sink, each waited for on the device.
+    batches_per_s: f64,
+    /// The host sink's batches per second on the same batches, measured first.
+    host_batches_per_s: f64,
+    /// Bytes written to the device per batch: ragged ids and index arrays.
+    bytes_per_batch: f64,
+    /// Bytes a host-padded upload would write per batch: every requested [B, T] field.
+    padded_bytes_per_batch: f64,
+    /// `padded_bytes_per_batch / bytes_per_batch`.
+    padded_over_ragged: f64,
+    /// wgpu buffers created (recycled slots: the first two batches).
+    buffers_created: u64,
+}
+
+/// One timed run: the loader's counters over the timed batches, wall and CPU time.
+struct Timed {
+    stats: LoaderStats,
+    warmup: u64,
+    seconds: f64,
+    cpu: std::time::Duration,
+}
+
+/// Runs `WARMUP` batches, then times `batches` more, calling `finish` on each.
+fn timed<S: DeviceSink<i32>>(
+    loader: &mut Loader<i32, S>,
+    batches: usize,
+    finish: impl Fn(S::Output) -> Result<()>,
+) -> Result<Timed> {
+    for b in loader.by_ref().take(WARMUP) {
+        finish(b?)?;
+    }
+    let warm = loader.stats();
+    let cpu0 = measure::cpu_time();
+    let t0 = Instant::now();
+    for b in loader.by_ref().take(batches) {
+        finish(b?)?;
+    }
+    Ok(Timed {
+        seconds: t0.elapsed().as_secs_f64(),
+        cpu: measure::cpu_time().saturating_sub(cpu0),
+        stats: loader.stats().since(&warm),
+        warmup: warm.batches,
+    })
 }
 
 impl BenchArgs {
@@ -91,6 +157,11 @@ impl BenchArgs {
     ///
     /// The builder's configuration errors ([`LoaderBuilder::build`]).
     pub fn loader(&self, sources: Vec<Source>) -> Result<Loader<i32>> {
+        self.builder(sources).build_host()
+    }
+
+    /// The loader's builder these arguments describe.
+    fn builder(&self, sources: Vec<Source>) -> LoaderBuilder<i32> {
         let padding = if self.pad_multiple <= 1 {
             Padding::Longest
         } else {
@@ -118,7 +189,6 @@ impl BenchArgs {
             })
             .with_workers(self.workers)
             .with_prefetch(2 * self.workers.max(1) + 2)
-            .build_host()
     }
 
     /// Writes the generated corpus into `dir`: `(prefix, weight)` per dataset.
@@ -203,20 +273,17 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         .iter()
         .flat_map(|s| s.data.shards().iter().map(|sh| resolve_prefix(sh.path())))
         .collect();
-    let mut loader = a.loader(sources)?;
-    for b in loader.by_ref().take(WARMUP) {
-        b?;
-    }
-    let warm = loader.stats();
-    let cpu0 = measure::cpu_time();
-    let t0 = Instant::now();
-    for b in loader.by_ref().take(a.batches) {
-        b?;
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    let cpu = measure::cpu_time().saturating_sub(cpu0);
-    let stats = loader.stats().since(&warm);
-    drop(loader);
+    let host = timed(&mut a.loader(sources.clone())?, a.batches, |_| Ok(()))?;
+    let device = match a.device {
+        Device::Host => None,
+        Device::Wgpu => Some(wgpu_run(&a, sources, &host)?),
+    };
+    let Timed {
+        stats,
+        warmup,
+        seconds,
+        cpu,
+    } = host;
     let real = stats.real_tokens as f64;
     let padded = stats.padded_tokens as f64;
     let batches = stats.batches;
@@ -227,7 +294,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let bandwidth = memcpy_bandwidth(&prefixes, a.workers.max(1))?;
     let report = Report {
         batches,
-        warmup_batches: warm.batches,
+        warmup_batches: warmup,
         workers: a.workers,
         seconds,
         real_tokens_per_s: real / seconds,
@@ -243,6 +310,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         memcpy_gb_per_s: bandwidth / 1e9,
         roofline_ratio: output_bytes as f64 / bandwidth / seconds,
         stats,
+        device,
     };
     let mut out = Out::new();
     if a.json {
@@ -271,9 +339,54 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             report.roofline_ratio,
             report.output_bytes,
         )?;
+        if let Some(d) = &report.device {
+            outln!(
+                out,
+                "wgpu sink         {:>10.0} batches/s on {} (host sink {:.0}; {:.2}x)\n\
+                 bytes per batch   {:>10.0} ragged, {:.0} padded ({:.2}x fewer), {} buffers \
+                 created",
+                d.batches_per_s,
+                d.adapter,
+                d.host_batches_per_s,
+                d.batches_per_s / d.host_batches_per_s,
+                d.bytes_per_batch,
+                d.padded_bytes_per_batch,
+                d.padded_over_ragged,
+                d.buffers_created,
+            )?;
+        }
     }
     out.finish()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Times the wgpu sink on the same batches as the host run, each waited for on the device.
+#[cfg(feature = "wgpu")]
+fn wgpu_run(a: &BenchArgs, sources: Vec<Source>, host: &Timed) -> Result<DeviceReport> {
+    use crate::device::WgpuSink;
+    use crate::gpu::WgpuContext;
+    let ctx = WgpuContext::new()?;
+    let mut loader = a.builder(sources).build(WgpuSink::new(ctx.clone())?)?;
+    let run = timed(&mut loader, a.batches, |b| b.wait())?;
+    let s = loader.sink().stats();
+    let n = s.uploads.max(1) as f64;
+    Ok(DeviceReport {
+        adapter: ctx.name().to_string(),
+        batches_per_s: run.stats.batches as f64 / run.seconds,
+        host_batches_per_s: host.stats.batches as f64 / host.seconds,
+        bytes_per_batch: s.bytes_uploaded as f64 / n,
+        padded_bytes_per_batch: s.padded_bytes as f64 / n,
+        padded_over_ragged: s.padded_bytes as f64 / s.bytes_uploaded.max(1) as f64,
+        buffers_created: s.buffers_created,
+    })
+}
+
+/// Without the `wgpu` feature there is no device to run on.
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_run(_: &BenchArgs, _: Vec<Source>, _: &Timed) -> Result<DeviceReport> {
+    Err(Error::Config(
+        "--device wgpu: this shardflow was built without the wgpu feature".into(),
+    ))
 }
 
 /// Memcpy bandwidth over the shards' stored bytes (larger than any cache).

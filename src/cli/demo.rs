@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use crate::atomic::TempDir;
 use crate::collate::{CollateConfig, Padding};
-use crate::collective::{WorldRank, in_process};
+use crate::collective::{Collective, in_process};
+use crate::device::{DeviceSink, HostSink};
 use crate::loader::{LoaderBuilder, LoaderState, LoaderStats, Source};
 use crate::metrics::{Report, ReportValue};
 use crate::order::{OrderConfig, fnv1a};
@@ -72,9 +73,23 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
         .zip(WEIGHTS)
         .map(|(s, w)| Source::open(&s.prefix, w))
         .collect::<Result<Vec<_>>>()?;
+    let device = Device::find();
+    match &device {
+        Device::Host(why) => outln!(
+            out,
+            "\ndevice: the host sink ({why}); batches stay in host memory"
+        )?,
+        #[cfg(feature = "wgpu")]
+        Device::Wgpu(ctx) => outln!(
+            out,
+            "\ndevice: {} (f64 in shaders: {}); batches are padded there, metrics reduced there",
+            ctx.name(),
+            ctx.has_f64()
+        )?,
+    }
     outln!(
         out,
-        "\nloading: mixture web/code/books {WEIGHTS:?}, {WORLD} ranks x 2 workers, 8 rows per rank, \
+        "loading: mixture web/code/books {WEIGHTS:?}, {WORLD} ranks x 2 workers, 8 rows per rank, \
          {STEPS} steps; checkpoint at step {CHECKPOINT_AT}, then resume with 1 worker"
     )?;
     out.show()?;
@@ -83,14 +98,14 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
         "{spinner} batches [{bar:30}] {pos}/{len} ({per_sec}, {elapsed})",
     );
     let start = Instant::now();
-    let world = in_process(WORLD, std::time::Duration::from_secs(60));
+    let world = device.world()?;
     let runs: Vec<Result<RankRun>> = std::thread::scope(|s| {
         let handles: Vec<_> = world
             .iter()
             .enumerate()
             .map(|(rank, c)| {
-                let (sources, dir, bar) = (&sources, &dir, &bar);
-                s.spawn(move || run_rank(sources, rank, c, dir, bar))
+                let (sources, dir, bar, device) = (&sources, &dir, &bar, &device);
+                s.spawn(move || device.run_rank(sources, rank, &**c, dir, bar))
             })
             .collect();
         handles
@@ -202,49 +217,123 @@ fn loader(sources: &[Source], rank: usize, workers: usize) -> LoaderBuilder<i32>
         .with_workers(workers)
 }
 
-/// Runs rank `rank` uninterrupted, checkpointing on the way, then resumes from the checkpoint in
-/// a fresh loader and compares.
-fn run_rank(
-    sources: &[Source],
+/// Where the demo's batches go: a wgpu adapter when there is one, else host memory (with the
+/// reason).
+enum Device {
+    Host(String),
+    #[cfg(feature = "wgpu")]
+    Wgpu(std::sync::Arc<crate::gpu::WgpuContext>),
+}
+
+impl Device {
+    #[cfg(feature = "wgpu")]
+    fn find() -> Device {
+        match crate::gpu::WgpuContext::new() {
+            Ok(ctx) => Device::Wgpu(ctx),
+            Err(e) => Device::Host(e.to_string()),
+        }
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    fn find() -> Device {
+        Device::Host("built without the wgpu feature".into())
+    }
+
+    /// The ranks' collectives: the device engine on wgpu, else the host's.
+    fn world(&self) -> Result<Vec<Box<dyn Collective>>> {
+        let timeout = std::time::Duration::from_secs(60);
+        Ok(match self {
+            Device::Host(_) => in_process(WORLD, timeout)
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Collective>)
+                .collect(),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(ctx) => crate::collective::wgpu_world(WORLD, timeout, ctx.clone())?
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Collective>)
+                .collect(),
+        })
+    }
+
+    fn run_rank(
+        &self,
+        sources: &[Source],
+        rank: usize,
+        world: &dyn Collective,
+        dir: &Path,
+        bar: &ProgressBar,
+    ) -> Result<RankRun> {
+        let run = Run {
+            sources,
+            rank,
+            world,
+            dir,
+            bar,
+        };
+        match self {
+            Device::Host(_) => run.go(|| Ok(HostSink), |b| Ok(b.to_bytes())),
+            #[cfg(feature = "wgpu")]
+            Device::Wgpu(ctx) => run.go(
+                || crate::device::WgpuSink::new(ctx.clone()),
+                |b| Ok(b.to_host()?.to_bytes()),
+            ),
+        }
+    }
+}
+
+/// One rank's part of the demo.
+struct Run<'a> {
+    sources: &'a [Source],
     rank: usize,
-    world: &WorldRank,
-    dir: &Path,
-    bar: &ProgressBar,
-) -> Result<RankRun> {
-    let ckpt = dir.join(format!("checkpoint-rank{rank}.json"));
-    let mut digests = Vec::with_capacity(STEPS);
-    let mut first = loader(sources, rank, 2).build_host()?;
-    for step in 0..STEPS {
-        if step == CHECKPOINT_AT {
-            first.state().save(&ckpt)?;
+    world: &'a dyn Collective,
+    dir: &'a Path,
+    bar: &'a ProgressBar,
+}
+
+impl Run<'_> {
+    /// Runs the rank uninterrupted, checkpointing on the way, then resumes from the checkpoint
+    /// in a fresh loader and compares. `bytes` turns a batch into host bytes for the digest.
+    fn go<S: DeviceSink<i32>>(
+        &self,
+        sink: impl Fn() -> Result<S>,
+        bytes: impl Fn(&S::Output) -> Result<Vec<u8>>,
+    ) -> Result<RankRun> {
+        let (sources, rank, bar) = (self.sources, self.rank, self.bar);
+        let ckpt = self.dir.join(format!("checkpoint-rank{rank}.json"));
+        let mut digests = Vec::with_capacity(STEPS);
+        let mut first = loader(sources, rank, 2).build(sink()?)?;
+        for step in 0..STEPS {
+            if step == CHECKPOINT_AT {
+                first.state().save(&ckpt)?;
+            }
+            let batch = first
+                .next()
+                .ok_or_else(|| Error::Config("the demo stream ended early".into()))??;
+            digests.push(fnv1a(&bytes(&batch)?));
+            bar.inc(1);
         }
-        let batch = first
-            .next()
-            .ok_or_else(|| Error::Config("the demo stream ended early".into()))??;
-        digests.push(fnv1a(&batch.to_bytes()));
-        bar.inc(1);
-    }
-    let stats = first.stats();
-    let metrics = first.metrics_mut().reduce(world)?.report();
-    drop(first);
-    let state = LoaderState::load(&ckpt)?;
-    let mut resumed = loader(sources, rank, 1).resume(state).build_host()?;
-    let mut mismatch = None;
-    for (step, want) in digests.iter().enumerate().skip(CHECKPOINT_AT) {
-        let batch = resumed
-            .next()
-            .ok_or_else(|| Error::Config("the resumed stream ended early".into()))??;
-        if fnv1a(&batch.to_bytes()) != *want && mismatch.is_none() {
-            mismatch = Some(step);
+        let stats = first.stats();
+        let metrics = first.metrics_mut().reduce(self.world)?.report();
+        drop(first);
+        let state = LoaderState::load(&ckpt)?;
+        let mut resumed = loader(sources, rank, 1).resume(state).build(sink()?)?;
+        let mut mismatch = None;
+        for (step, want) in digests.iter().enumerate().skip(CHECKPOINT_AT) {
+            let batch = resumed
+                .next()
+                .ok_or_else(|| Error::Config("the resumed stream ended early".into()))??;
+            if fnv1a(&bytes(&batch)?) != *want && mismatch.is_none() {
+                mismatch = Some(step);
+            }
+            bar.inc(1);
         }
-        bar.inc(1);
+        let resumed_metrics = resumed.metrics_mut().reduce(self.world)?.report();
+        Ok(RankRun {
+            stats,
+            compared: STEPS - CHECKPOINT_AT,
+            mismatch,
+            metrics,
+            resumed_metrics,
+        })
     }
-    let resumed_metrics = resumed.metrics_mut().reduce(world)?.report();
-    Ok(RankRun {
-        stats,
-        compared: STEPS - CHECKPOINT_AT,
-        mismatch,
-        metrics,
-        resumed_metrics,
-    })
 }

@@ -73,7 +73,7 @@ pub fn staged<T: TokenId>(
             };
             let mut col = 0;
             // Some batches pack many short documents, some a few long ones.
-            let short = seed % 2 == 0;
+            let short = seed.is_multiple_of(2);
             while col < fill {
                 let len = match next(5) {
                     0 => 0,
