@@ -264,15 +264,7 @@ fn device_sketches_equal_host_sketches_bucket_for_bucket() {
         for (&b, &d) in values.iter().zip(&owners) {
             host[d as usize].add(&map, f32::from_bits(b) as f64);
         }
-        use wgpu::util::DeviceExt;
-        let buffer = |data: &[u32]| {
-            ctx.device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: None,
-                    contents: bytemuck::cast_slice(data),
-                    usage: wgpu::BufferUsages::STORAGE,
-                })
-        };
+        let buffer = |data: &[u32]| storage(&ctx, data);
         let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let device = device_sketches(
             &ctx,
@@ -319,15 +311,7 @@ fn device_sketches_equal_host_sketches_bucket_for_bucket() {
         assert!(n > 3000);
     }
     // A NaN on the device is refused, naming its dataset, as the host refuses one.
-    use wgpu::util::DeviceExt;
-    let buffer = |data: &[u32]| {
-        ctx.device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-    };
+    let buffer = |data: &[u32]| storage(&ctx, data);
     let names = vec!["web".to_string(), "code".to_string()];
     let values = [1.0f32.to_bits(), f32::NAN.to_bits()];
     let e = device_sketches(
@@ -446,4 +430,15 @@ fn a_steady_stream_recycles_two_slots_and_sends_only_real_tokens() {
         stats.padded_bytes > 2 * stats.bytes_uploaded,
         "ragged uploads are smaller than padded ones: {stats:?}"
     );
+}
+
+/// A storage buffer on `ctx`'s device holding `data`.
+fn storage(ctx: &shardflow::gpu::WgpuContext, data: &[u32]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    ctx.device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(data),
+            usage: wgpu::BufferUsages::STORAGE,
+        })
 }

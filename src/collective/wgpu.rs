@@ -135,7 +135,7 @@ impl WgpuRank {
             ReduceOp::Max => 1,
             ReduceOp::Min => 2,
         };
-        let pipeline = ctx.pipeline(shader)?;
+        let bind = ctx.bind(shader, &[&params, &stacked, &out])?;
         ctx.scoped("reduce across ranks", || {
             for (r, part) in parts.iter().enumerate() {
                 ctx.queue().write_buffer(&stacked, (r * bytes) as u64, part);
@@ -143,40 +143,8 @@ impl WgpuRank {
             let p = [len as u32, parts.len() as u32, code, 0];
             ctx.queue()
                 .write_buffer(&params, 0, bytemuck::cast_slice(&p));
-            let bind = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("shardflow reduce"),
-                layout: &pipeline.layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: params.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: stacked.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: out.as_entire_binding(),
-                    },
-                ],
-            });
-            let mut encoder =
-                ctx.device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("shardflow reduce"),
-                    });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("shardflow reduce"),
-                    timestamp_writes: None,
-                });
-                pass.set_pipeline(&pipeline.pipeline);
-                pass.set_bind_group(0, &bind, &[]);
-                pass.dispatch_workgroups(len.div_ceil(64) as u32, 1, 1);
-            }
-            ctx.queue().submit([encoder.finish()]);
-        })?;
+            ctx.dispatch(shader, &bind, len.div_ceil(64) as u32)
+        })??;
         ctx.read(&out, 0, bytes as u64)
     }
 }

@@ -231,29 +231,15 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
             (&slot.cu_seqlens, cu),
         ];
         let ctx = &self.ctx;
-        let pipeline = ctx.pipeline(Shader::PadCollate)?;
+        let workgroups = cells.div_ceil(4).div_ceil(64) as u32;
         let submission = ctx.scoped(&format!("upload batch {batch}"), || {
             for (buffer, bytes) in writes {
                 if !bytes.is_empty() {
                     ctx.queue().write_buffer(buffer, 0, bytes);
                 }
             }
-            let mut encoder =
-                ctx.device()
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("shardflow pad_collate"),
-                    });
-            if cells > 0 {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("shardflow pad_collate"),
-                    timestamp_writes: None,
-                });
-                pass.set_pipeline(&pipeline.pipeline);
-                pass.set_bind_group(0, &slot.bind_group, &[]);
-                pass.dispatch_workgroups(cells.div_ceil(4).div_ceil(64) as u32, 1, 1);
-            }
-            ctx.queue().submit([encoder.finish()])
-        })?;
+            ctx.dispatch(Shader::PadCollate, &slot.bind_group, workgroups)
+        })??;
         *slot.fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(submission.clone());
         let uploaded: u64 = writes.iter().map(|(_, b)| b.len() as u64).sum();
         let padded_fields = 4
@@ -346,81 +332,53 @@ impl Slot {
         let input = U::STORAGE | U::COPY_DST | U::COPY_SRC;
         let output = U::STORAGE | U::COPY_SRC;
         let n = |count: usize, bytes: usize| (count * bytes) as u64;
-        ctx.scoped("create batch buffers", || {
-            let params = ctx.buffer("params", 32, U::UNIFORM | U::COPY_DST);
-            let tokens = ctx.buffer("ragged ids", n(sizes.tokens, 4), input);
-            let offsets = ctx.buffer("row offsets", n(sizes.rows + 1, 4), input);
-            let row_pieces = ctx.buffer("row pieces", n(sizes.rows + 1, 4), input);
-            let pieces = ctx.buffer("pieces", n(sizes.pieces, 8), input);
-            let lengths = ctx.buffer("lengths", n(sizes.rows, 4), input);
-            let cu_seqlens = ctx.buffer("cu_seqlens", n(sizes.pieces + 1, 4), input);
-            let ids = ctx.buffer("ids", n(sizes.cells, 4), output);
-            let mask = ctx.buffer("attention mask", n(sizes.cells.div_ceil(4), 4), output);
-            let labels = ctx.buffer("labels", n(sizes.cells, 4), output);
-            let positions = ctx.buffer("position ids", n(sizes.cells, 4), output);
-            (
-                params, tokens, offsets, row_pieces, pieces, lengths, cu_seqlens, ids, mask,
-                labels, positions,
-            )
+        let buffers = ctx.scoped("create batch buffers", || {
+            [
+                ctx.buffer("params", 32, U::UNIFORM | U::COPY_DST),
+                ctx.buffer("ragged ids", n(sizes.tokens, 4), input),
+                ctx.buffer("row offsets", n(sizes.rows + 1, 4), input),
+                ctx.buffer("row pieces", n(sizes.rows + 1, 4), input),
+                ctx.buffer("pieces", n(sizes.pieces, 8), input),
+                ctx.buffer("ids", n(sizes.cells, 4), output),
+                ctx.buffer("attention mask", n(sizes.cells.div_ceil(4), 4), output),
+                ctx.buffer("labels", n(sizes.cells, 4), output),
+                ctx.buffer("position ids", n(sizes.cells, 4), output),
+                ctx.buffer("lengths", n(sizes.rows, 4), input),
+                ctx.buffer("cu_seqlens", n(sizes.pieces + 1, 4), input),
+            ]
+        })?;
+        // Bindings 0..9 in the order of shaders/pad_collate.wgsl; the last two are not bound.
+        let bound: Vec<&wgpu::Buffer> = buffers[..9].iter().collect();
+        let bind_group = ctx.bind(Shader::PadCollate, &bound)?;
+        let [
+            params,
+            tokens,
+            offsets,
+            row_pieces,
+            pieces,
+            ids,
+            mask,
+            labels,
+            positions,
+            lengths,
+            cu_seqlens,
+        ] = buffers;
+        Ok(Slot {
+            sizes,
+            params,
+            tokens,
+            offsets,
+            row_pieces,
+            pieces,
+            lengths,
+            cu_seqlens,
+            ids,
+            mask,
+            labels,
+            positions,
+            bind_group,
+            fence: Mutex::new(None),
         })
-        .and_then(
-            |(
-                params,
-                tokens,
-                offsets,
-                row_pieces,
-                pieces,
-                lengths,
-                cu_seqlens,
-                ids,
-                mask,
-                labels,
-                positions,
-            )| {
-                let layout = &ctx.pipeline(Shader::PadCollate)?.layout;
-                let bind_group = ctx.scoped("bind batch buffers", || {
-                    let entries: Vec<wgpu::BindGroupEntry<'_>> = [
-                        &params,
-                        &tokens,
-                        &offsets,
-                        &row_pieces,
-                        &pieces,
-                        &ids,
-                        &mask,
-                        &labels,
-                        &positions,
-                    ]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| wgpu::BindGroupEntry {
-                        binding: i as u32,
-                        resource: b.as_entire_binding(),
-                    })
-                    .collect();
-                    ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("shardflow pad_collate"),
-                        layout,
-                        entries: &entries,
-                    })
-                })?;
-                Ok(Slot {
-                    sizes,
-                    params,
-                    tokens,
-                    offsets,
-                    row_pieces,
-                    pieces,
-                    lengths,
-                    cu_seqlens,
-                    ids,
-                    mask,
-                    labels,
-                    positions,
-                    bind_group,
-                    fence: Mutex::new(None),
-                })
-            },
-        )
     }
 }
 

@@ -287,6 +287,65 @@ impl WgpuContext {
         Ok(n)
     }
 
+    /// A bind group of `buffers`, bound to bindings 0, 1, … of `shader`'s pipeline.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] when the shader does not compile or the buffers do not fit its
+    /// bindings.
+    pub(crate) fn bind(
+        &self,
+        shader: Shader,
+        buffers: &[&wgpu::Buffer],
+    ) -> Result<wgpu::BindGroup> {
+        let pipeline = self.pipeline(shader)?;
+        self.scoped(&format!("bind the buffers of {}", shader.name()), || {
+            let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(shader.name()),
+                layout: &pipeline.layout,
+                entries: &entries,
+            })
+        })
+    }
+
+    /// Submits one dispatch of `workgroups` workgroups of `shader` over `bind`; the caller's
+    /// error scope covers it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] when the shader does not compile.
+    pub(crate) fn dispatch(
+        &self,
+        shader: Shader,
+        bind: &wgpu::BindGroup,
+        workgroups: u32,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let pipeline = self.pipeline(shader)?;
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(shader.name()),
+            });
+        if workgroups > 0 {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(shader.name()),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(workgroups, 1, 1);
+        }
+        Ok(self.queue.submit([encoder.finish()]))
+    }
+
     /// A buffer of `size` bytes (at least 4) with `usage`.
     pub(crate) fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {

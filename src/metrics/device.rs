@@ -126,7 +126,6 @@ fn run_shader(
     let stride = 8 + 2 * nb;
     let chunks = n.div_ceil(CHUNK);
     let table = bucket_table(map);
-    let pipeline = ctx.pipeline(Shader::Sketch)?;
     let mut init = vec![0u32; datasets * stride];
     for d in 0..datasets {
         init[d * stride + 3] = u32::MAX;
@@ -143,6 +142,10 @@ fn run_shader(
         8 * (chunks * datasets) as u64,
         U::STORAGE | U::COPY_SRC,
     );
+    let bind = ctx.bind(
+        Shader::Sketch,
+        &[&params, values, dataset_of, &table_buf, &counts, &partials],
+    )?;
     ctx.scoped("bin device values", || {
         let p = [n as u32, datasets as u32, nb as u32, CHUNK as u32];
         ctx.queue()
@@ -151,36 +154,8 @@ fn run_shader(
             .write_buffer(&table_buf, 0, bytemuck::cast_slice(&table));
         ctx.queue()
             .write_buffer(&counts, 0, bytemuck::cast_slice(&init));
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = [&params, values, dataset_of, &table_buf]
-            .into_iter()
-            .chain([&counts, &partials])
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("shardflow sketch"),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
-        let mut encoder = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("shardflow sketch"),
-            });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("shardflow sketch"),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups(chunks.div_ceil(64).max(1) as u32, 1, 1);
-        }
-        ctx.queue().submit([encoder.finish()]);
-    })?;
+        ctx.dispatch(Shader::Sketch, &bind, chunks.div_ceil(64).max(1) as u32)
+    })??;
     let back = ctx.read_many(&[
         (&counts, 0, 4 * init.len() as u64),
         (&partials, 0, 8 * (chunks * datasets) as u64),
