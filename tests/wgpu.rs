@@ -272,7 +272,6 @@ fn device_sketches_equal_host_sketches_bucket_for_bucket() {
             &buffer(&values),
             &buffer(&owners),
             values.len(),
-            3,
             &names,
         )
         .unwrap();
@@ -319,7 +318,6 @@ fn device_sketches_equal_host_sketches_bucket_for_bucket() {
         &Mapping::new(0.01),
         &buffer(&values),
         &buffer(&[0, 1]),
-        2,
         2,
         &names,
     )

@@ -272,11 +272,11 @@ impl<T: TokenId> LoaderBuilder<T> {
             }
             Some((state, options)) => {
                 check_resume(state, &collate, &transform, rank, world)?;
+                // One resume (checks and a mixture jump); the shadow and the peek are copies.
                 let planner = Planner::resume(plan.clone(), &state.cursor, *options)?;
-                let shadow = Planner::resume(plan.clone(), &state.cursor, *options)?;
+                let shadow = planner.clone();
                 if collate.pack {
-                    let peek = Planner::resume(plan.clone(), &state.cursor, *options)?;
-                    check_packing(state, peek, &sources, &transform)?;
+                    check_packing(state, planner.clone(), &sources, &transform)?;
                 }
                 let names = plan.names();
                 // World totals live on rank 0 after a resume; a rank's own stay with it.

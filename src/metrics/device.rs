@@ -46,8 +46,8 @@ pub fn bucket_table(map: &Mapping) -> Vec<u32> {
 }
 
 /// The sketches of `n` f32 values in `values`, each counted for the dataset `dataset_of` names
-/// (a u32 per value, below `datasets`), built on `ctx`'s device. Values are read from the
-/// buffers' starts.
+/// (a u32 per value: an index into `names`), built on `ctx`'s device, one per name. Values are
+/// read from the buffers' starts.
 ///
 /// # Errors
 ///
@@ -59,14 +59,14 @@ pub fn device_sketches(
     values: &wgpu::Buffer,
     dataset_of: &wgpu::Buffer,
     n: usize,
-    datasets: usize,
     names: &[String],
 ) -> Result<Vec<Sketch>> {
+    let datasets = names.len();
     let nb = map.buckets();
     let stride = 8 + 2 * nb;
     if !ctx.has_f64() {
         // No f64 in shaders: bring the values back and build the sketches on the host.
-        return host_sketches(ctx, map, values, dataset_of, n, datasets, names);
+        return host_sketches(ctx, map, values, dataset_of, n, names);
     }
     let (counts, partials) = run_shader(ctx, map, values, dataset_of, n, datasets)?;
     let chunks = n.div_ceil(CHUNK);
@@ -74,11 +74,10 @@ pub fn device_sketches(
         .map(|d| {
             let c = &counts[d * stride..(d + 1) * stride];
             if c[2] > 0 {
-                return Err(Error::Metric {
-                    dataset: names.get(d).cloned().unwrap_or_else(|| d.to_string()),
-                    metric: "(device values)".into(),
-                    reason: format!("{} values are NaN or infinite", c[2]),
-                });
+                return Err(not_finite(
+                    &names[d],
+                    format!("{} values are NaN or infinite", c[2]),
+                ));
             }
             let count = c[0] as u64;
             let sum = (0..chunks).fold(0.0, |acc, k| acc + partials[k * datasets + d]);
@@ -173,30 +172,34 @@ fn host_sketches(
     values: &wgpu::Buffer,
     dataset_of: &wgpu::Buffer,
     n: usize,
-    datasets: usize,
     names: &[String],
 ) -> Result<Vec<Sketch>> {
     let back = ctx.read_many(&[(values, 0, 4 * n as u64), (dataset_of, 0, 4 * n as u64)])?;
     let values: Vec<f32> = bytemuck::pod_collect_to_vec(&back[0]);
     let owners: Vec<u32> = bytemuck::pod_collect_to_vec(&back[1]);
-    let mut out = vec![Sketch::default(); datasets];
+    let mut out = vec![Sketch::default(); names.len()];
     for (v, d) in values.into_iter().zip(owners) {
         let Some(sketch) = out.get_mut(d as usize) else {
             continue;
         };
         if !v.is_finite() {
-            return Err(Error::Metric {
-                dataset: names
-                    .get(d as usize)
-                    .cloned()
-                    .unwrap_or_else(|| d.to_string()),
-                metric: "(device values)".into(),
-                reason: format!("value {v} is not finite"),
-            });
+            return Err(not_finite(
+                &names[d as usize],
+                format!("value {v} is not finite"),
+            ));
         }
         sketch.add(map, v as f64);
     }
     Ok(out)
+}
+
+/// The error for device values the host would refuse.
+fn not_finite(dataset: &str, reason: String) -> Error {
+    Error::Metric {
+        dataset: dataset.to_string(),
+        metric: "(device values)".into(),
+        reason,
+    }
 }
 
 impl Aggregator {
@@ -218,7 +221,7 @@ impl Aggregator {
         n: usize,
     ) -> Result<()> {
         let map = *self.mapping();
-        let sketches = device_sketches(ctx, &map, values, dataset_of, n, names.len(), names)?;
+        let sketches = device_sketches(ctx, &map, values, dataset_of, n, names)?;
         for (name, sketch) in names.iter().zip(&sketches) {
             if sketch.count > 0 {
                 self.add_sketch(name, metric, sketch)?;

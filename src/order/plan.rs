@@ -328,8 +328,8 @@ impl Plan {
 }
 
 /// Walks a [`Plan`] batch by batch; cheap and sequential. Its [`Planner::cursor`] is what a
-/// checkpoint stores.
-#[derive(Debug)]
+/// checkpoint stores. A clone walks on independently from the same place.
+#[derive(Clone, Debug)]
 pub struct Planner {
     plan: Arc<Plan>,
     step: u64,
