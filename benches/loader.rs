@@ -4,7 +4,11 @@
 //! 0.22.1's own `DataLoader` (`DataLoaderBuilder` with a `Dataset` over the same shards and a
 //! padding `Batcher`), all measured in this run.
 //!
-//! `cargo bench --features burn --bench loader`
+//! Then batches/s into Burn `Tensor<2, Int>` ids on Flex and wgpu: the Burn sink (host padding),
+//! ragged ids padded on the device with Burn tensor ops, and Burn's `DataLoader` with a tensor
+//! `Batcher`.
+//!
+//! `cargo bench --features burn --bench loader` (`-- --tensors-only` for the tensor figures)
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -13,10 +17,12 @@ use std::time::{Duration, Instant};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::{Dataset as BurnDataset, DatasetError};
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group};
+use shardflow::burn::BurnSink;
 use shardflow::cli::measure;
-use shardflow::collate::{CollateConfig, Padding};
+use shardflow::collate::{CollateConfig, Padding, Pool, StagedBatch};
+use shardflow::device::DeviceSink;
 use shardflow::loader::{Loader, LoaderBuilder, Source};
 use shardflow::order::{OrderConfig, Shuffle};
 use shardflow::shard::synthetic::SyntheticCorpus;
@@ -94,6 +100,10 @@ fn fixture() -> Fixture {
 }
 
 fn shardflow_loader(f: &Fixture, workers: usize) -> Loader<i32> {
+    shardflow_builder(f, workers).build_host().unwrap()
+}
+
+fn shardflow_builder(f: &Fixture, workers: usize) -> LoaderBuilder<i32> {
     LoaderBuilder::new(vec![Source::new("bench", f.data.clone(), 1.0)])
         .with_order(OrderConfig {
             seed: 1,
@@ -111,8 +121,6 @@ fn shardflow_loader(f: &Fixture, workers: usize) -> Loader<i32> {
         })
         .with_workers(workers)
         .with_prefetch(2 * workers.max(1) + 2)
-        .build_host()
-        .unwrap()
 }
 
 fn burn_loader(f: &Fixture, workers: usize) -> Arc<dyn DataLoader<Padded>> {
@@ -220,11 +228,164 @@ fn benches(c: &mut Criterion) {
             real / burn_best
         );
     }
+    tensor_figures(&f);
+}
+
+/// Batches per measured run into Burn tensors.
+const TENSOR_BATCHES: usize = 300;
+
+/// Padded ids as a Burn tensor, built by Burn's `DataLoader` the way a Burn user writes it.
+#[derive(Clone)]
+struct TensorBatcher;
+
+impl Batcher<Vec<i32>, Tensor<2, Int>> for TensorBatcher {
+    fn batch(&self, items: Vec<Vec<i32>>, device: &Device) -> Tensor<2, Int> {
+        let Padded { ids, lengths } = PadBatcher.batch(items, device);
+        let width = ids.len() / lengths.len();
+        Tensor::from_data(TensorData::new(ids, [lengths.len(), width]), device)
+    }
+}
+
+/// Ragged ids and row offsets uploaded as they are, then padded on the device with Burn tensor
+/// ops: the alternative to padding on the host that the Burn sink measures against.
+struct DevicePadSink(Device);
+
+impl DeviceSink<i32> for DevicePadSink {
+    type Worker = ();
+    type Prepared = (TensorData, TensorData, usize, usize);
+    type Output = Tensor<2, Int>;
+
+    fn device(&self) -> String {
+        format!("{:?}", self.0)
+    }
+
+    fn worker(&self) -> shardflow::Result<()> {
+        Ok(())
+    }
+
+    fn prepare(
+        &self,
+        _: &mut (),
+        s: StagedBatch<i32>,
+        _: &CollateConfig,
+        _: &Pool,
+    ) -> shardflow::Result<Self::Prepared> {
+        let tokens = TensorData::new(s.tokens.to_vec(), [s.tokens.len()]);
+        let offsets: Vec<i32> = s.offsets.iter().map(|&o| o as i32).collect();
+        Ok((
+            tokens,
+            TensorData::new(offsets, [s.rows + 1]),
+            s.rows,
+            s.width,
+        ))
+    }
+
+    fn upload(
+        &self,
+        (tokens, offsets, rows, width): Self::Prepared,
+        _: u64,
+        _: &CollateConfig,
+    ) -> shardflow::Result<Tensor<2, Int>> {
+        let d = &self.0;
+        let total = tokens.num_elements() as i64;
+        let tokens = Tensor::<1, Int>::from_data(tokens, d);
+        let offsets = Tensor::<1, Int>::from_data(offsets, d);
+        let starts = offsets.clone().slice(0..rows).unsqueeze_dim::<2>(1);
+        let ends = offsets.slice(1..rows + 1).unsqueeze_dim::<2>(1);
+        let cols = Tensor::<1, Int>::arange(0..width as i64, d).unsqueeze_dim::<2>(0);
+        let at = cols.repeat_dim(0, rows) + starts.clone();
+        let pad = at.clone().greater_equal(ends.repeat_dim(1, width));
+        let at = at.clamp_max(total - 1).reshape([rows * width]);
+        let ids = tokens.select(0, at).reshape([rows, width]);
+        Ok(ids.mask_fill(pad, 0))
+    }
+}
+
+fn burn_tensor_loader(f: &Fixture, device: &Device) -> Arc<dyn DataLoader<Tensor<2, Int>>> {
+    DataLoaderBuilder::new(TensorBatcher)
+        .batch_size(BATCH)
+        .shuffle(1)
+        .num_workers(2)
+        .set_device(device.clone())
+        .build(ShardItems(f.data.clone()))
+}
+
+/// Batches per second of `TENSOR_BATCHES` batches from `batches`, the device synced at the end;
+/// the best of three runs.
+fn tensor_rate<I: Iterator<Item = Tensor<2, Int>>>(
+    device: &Device,
+    mut run: impl FnMut() -> I,
+) -> f64 {
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let n = run().take(TENSOR_BATCHES).map(black_box).count();
+        device.sync().unwrap();
+        best = best.max(n as f64 / t0.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// Batches per second into Burn tensors on each device: the Burn sink (host padding), ragged
+/// upload with device padding, and Burn's own `DataLoader`, as ratios in one run.
+fn tensor_figures(f: &Fixture) {
+    let mut devices = vec![("flex", Device::flex(), None)];
+    match shardflow::burn::shared_wgpu() {
+        Ok((device, ctx)) => devices.push(("wgpu", device, Some(ctx))),
+        Err(e) => println!("  wgpu: skipped: {e}"),
+    }
+    println!(
+        "\ninto Burn Tensor<2, Int> ids (batch {BATCH}, pad to {MULTIPLE}, 2 workers, {TENSOR_BATCHES} batches):"
+    );
+    for (name, device, ctx) in devices {
+        let host = tensor_rate(&device, || {
+            shardflow_builder(f, 2)
+                .build(BurnSink::new(&device).unwrap())
+                .unwrap()
+                .map(|b| b.unwrap().ids)
+        });
+        let on_device = tensor_rate(&device, || {
+            shardflow_builder(f, 2)
+                .build(DevicePadSink(device.clone()))
+                .unwrap()
+                .map(|b| b.unwrap())
+        });
+        let shader = ctx.map(|ctx| {
+            tensor_rate(&device, || {
+                shardflow_builder(f, 2)
+                    .build(BurnSink::with_shader(&device, ctx.clone()).unwrap())
+                    .unwrap()
+                    .map(|b| b.unwrap().ids)
+            })
+        });
+        let l = burn_tensor_loader(f, &device);
+        let burn = tensor_rate(&device, || {
+            // One epoch is over 5,000 batches: one iterator serves a run.
+            l.iter().map(|b| b.unwrap())
+        });
+        println!(
+            "  {name:5} shardflow (host pad) {host:8.0} batches/s | ragged + device pad {on_device:8.0} \
+             batches/s ({:.2}x) | Burn DataLoader {burn:8.0} batches/s; shardflow {:.2}x Burn",
+            on_device / host,
+            host / burn
+        );
+        if let Some(shader) = shader {
+            println!(
+                "        pad_collate.wgsl on the shared device, copied into Burn tensors: \
+                 {shader:8.0} batches/s ({:.2}x host padding)",
+                shader / host
+            );
+        }
+    }
 }
 
 criterion_group!(loader_benches, benches);
 
 fn main() {
+    if std::env::args().any(|a| a == "--tensors-only") {
+        tensor_figures(&fixture());
+        return;
+    }
     loader_benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -15,6 +15,8 @@
 //! - [`metrics`]: metric kinds, the aggregator, the distribution sketch, the fused reduce.
 //! - [`device`]: the [`device::DeviceSink`] seam, the host reference sink and the wgpu sink.
 //! - [`loader`]: planner, workers, reorder buffer, checkpoint state and statistics.
+//! - [`burn`] (feature `burn`): batches as Burn tensors, Burn's `DataLoader` over a stream,
+//!   training losses per dataset.
 //! - `cli` (feature `cli`): the `shardflow` command.
 //!
 //! # Example
@@ -49,7 +51,8 @@
 //!   Library users can turn it off with `default-features = false`.
 //! - `wgpu` (default): the wgpu context, device sink, reduction engine and sketch binning.
 //! - `cuda`: the CUDA sink and NCCL engine through cudarc (filled by the CUDA issue).
-//! - `burn`: Burn's `DataLoader` over a shardflow loader (filled by the Burn issue).
+//! - `burn`: Burn tensors from batches, Burn's `DataLoader` over a shardflow stream, per-dataset
+//!   training losses (Burn 0.22.1 with the Flex, NdArray and wgpu devices).
 //! - `fault-injection`: for tests only; lets a test stop a shard write at any step.
 //!
 //! The tests run with all of them.
@@ -57,6 +60,8 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+#[cfg(feature = "burn")]
+pub mod burn;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;

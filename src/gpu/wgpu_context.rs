@@ -102,6 +102,17 @@ impl WgpuContext {
     /// name matches `SHARDFLOW_WGPU_ADAPTER` (listing the names), or when the device cannot be
     /// created.
     pub fn new() -> Result<Arc<Self>> {
+        let (_instance, adapter) = Self::adapter()?;
+        Self::with_adapter(&adapter)
+    }
+
+    /// The instance and the adapter [`WgpuContext::new`] picks (the first discrete GPU, then
+    /// integrated, virtual, CPU; or the one `SHARDFLOW_WGPU_ADAPTER` names).
+    ///
+    /// # Errors
+    ///
+    /// As [`WgpuContext::new`].
+    pub fn adapter() -> Result<(wgpu::Instance, wgpu::Adapter)> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
             ..wgpu::InstanceDescriptor::new_without_display_handle()
@@ -139,7 +150,7 @@ impl WgpuContext {
             }
             _ => adapters.remove(0),
         };
-        Self::with_adapter(&adapter)
+        Ok((instance, adapter))
     }
 
     /// A context on `adapter`: a device with the adapter's features (less

@@ -66,6 +66,7 @@ pub struct LoaderBuilder<T: TokenId> {
     prefetch: usize,
     watchdog: Duration,
     resume: Option<(LoaderState, ResumeOptions)>,
+    start: u64,
 }
 
 impl<T: TokenId> LoaderBuilder<T> {
@@ -84,6 +85,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             prefetch: 4,
             watchdog: Duration::from_secs(30),
             resume: None,
+            start: 0,
         }
     }
 
@@ -114,6 +116,12 @@ impl<T: TokenId> LoaderBuilder<T> {
         + 'static,
     ) -> Self {
         self.user.push(Arc::new(f));
+        self
+    }
+
+    /// Appends a user transform already shared (a named one of a [`super::LoaderConfig`]).
+    pub(crate) fn with_user_arc(mut self, f: UserTransform<T>) -> Self {
+        self.user.push(f);
         self
     }
 
@@ -159,9 +167,21 @@ impl<T: TokenId> LoaderBuilder<T> {
         self
     }
 
-    /// Continues the stream that `state` was taken from.
-    pub fn resume(self, state: LoaderState) -> Self {
-        self.resume_with(state, ResumeOptions::default())
+    /// Continues the stream that `state` was taken from; `None` starts it from the beginning,
+    /// so that a training loop passes its optional checkpoint straight through.
+    pub fn resume(self, state: impl Into<Option<LoaderState>>) -> Self {
+        match state.into() {
+            Some(state) => self.resume_with(state, ResumeOptions::default()),
+            None => self,
+        }
+    }
+
+    /// Starts a padded stream at batch `batch` (its plan step) instead of 0, with empty metric
+    /// totals: a slice of the stream. Packed streams cannot start elsewhere than at a
+    /// checkpoint, since a packed batch depends on every batch before it.
+    pub fn starting_at(mut self, batch: u64) -> Self {
+        self.start = batch;
+        self
     }
 
     /// Continues the stream that `state` was taken from, with `options` for changed datasets.
@@ -199,7 +219,15 @@ impl<T: TokenId> LoaderBuilder<T> {
             prefetch,
             watchdog,
             resume,
+            start,
         } = self;
+        if start > 0 && (collate.pack || resume.is_some()) {
+            return Err(Error::Config(format!(
+                "a stream can start at batch {start} only when it is padded and not resumed: a \
+                 packed batch depends on every batch before it, and a resumed stream starts at \
+                 its checkpoint"
+            )));
+        }
         if collate.pack && !user_metrics.is_empty() {
             return Err(Error::Config(
                 "user metrics cannot be combined with packing: a packed row holds pieces of \
@@ -258,17 +286,19 @@ impl<T: TokenId> LoaderBuilder<T> {
         let (planner, shadow, position, skips) = match &resume {
             None => {
                 let p = Position {
-                    batches: 0,
-                    plan_step: 0,
+                    batches: start,
+                    plan_step: start,
                     rows_taken: 0,
                     doc_offset: 0,
                 };
-                (
-                    Planner::new(plan.clone()),
-                    Planner::new(plan.clone()),
-                    p,
-                    BTreeMap::new(),
-                )
+                if plan.position_of(start).is_none() {
+                    return Err(Error::Config(format!(
+                        "batch {start} lies beyond the stream's 2^64 rows"
+                    )));
+                }
+                let mut planner = Planner::new(plan.clone());
+                planner.skip_to(start);
+                (planner.clone(), planner, p, BTreeMap::new())
             }
             Some((state, options)) => {
                 check_resume(state, &collate, &transform, rank, world)?;

@@ -17,11 +17,13 @@
 
 mod builder;
 mod collator;
+mod config;
 mod flow;
 mod job;
 mod state;
 
 pub use builder::*;
+pub use config::*;
 pub use state::*;
 
 use std::collections::BTreeMap;

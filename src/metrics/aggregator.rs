@@ -526,6 +526,22 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Adds `count` values summing to `sum` to the MEAN metric `metric`.
+    pub(crate) fn add_mean(
+        &mut self,
+        dataset: &str,
+        metric: &str,
+        sum: f64,
+        count: f64,
+    ) -> Result<()> {
+        finite(dataset, metric, sum)?;
+        if let State::Mean { sum: s, count: c } = self.slot(dataset, metric, Kind::Mean)? {
+            *s += sum;
+            *c += count;
+        }
+        Ok(())
+    }
+
     /// Merges another aggregator (a per-batch partial, or another rank's state).
     ///
     /// # Errors

@@ -1,0 +1,204 @@
+//! One wgpu device for Burn and shardflow: a batch padded by `shaders/pad_collate.wgsl` becomes
+//! Burn tensors by device-to-device copies, with no host round trip.
+//!
+//! Burn 0.22.1 cannot adopt a foreign `wgpu::Buffer` as a tensor, so each field is copied once
+//! on the device: a Burn tensor of the field's shape is allocated (`Tensor::empty`), its raw
+//! buffer found through CubeCL (`ComputeClient::get_resource`), and the sink's buffer copied
+//! into it on the shared queue. The attention mask, which the shader packs as bytes, is
+//! rebuilt from the lengths with one Burn comparison.
+
+use std::sync::Arc;
+
+use ::burn::backend::Cube;
+use ::burn::backend::wgpu::{AutoCompiler, CubeTensor, WgpuSetup};
+use ::burn::cubecl::wgpu::WgpuServer;
+use ::burn::tensor::{DType, Device, Int, IntDType, Tensor};
+
+use super::BurnBatch;
+use super::loss::{check_rows, names, record_counts};
+use crate::collate::DocRef;
+use crate::device::{DeviceField, WgpuBatch};
+use crate::error::{Error, Result};
+use crate::gpu::WgpuContext;
+use crate::metrics::Aggregator;
+use crate::shard::TokenId;
+
+/// A wgpu context and the Burn device registered on the same `wgpu::Device` and queue: hand
+/// the context to [`super::BurnSink::with_shader`] and the device to the model.
+///
+/// Each call registers a new Burn device: call it once and clone what it returns.
+///
+/// # Errors
+///
+/// [`Error::Device`] when there is no adapter or Burn refuses the setup.
+pub fn shared_wgpu() -> Result<(Device, Arc<WgpuContext>)> {
+    let (instance, adapter) = WgpuContext::adapter()?;
+    let ctx = WgpuContext::with_adapter(&adapter)?;
+    let setup = WgpuSetup {
+        instance,
+        adapter,
+        device: ctx.device().clone(),
+        queue: ctx.queue().clone(),
+        backend: ctx.info().backend,
+    };
+    let device = Device::wgpu_options()
+        .setup(setup)
+        .init()
+        .map_err(|e| Error::Device {
+            device: ctx.name().to_string(),
+            op: "register the device with Burn".into(),
+            reason: e.to_string(),
+        })?;
+    Ok((device, ctx))
+}
+
+/// Copies a padded wgpu batch into Burn tensors on `device` (which shares the batch's queue).
+pub(crate) fn land<T: TokenId>(device: &Device, batch: WgpuBatch<T>) -> Result<BurnBatch> {
+    if device.settings().int_dtype != IntDType::I32 {
+        return Err(batch.context().error(
+            "land a batch in Burn tensors",
+            "the shader writes i32 fields; the Burn device's int dtype must be i32",
+        ));
+    }
+    let ctx = batch.context().clone();
+    let plain = device.clone().without_autodiff();
+    // Burn may hold recorded work that reads memory its pool is about to hand out again: submit
+    // it before our copies, so that the queue orders it first.
+    plain
+        .flush()
+        .map_err(|e| ctx.error("flush Burn's queue", format!("{e:?}")))?;
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("batch into Burn tensors"),
+        });
+    let mut copy = |field: DeviceField<'_>| -> Result<CubeTensor> {
+        let shape: Vec<usize> = field.shape[..field.dims].to_vec();
+        let tensor = match field.dims {
+            1 => Tensor::<1, Int>::empty(shape, &plain).try_into_primitive::<Cube>(),
+            _ => Tensor::<2, Int>::empty(shape, &plain).try_into_primitive::<Cube>(),
+        }
+        .map_err(|e| ctx.error("reach a Burn tensor's buffer", format!("{e:?}")))?;
+        let managed = tensor
+            .client
+            .get_resource::<WgpuServer<AutoCompiler>>(tensor.handle.clone())
+            .map_err(|e| ctx.error("reach a Burn tensor's buffer", format!("{e:?}")))?;
+        let target = managed.resource();
+        if field.bytes > 0 {
+            encoder.copy_buffer_to_buffer(
+                field.buffer,
+                0,
+                &target.buffer,
+                target.offset,
+                field.bytes,
+            );
+        }
+        Ok(tensor)
+    };
+    let ids = copy(batch.ids())?;
+    let lengths = copy(batch.lengths())?;
+    let labels = batch.labels().map(&mut copy).transpose()?;
+    let position_ids = batch.position_ids().map(&mut copy).transpose()?;
+    let cu_seqlens = batch.cu_seqlens().map(&mut copy).transpose()?;
+    ctx.scoped("copy a batch into Burn tensors", || {
+        ctx.queue().submit([encoder.finish()])
+    })?;
+    let grid = |t: CubeTensor| Tensor::<2, Int>::from_primitive::<Cube>(t).to_device(device);
+    let line = |t: CubeTensor| Tensor::<1, Int>::from_primitive::<Cube>(t).to_device(device);
+    let lengths = line(lengths);
+    let attention_mask = batch.attention_mask().map(|_| {
+        let cols = Tensor::<1, Int>::arange(0..batch.width as i64, device)
+            .unsqueeze_dim::<2>(0)
+            .repeat_dim(0, batch.rows);
+        let ends = lengths
+            .clone()
+            .unsqueeze_dim::<2>(1)
+            .repeat_dim(1, batch.width);
+        cols.lower(ends).int()
+    });
+    Ok(BurnBatch {
+        step: batch.step,
+        rows: batch.rows,
+        width: batch.width,
+        ids: grid(ids),
+        lengths,
+        attention_mask,
+        labels: labels.map(grid),
+        position_ids: position_ids.map(grid),
+        cu_seqlens: cu_seqlens.map(line),
+        docs: batch.docs,
+    })
+}
+
+/// [`super::record_losses`] for losses on the wgpu device of [`shared_wgpu`]: the values stay on
+/// the device, where `shaders/sketch.wgsl` bins them per dataset; only the sketches come back
+/// (`datasets x buckets` counts, not the values). The sketch is exactly the host's except for
+/// the sum's last bits (see [`crate::metrics::device`]); `loss_mean` takes that sum.
+///
+/// # Errors
+///
+/// As [`super::record_losses`]; [`Error::Device`] when the losses are not contiguous f32 on
+/// `ctx`'s device.
+pub fn record_losses_wgpu(
+    metrics: &mut Aggregator,
+    ctx: &WgpuContext,
+    names: &[String],
+    docs: &[DocRef],
+    losses: Tensor<1>,
+) -> Result<()> {
+    let n = losses.dims()[0];
+    check_rows(names, docs, n)?;
+    let plain = losses.device().without_autodiff();
+    let values = losses
+        .without_autodiff()
+        .try_into_primitive::<Cube>()
+        .map_err(|e| ctx.error("reach the losses' buffer", format!("{e:?}")))?;
+    if values.dtype != DType::F32 || !values.is_contiguous() {
+        return Err(ctx.error(
+            "bin the losses on the device",
+            format!("the losses must be contiguous f32, not {:?}", values.dtype),
+        ));
+    }
+    plain
+        .flush()
+        .map_err(|e| ctx.error("flush Burn's queue", format!("{e:?}")))?;
+    let managed = values
+        .client
+        .get_resource::<WgpuServer<AutoCompiler>>(values.handle.clone())
+        .map_err(|e| ctx.error("reach the losses' buffer", format!("{e:?}")))?;
+    let source = managed.resource();
+    // Rows without tokens have no loss: their dataset index lies past the names, which the
+    // shader skips.
+    let dataset_of: Vec<u32> = docs
+        .iter()
+        .map(|d| if d.len > 0 { d.dataset } else { u32::MAX })
+        .collect();
+    use wgpu::BufferUsages as U;
+    let bytes = 4 * n as u64;
+    let scratch = ctx.scoped("bin the losses on the device", || {
+        let values = ctx.buffer("losses", bytes, U::STORAGE | U::COPY_DST);
+        let of = ctx.buffer("loss datasets", bytes, U::STORAGE | U::COPY_DST);
+        ctx.queue()
+            .write_buffer(&of, 0, bytemuck::cast_slice(&dataset_of));
+        let mut encoder = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("losses to the sketch"),
+            });
+        if bytes > 0 {
+            encoder.copy_buffer_to_buffer(&source.buffer, source.offset, &values, 0, bytes);
+        }
+        ctx.queue().submit([encoder.finish()]);
+        (values, of)
+    })?;
+    let map = *metrics.mapping();
+    let sketches =
+        crate::metrics::device::device_sketches(ctx, &map, &scratch.0, &scratch.1, n, names)?;
+    for (name, sketch) in names.iter().zip(&sketches) {
+        if sketch.count > 0 {
+            metrics.add_sketch(name, names::LOSS, sketch)?;
+            metrics.add_mean(name, names::LOSS_MEAN, sketch.sum, sketch.count as f64)?;
+        }
+    }
+    record_counts(metrics, names, docs)
+}
