@@ -3,7 +3,10 @@
 
 use ::burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
 
-use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch, pad_host};
+use crate::collate::{
+    CollateConfig, DocRef, PadValues, PaddedFields, Pool, PooledBuf, StagedBatch, cu_seqlens,
+    fill_padded,
+};
 use std::sync::Arc;
 
 use crate::device::{DeviceSink, WgpuPrepared, WgpuSink};
@@ -11,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::gpu::WgpuContext;
 use crate::shard::TokenId;
 
-/// A batch as Burn tensors: every field of the host [`Batch`] (the reference), as `Int`
+/// A batch as Burn tensors: every field of the host [`crate::collate::Batch`] (the reference), as `Int`
 /// tensors in the device's int dtype. The mask holds 1 and 0 (compare it with
 /// `equal_elem(1)` for a `Bool` mask).
 #[derive(Debug)]
@@ -134,39 +137,78 @@ impl BurnSink {
         self.dtype
     }
 
-    /// `values` (ids of type `T`, or u32 lengths, u8 masks, i32 boundaries) as tensor data of
-    /// this sink's dtype.
-    fn data<E: Copy + Into<i64>>(&self, values: &[E], shape: &[usize]) -> TensorData {
+    /// The Burn fields of a staged batch, padded on the host straight into the vectors Burn
+    /// takes, in the device's int dtype: one pass per field.
+    pub(crate) fn prepare_batch<T: TokenId>(
+        &self,
+        staged: StagedBatch<T>,
+        config: &CollateConfig,
+        pool: &Pool,
+    ) -> HostFields {
         match self.dtype {
-            IntDType::I64 => TensorData::new(
-                values.iter().map(|&v| v.into()).collect::<Vec<i64>>(),
-                shape.to_vec(),
-            ),
-            // `worker` checked that every value this sink is handed fits.
-            _ => TensorData::new(
-                values
-                    .iter()
-                    .map(|&v| v.into() as i32)
-                    .collect::<Vec<i32>>(),
-                shape.to_vec(),
-            ),
+            IntDType::I64 => self.fields(staged, config, pool, |v| v),
+            // `worker` checked that every id this sink is handed fits.
+            _ => self.fields(staged, config, pool, |v| v as i32),
         }
     }
 
-    /// The Burn fields of a padded host batch.
-    pub(crate) fn prepare_batch<T: TokenId>(&self, b: Batch<T>) -> HostFields {
-        let grid = [b.rows, b.width];
+    fn fields<T: TokenId, E: ::burn::tensor::Element + Default>(
+        &self,
+        staged: StagedBatch<T>,
+        config: &CollateConfig,
+        pool: &Pool,
+        cast: impl Fn(i64) -> E + Copy,
+    ) -> HostFields {
+        let (rows, width) = (staged.rows, staged.width);
+        let cells = rows * width;
+        let grid = [rows, width];
+        let field = |on: bool| on.then(|| vec![E::default(); cells]);
+        let mut ids = vec![E::default(); cells];
+        let (mut mask, mut labels, mut positions) = (
+            field(config.attention_mask),
+            field(config.labels),
+            field(config.position_ids),
+        );
+        let pad = T::try_from(config.pad_id).unwrap_or_default();
+        let values = PadValues {
+            id: |t: T| cast(t.into()),
+            pad: cast(pad.into()),
+            ignore: cast(T::IGNORE.into()),
+            position: |j: usize| cast(j as i64),
+        };
+        fill_padded(
+            &staged,
+            &values,
+            (cast(1), cast(0)),
+            PaddedFields {
+                ids: &mut ids,
+                attention_mask: mask.as_deref_mut(),
+                labels: labels.as_deref_mut(),
+                position_ids: positions.as_deref_mut(),
+            },
+        );
+        let lengths: Vec<E> = (0..rows)
+            .map(|r| cast(staged.row(r).len() as i64))
+            .collect();
+        let cu = staged.packed.then(|| {
+            let cu = cu_seqlens(&staged.docs, rows, pool);
+            TensorData::new(
+                cu.iter().map(|&c| cast(c as i64)).collect::<Vec<E>>(),
+                [cu.len()],
+            )
+        });
+        let on_grid = |v: Vec<E>| TensorData::new(v, grid);
         HostFields {
-            step: b.step,
-            rows: b.rows,
-            width: b.width,
-            ids: self.data(&b.ids, &grid),
-            lengths: self.data(&b.lengths, &[b.rows]),
-            attention_mask: b.attention_mask.as_ref().map(|m| self.data(m, &grid)),
-            labels: b.labels.as_ref().map(|l| self.data(l, &grid)),
-            position_ids: b.position_ids.as_ref().map(|p| self.data(p, &grid)),
-            cu_seqlens: b.cu_seqlens.as_ref().map(|c| self.data(c, &[c.len()])),
-            docs: b.docs,
+            step: staged.step,
+            rows,
+            width,
+            ids: on_grid(ids),
+            lengths: TensorData::new(lengths, [rows]),
+            attention_mask: mask.map(on_grid),
+            labels: labels.map(on_grid),
+            position_ids: positions.map(on_grid),
+            cu_seqlens: cu,
+            docs: staged.docs,
         }
     }
 }
@@ -220,7 +262,7 @@ impl<T: TokenId> DeviceSink<T> for BurnSink {
                 Ok(BurnPrepared::Shader(Box::new(ragged)))
             }
             None => Ok(BurnPrepared::Host(Box::new(
-                self.prepare_batch(pad_host(staged, config, pool)),
+                self.prepare_batch(staged, config, pool),
             ))),
         }
     }

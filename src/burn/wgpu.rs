@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use ::burn::backend::Cube;
-use ::burn::backend::wgpu::{AutoCompiler, CubeTensor, WgpuSetup};
+use ::burn::backend::wgpu::{AutoCompiler, CubeTensor, WgpuResource, WgpuSetup};
 use ::burn::cubecl::wgpu::WgpuServer;
 use ::burn::tensor::{DType, Device, Int, IntDType, Tensor};
 
@@ -52,6 +52,21 @@ pub fn shared_wgpu() -> Result<(Device, Arc<WgpuContext>)> {
     Ok((device, ctx))
 }
 
+/// Runs `f` on the wgpu buffer (and the offset in it) that holds `tensor`, kept in place
+/// meanwhile (and after, as long as the tensor lives).
+fn with_raw_buffer<R>(
+    ctx: &WgpuContext,
+    tensor: &CubeTensor,
+    op: &str,
+    f: impl FnOnce(&WgpuResource) -> R,
+) -> Result<R> {
+    let managed = tensor
+        .client
+        .get_resource::<WgpuServer<AutoCompiler>>(tensor.handle.clone())
+        .map_err(|e| ctx.error(op, format!("{e:?}")))?;
+    Ok(f(managed.resource()))
+}
+
 /// Copies a padded wgpu batch into Burn tensors on `device` (which shares the batch's queue).
 pub(crate) fn land<T: TokenId>(device: &Device, batch: WgpuBatch<T>) -> Result<BurnBatch> {
     if device.settings().int_dtype != IntDType::I32 {
@@ -79,20 +94,17 @@ pub(crate) fn land<T: TokenId>(device: &Device, batch: WgpuBatch<T>) -> Result<B
             _ => Tensor::<2, Int>::empty(shape, &plain).try_into_primitive::<Cube>(),
         }
         .map_err(|e| ctx.error("reach a Burn tensor's buffer", format!("{e:?}")))?;
-        let managed = tensor
-            .client
-            .get_resource::<WgpuServer<AutoCompiler>>(tensor.handle.clone())
-            .map_err(|e| ctx.error("reach a Burn tensor's buffer", format!("{e:?}")))?;
-        let target = managed.resource();
-        if field.bytes > 0 {
-            encoder.copy_buffer_to_buffer(
-                field.buffer,
-                0,
-                &target.buffer,
-                target.offset,
-                field.bytes,
-            );
-        }
+        with_raw_buffer(&ctx, &tensor, "reach a Burn tensor's buffer", |target| {
+            if field.bytes > 0 {
+                encoder.copy_buffer_to_buffer(
+                    field.buffer,
+                    0,
+                    &target.buffer,
+                    target.offset,
+                    field.bytes,
+                );
+            }
+        })?;
         Ok(tensor)
     };
     let ids = copy(batch.ids())?;
@@ -149,24 +161,22 @@ pub fn record_losses_wgpu(
     let n = losses.dims()[0];
     check_rows(names, docs, n)?;
     let plain = losses.device().without_autodiff();
-    let values = losses
+    let primitive = losses
         .without_autodiff()
         .try_into_primitive::<Cube>()
         .map_err(|e| ctx.error("reach the losses' buffer", format!("{e:?}")))?;
-    if values.dtype != DType::F32 || !values.is_contiguous() {
+    if primitive.dtype != DType::F32 || !primitive.is_contiguous() {
         return Err(ctx.error(
             "bin the losses on the device",
-            format!("the losses must be contiguous f32, not {:?}", values.dtype),
+            format!(
+                "the losses must be contiguous f32, not {:?}",
+                primitive.dtype
+            ),
         ));
     }
     plain
         .flush()
         .map_err(|e| ctx.error("flush Burn's queue", format!("{e:?}")))?;
-    let managed = values
-        .client
-        .get_resource::<WgpuServer<AutoCompiler>>(values.handle.clone())
-        .map_err(|e| ctx.error("reach the losses' buffer", format!("{e:?}")))?;
-    let source = managed.resource();
     // Rows without tokens have no loss: their dataset index lies past the names, which the
     // shader skips.
     let dataset_of: Vec<u32> = docs
@@ -185,12 +195,14 @@ pub fn record_losses_wgpu(
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("losses to the sketch"),
             });
-        if bytes > 0 {
-            encoder.copy_buffer_to_buffer(&source.buffer, source.offset, &values, 0, bytes);
-        }
+        with_raw_buffer(ctx, &primitive, "reach the losses' buffer", |source| {
+            if bytes > 0 {
+                encoder.copy_buffer_to_buffer(&source.buffer, source.offset, &values, 0, bytes);
+            }
+        })?;
         ctx.queue().submit([encoder.finish()]);
-        (values, of)
-    })?;
+        Ok((values, of))
+    })??;
     let map = *metrics.mapping();
     let sketches =
         crate::metrics::device::device_sketches(ctx, &map, &scratch.0, &scratch.1, n, names)?;

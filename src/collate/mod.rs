@@ -234,50 +234,38 @@ pub fn pad_host<T: TokenId>(
     pool: &Pool,
 ) -> Batch<T> {
     let (b, w) = (staged.rows, staged.width);
-    let pad = T::try_from(config.pad_id).unwrap_or_default();
     // Every [B, T] buffer is taken within the batch's largest size, B x seq_len.
     let bound = b * config.seq_len.max(w);
     let mut ids = pool.take_within::<T>(b * w, bound);
     let mut lengths = pool.take::<u32>(b);
-    for r in 0..b {
-        let row = staged.row(r);
-        let dst = &mut ids[r * w..(r + 1) * w];
-        dst[..row.len()].copy_from_slice(row);
-        dst[row.len()..].fill(pad);
-        lengths[r] = row.len() as u32;
+    let mut attention_mask = config
+        .attention_mask
+        .then(|| pool.take_within::<u8>(b * w, bound));
+    let mut labels = config.labels.then(|| pool.take_within::<T>(b * w, bound));
+    let mut position_ids = config
+        .position_ids
+        .then(|| pool.take_within::<T>(b * w, bound));
+    let pad = T::try_from(config.pad_id).unwrap_or_default();
+    let ids_as = PadValues {
+        id: |t: T| t,
+        pad,
+        ignore: T::IGNORE,
+        position: T::from_usize,
+    };
+    fill_padded(
+        &staged,
+        &ids_as,
+        (1u8, 0u8),
+        PaddedFields {
+            ids: &mut ids,
+            attention_mask: attention_mask.as_deref_mut(),
+            labels: labels.as_deref_mut(),
+            position_ids: position_ids.as_deref_mut(),
+        },
+    );
+    for (r, len) in lengths.iter_mut().enumerate() {
+        *len = staged.offsets[r + 1] - staged.offsets[r];
     }
-    let attention_mask = config.attention_mask.then(|| {
-        let mut m = pool.take_within::<u8>(b * w, bound);
-        for r in 0..b {
-            let len = lengths[r] as usize;
-            m[r * w..r * w + len].fill(1);
-            m[r * w + len..(r + 1) * w].fill(0);
-        }
-        m
-    });
-    let labels = config.labels.then(|| {
-        let mut l = pool.take_within::<T>(b * w, bound);
-        l.fill(T::IGNORE);
-        for d in staged.docs.iter() {
-            let at = d.row as usize * w + d.start as usize;
-            let n = d.len as usize;
-            if n > 1 {
-                l[at..at + n - 1].copy_from_slice(&ids[at + 1..at + n]);
-            }
-        }
-        l
-    });
-    let position_ids = config.position_ids.then(|| {
-        let mut p = pool.take_within::<T>(b * w, bound);
-        p.fill(T::default());
-        for d in staged.docs.iter() {
-            let at = d.row as usize * w + d.start as usize;
-            for (j, slot) in p[at..at + d.len as usize].iter_mut().enumerate() {
-                *slot = T::from_usize(j);
-            }
-        }
-        p
-    });
     let cu_seqlens = staged.packed.then(|| cu_seqlens(&staged.docs, b, pool));
     Batch {
         step: staged.step,
@@ -290,6 +278,77 @@ pub fn pad_host<T: TokenId>(
         position_ids,
         cu_seqlens,
         docs: staged.docs,
+    }
+}
+
+/// How a padded field's elements are made: a token id as the output element, the padding id,
+/// the ignore label, a position.
+pub(crate) struct PadValues<E, F, P> {
+    /// A token id as an element.
+    pub id: F,
+    /// The padding element.
+    pub pad: E,
+    /// The label of a position with no next token in its document.
+    pub ignore: E,
+    /// A position as an element.
+    pub position: P,
+}
+
+/// The `[B, T]` outputs [`fill_padded`] writes, each `rows x width` elements.
+pub(crate) struct PaddedFields<'a, E, M> {
+    /// Token ids.
+    pub ids: &'a mut [E],
+    /// 1 on real tokens, 0 on padding.
+    pub attention_mask: Option<&'a mut [M]>,
+    /// The next token of the same document, else the ignore label.
+    pub labels: Option<&'a mut [E]>,
+    /// Position within the row, restarting per document piece.
+    pub position_ids: Option<&'a mut [E]>,
+}
+
+/// Writes the padded `[B, T]` fields of `staged` in one pass per field, converting each id as
+/// `values` says: the host batch writes ids of their own type, the Burn sink writes the device's
+/// int dtype straight into the buffers Burn takes. `mask` is the (one, zero) of the mask.
+pub(crate) fn fill_padded<T: TokenId, E: Copy, M: Copy, F: Fn(T) -> E, P: Fn(usize) -> E>(
+    staged: &StagedBatch<T>,
+    values: &PadValues<E, F, P>,
+    (one, zero): (M, M),
+    out: PaddedFields<'_, E, M>,
+) {
+    let (b, w) = (staged.rows, staged.width);
+    for r in 0..b {
+        let row = staged.row(r);
+        let dst = &mut out.ids[r * w..(r + 1) * w];
+        for (d, &t) in dst.iter_mut().zip(row) {
+            *d = (values.id)(t);
+        }
+        dst[row.len()..].fill(values.pad);
+    }
+    if let Some(m) = out.attention_mask {
+        for r in 0..b {
+            let len = staged.row(r).len();
+            m[r * w..r * w + len].fill(one);
+            m[r * w + len..(r + 1) * w].fill(zero);
+        }
+    }
+    if let Some(l) = out.labels {
+        l.fill(values.ignore);
+        for d in staged.docs.iter() {
+            let at = d.row as usize * w + d.start as usize;
+            let n = d.len as usize;
+            if n > 1 {
+                l[at..at + n - 1].copy_from_slice(&out.ids[at + 1..at + n]);
+            }
+        }
+    }
+    if let Some(p) = out.position_ids {
+        p.fill((values.position)(0));
+        for d in staged.docs.iter() {
+            let at = d.row as usize * w + d.start as usize;
+            for (j, slot) in p[at..at + d.len as usize].iter_mut().enumerate() {
+                *slot = (values.position)(j);
+            }
+        }
     }
 }
 
