@@ -13,7 +13,7 @@ use std::path::Path;
 use burn::data::dataloader::DataLoader;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{DType, Device, DeviceKind, Int, Tensor};
-use shardflow::burn::{BurnBatch, BurnLoader, BurnSink, record_losses};
+use shardflow::burn::{BurnBatch, BurnLoader, BurnSink, record_loss_values, record_losses};
 use shardflow::collate::{Batch, CollateConfig, DocRef, Padding};
 use shardflow::collective::Solo;
 use shardflow::loader::{DatasetConfig, LoaderBuilder, LoaderConfig, NamedTransforms};
@@ -215,6 +215,66 @@ fn losses_on_the_shared_wgpu_device_are_binned_there_as_the_host_bins_them() {
     assert!(
         h.number("web", "loss_samples").unwrap() < 100.0,
         "dropped rows are not counted"
+    );
+}
+
+#[test]
+fn losses_reduce_across_ranks_with_the_data_metrics_in_one_reduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = mixture_config(dir.path());
+    let ranks = shardflow::collective::in_process(2, std::time::Duration::from_secs(20));
+    let reports: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .enumerate()
+            .map(|(rank, c)| {
+                let config = config.clone();
+                s.spawn(move || {
+                    let counted = shardflow::collective::Counting::new(c);
+                    let loader = docs_loader(config, rank, 2);
+                    let mut losses = Aggregator::new(MetricsConfig::default());
+                    // Per dataset: rows seen and the sum of their stand-in losses.
+                    let mut rows = [(0.0, 0.0); 3];
+                    for docs in loader.iter() {
+                        let docs = docs.unwrap();
+                        // A stand-in loss per row: its sample index.
+                        let l: Vec<f64> = docs.iter().map(|d| d.sample as f64).collect();
+                        record_loss_values(&mut losses, loader.names(), &docs, &l).unwrap();
+                        for d in &docs {
+                            rows[d.dataset as usize].0 += 1.0;
+                            rows[d.dataset as usize].1 += d.sample as f64;
+                        }
+                    }
+                    let state = loader.state().unwrap();
+                    let mut all = Aggregator::from_state(state.metrics.unwrap());
+                    all.merge(&losses).unwrap();
+                    let reduced = all.reduce(&counted).unwrap();
+                    (reduced.report(), counted.counts().total(), rows)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Both ranks hold the world's totals: every row of both ranks, its loss beside it.
+    assert_eq!(reports[0].0, reports[1].0);
+    let r = &reports[0].0;
+    let mut total = 0.0;
+    for (i, d) in ["web", "code", "books"].iter().enumerate() {
+        let (n, sum) = (
+            reports[0].2[i].0 + reports[1].2[i].0,
+            reports[0].2[i].1 + reports[1].2[i].1,
+        );
+        assert_eq!(r.number(d, "loss_samples"), Some(n), "{d}");
+        assert_eq!(r.number(d, "samples_seen"), Some(n), "{d}");
+        assert_eq!(r.number(d, "loss_mean"), Some(sum / n), "{d}");
+        total += n;
+    }
+    assert_eq!(total, 125.0, "one epoch of the mixture");
+    // A first reduce agrees on the names (two collectives), then sums and maxes (two more): the
+    // losses ride in the same buffers as the data metrics.
+    assert_eq!(
+        reports[0].1, 4,
+        "one reduce for data metrics and losses together"
     );
 }
 
