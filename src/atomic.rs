@@ -517,7 +517,7 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 /// Fsyncs the directory holding `file`.
-fn sync_dir(file: &Path) -> Result<()> {
+pub(crate) fn sync_dir(file: &Path) -> Result<()> {
     let dir = parent_dir(file);
     sync_dir_path(dir).map_err(|e| Error::io(file, "fsync the directory of", e))
 }

@@ -447,6 +447,48 @@ pub enum Error {
         reason: String,
     },
 
+    /// The rendezvous file store cannot be used, or holds a record that is torn or foreign.
+    #[error("file store {path}: {reason}", path = .path.display())]
+    Store {
+        /// The store's directory, or the record's file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+
+    /// A rendezvous wait passed its deadline.
+    #[error(
+        "file store {dir}: rank {rank} waited {waited:?} for {keys:?}: {detail}",
+        dir = .dir.display()
+    )]
+    StoreTimeout {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The keys waited for.
+        keys: Vec<String>,
+        /// The rank that waited.
+        rank: usize,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// What was missing: the ranks that never arrived, or a torn record seen meanwhile.
+        detail: String,
+    },
+
+    /// Ranks hold different configurations.
+    #[error("ranks {ranks:?} hold a config that differs from rank 0's at {key}: {reason}")]
+    ConfigMismatch {
+        /// The ranks whose config differs from rank 0's.
+        ranks: Vec<usize>,
+        /// The first key path where the first of them differs (`order.seed`).
+        key: String,
+        /// Both values.
+        reason: String,
+    },
+
+    /// The ranks' environment does not describe one world.
+    #[error("world from the environment: {0}")]
+    Environment(String),
+
     /// A configuration that cannot work; the message says which setting and why.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -8,13 +8,25 @@
 //! - [`wgpu_world`] (feature `wgpu`): an in-process world whose all-reduces run on a wgpu
 //!   device, one dispatch per call, bit for bit the host engine's results where the adapter has
 //!   f64.
+//! - [`FileStore`]: a key-value rendezvous for separate processes in a shared directory (atomic,
+//!   checksummed records; polls with backoff up to a deadline; counters and barriers).
+//! - [`RunSpec`], [`agree`]: rank 0 publishes the run spec (canonical config, its hash, a run
+//!   name derived from it); every rank checks that all ranks hold the same config.
+//! - [`World::from_env`]: rank, world size and local rank as torchrun, SLURM or Open MPI set
+//!   them.
 
+mod env;
+mod spec;
+mod store;
 #[cfg(feature = "wgpu")]
 mod wgpu;
 mod world;
 
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
+pub use env::World;
+pub use spec::*;
+pub use store::*;
 pub use world::{WorldRank, in_process};
 
 use std::sync::atomic::{AtomicU64, Ordering};
