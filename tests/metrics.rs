@@ -198,6 +198,27 @@ fn ranks_that_disagree_on_a_kind_get_an_error() {
 }
 
 #[test]
+fn ranks_with_different_sketch_settings_get_an_error_naming_them() {
+    // Same keys, so the buffers have the same length and an engine would sum them silently;
+    // the layout fingerprint in the MAX buffer tells the ranks apart.
+    let results = on_world(3, |r, c| {
+        let alpha = if r == 2 { 0.0100001 } else { 0.01 };
+        let mut agg = Aggregator::new(shardflow::metrics::MetricsConfig {
+            alpha,
+            ..Default::default()
+        });
+        agg.record("web", "tokens", Kind::Sum, 10.0).unwrap();
+        agg.reduce(c).map(|_| ())
+    });
+    for (r, result) in results.iter().enumerate() {
+        let err = result.as_ref().unwrap_err().to_string();
+        assert!(err.contains("reduce layouts differ"), "rank {r}: {err}");
+        assert!(err.contains("rank 2 (mapping"), "rank {r}: {err}");
+        assert!(!err.contains("rank 1 (mapping"), "rank {r}: {err}");
+    }
+}
+
+#[test]
 fn a_missing_rank_is_a_timeout_naming_it() {
     let mut ranks = in_process(3, Duration::from_millis(200));
     let _absent = ranks.pop().unwrap(); // rank 2 never calls

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::reduce::Layout;
 use super::report::{Report, ReportValue};
 use super::sketch::{Mapping, Sketch};
+use super::wire::Layout;
 use crate::error::{Error, Result};
 
 /// How values of a metric combine.

@@ -17,9 +17,10 @@ mod reduce;
 mod report;
 mod sketch;
 mod standard;
+pub mod wire;
 
 pub use aggregator::*;
-pub use reduce::{Layout, LayoutKey};
 pub use report::*;
 pub use sketch::*;
 pub use standard::*;
+pub use wire::{Layout, LayoutKey};
