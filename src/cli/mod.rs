@@ -12,6 +12,7 @@ mod data;
 mod demo;
 pub mod fuzz;
 mod inspect;
+mod launch;
 pub mod measure;
 pub mod plan;
 mod signals;
@@ -73,6 +74,8 @@ enum Command {
     #[command(allow_negative_numbers = true)]
     Plan(plan::PlanArgs),
     /// Print sequences as JSON arrays of token ids, one per line.
+    /// Starts N local processes of one job (RANK, WORLD_SIZE, LOCAL_RANK, a shared store).
+    Launch(launch::LaunchArgs),
     #[command(allow_negative_numbers = true)]
     Cat {
         /// The shard prefix.
@@ -117,6 +120,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Plan(p) => plan::run(p),
         Command::Bench(b) => bench::run(b),
         Command::Cat { prefix, range } => cat::run(&prefix, &range),
+        Command::Launch(l) => launch::run(l),
     }
 }
 

@@ -1,0 +1,77 @@
+//! `shardflow launch`: every rank's variables, prefixed output, and a failing rank that stops
+//! the others and is named.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cmd::shardflow;
+
+#[test]
+fn every_rank_gets_its_variables_and_its_prefix() {
+    let store = tempfile::tempdir().unwrap();
+    let out = shardflow()
+        .args(["launch", "--nproc", "3", "--store"])
+        .arg(store.path())
+        .args(["--", "sh", "-c"])
+        .arg("echo \"$RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $SHARDFLOW_STORE\"; echo e$RANK >&2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort();
+    let dir = store.path().display();
+    assert_eq!(
+        lines,
+        [
+            format!("[rank 0] 0 3 0 3 {dir}"),
+            format!("[rank 1] 1 3 1 3 {dir}"),
+            format!("[rank 2] 2 3 2 3 {dir}"),
+        ]
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for r in 0..3 {
+        assert!(stderr.contains(&format!("[rank {r}] e{r}\n")), "{stderr}");
+    }
+}
+
+#[test]
+fn a_failing_rank_stops_the_others_and_is_named() {
+    let start = Instant::now();
+    let out = shardflow()
+        .args(["launch", "--nproc", "4", "--", "sh", "-c"])
+        .arg("if [ \"$RANK\" = 2 ]; then sleep 0.3; exit 7; fi; sleep 60")
+        .output()
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the others were not stopped: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("rank 2 failed (exit status 7); the other 3 ranks were stopped"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_command_that_cannot_start_and_a_bad_count_are_errors() {
+    let out = shardflow()
+        .args(["launch", "--nproc", "2", "--", "/nonexistent/program"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("cannot start \"/nonexistent/program\" for rank 0"),
+        "{stderr}"
+    );
+    let out = shardflow()
+        .args(["launch", "--nproc", "0", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--nproc 0"));
+}
