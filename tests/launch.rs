@@ -75,3 +75,31 @@ fn a_command_that_cannot_start_and_a_bad_count_are_errors() {
         .unwrap();
     assert!(String::from_utf8(out.stderr).unwrap().contains("--nproc 0"));
 }
+
+#[test]
+fn two_processes_agree_on_the_config_and_load_their_slices_of_the_same_batches() {
+    let store = tempfile::tempdir().unwrap();
+    let out = shardflow()
+        .args(["launch", "--nproc", "2", "--store"])
+        .arg(store.path())
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_shardflow"))
+        .args(["demo", "--world-from-env"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("config agreed"))
+        .map(|l| l.split("run ").nth(1).unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert_eq!(names[0], names[1], "both ranks derived the same run name");
+    assert!(stdout.contains("[rank 0] check rank 1: 480 rows planned, 480 received: identical"));
+    assert!(stdout.contains("all 2 ranks loaded exactly their slices of the same global batches"));
+}

@@ -45,12 +45,16 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
     // A store root of our own unless one is given: local processes all see it.
     let own = match &args.store {
         Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix(".shardflow-launch-")
-                .tempdir_in(".")
-                .map_err(|e| Error::io(std::path::Path::new("."), "create a store in", e))?,
-        ),
+        None => {
+            let here = std::env::current_dir()
+                .map_err(|e| Error::io(std::path::Path::new("."), "find", e))?;
+            Some(
+                tempfile::Builder::new()
+                    .prefix(".shardflow-launch-")
+                    .tempdir_in(&here)
+                    .map_err(|e| Error::io(&here, "create a store in", e))?,
+            )
+        }
     };
     let root = match (&args.store, &own) {
         (Some(dir), _) => dir.clone(),

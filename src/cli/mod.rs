@@ -10,6 +10,7 @@ pub mod bench;
 mod cat;
 mod data;
 mod demo;
+mod demo_world;
 pub mod fuzz;
 mod inspect;
 mod launch;
@@ -49,8 +50,12 @@ enum Command {
     /// Write the built-in synthetic corpus, inspect it and print a summary.
     Demo {
         /// Keep the corpus in this directory instead of a temporary one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "world_from_env")]
         dir: Option<PathBuf>,
+        /// Run as one rank of a job of processes (RANK and WORLD_SIZE, or SLURM's or Open
+        /// MPI's variables; the store in SHARDFLOW_STORE), as `shardflow launch` starts them.
+        #[arg(long)]
+        world_from_env: bool,
     },
     /// Tokenize JSON lines or plain text byte-level into a Megatron shard.
     Write(write::WriteArgs),
@@ -110,7 +115,11 @@ pub fn main() -> ExitCode {
 /// Runs the parsed command.
 pub fn run(args: Args) -> Result<ExitCode> {
     match args.command {
-        Command::Demo { dir } => demo::run(dir),
+        Command::Demo {
+            world_from_env: true,
+            ..
+        } => demo_world::run(),
+        Command::Demo { dir, .. } => demo::run(dir),
         Command::Write(w) => write::run(w),
         Command::Inspect {
             prefixes,
