@@ -527,6 +527,7 @@ impl Aggregator {
     }
 
     /// Adds `count` values summing to `sum` to the MEAN metric `metric`.
+    #[cfg(feature = "burn")]
     pub(crate) fn add_mean(
         &mut self,
         dataset: &str,
