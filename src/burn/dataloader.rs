@@ -1,6 +1,6 @@
 //! Burn's `DataLoader<O>` over a shardflow loader.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use ::burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use ::burn::data::dataset::DatasetError;
@@ -45,7 +45,18 @@ pub struct BurnLoader<O> {
     resume: Option<LoaderState>,
     named: Arc<NamedTransforms<i32>>,
     names: Vec<String>,
-    last: Arc<Mutex<Option<LoaderState>>>,
+    live: Arc<Mutex<Live>>,
+}
+
+/// A loader an iterator is reading, shared so that [`BurnLoader::state`] can ask it.
+type Slot = Arc<Mutex<Option<Loader<i32, BurnSink>>>>;
+
+/// Where [`BurnLoader::state`] looks: the latest iterator's loader while it lives, else the
+/// state that iterator left when it ended.
+#[derive(Default)]
+struct Live {
+    current: Weak<Mutex<Option<Loader<i32, BurnSink>>>>,
+    last: Option<LoaderState>,
 }
 
 impl<O> Clone for BurnLoader<O> {
@@ -63,7 +74,7 @@ impl<O> Clone for BurnLoader<O> {
             resume: self.resume.clone(),
             named: self.named.clone(),
             names: self.names.clone(),
-            last: Arc::new(Mutex::new(None)),
+            live: Arc::default(),
         }
     }
 }
@@ -133,7 +144,7 @@ impl<O: 'static> BurnLoader<O> {
             resume: None,
             named: Arc::new(NamedTransforms::new()),
             names: plan.names().to_vec(),
-            last: Arc::new(Mutex::new(None)),
+            live: Arc::default(),
         })
     }
 
@@ -157,7 +168,15 @@ impl<O: 'static> BurnLoader<O> {
 
     /// The checkpoint after the last batch the latest iterator yielded (`None` before any).
     pub fn state(&self) -> Option<LoaderState> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        // One lock at a time: the iterator takes its slot's, then this one's.
+        let (current, last) = {
+            let live = lock(&self.live);
+            (live.current.upgrade(), live.last.clone())
+        };
+        match current {
+            Some(slot) => lock(&slot).as_ref().map(Loader::state).or(last),
+            None => last,
+        }
     }
 
     /// The configuration it builds its loaders from.
@@ -187,16 +206,18 @@ impl<O: 'static> DataLoader<O> for BurnLoader<O> {
             Err(e) => {
                 return Box::new(BurnIter {
                     owner: self,
-                    loader: None,
+                    loader: Arc::new(Mutex::new(None)),
                     error: Some(e),
                     batch: self.first,
                     done: self.items(self.first, self.first),
                 });
             }
         };
+        let slot: Slot = Arc::new(Mutex::new(loader));
+        lock(&self.live).current = Arc::downgrade(&slot);
         Box::new(BurnIter {
             owner: self,
-            loader,
+            loader: slot,
             error: None,
             batch: at,
             done: self.items(self.first, at.min(self.end)),
@@ -226,7 +247,7 @@ impl<O: 'static> DataLoader<O> for BurnLoader<O> {
 /// The iterator of a [`BurnLoader`].
 struct BurnIter<'a, O> {
     owner: &'a BurnLoader<O>,
-    loader: Option<Loader<i32, BurnSink>>,
+    loader: Slot,
     error: Option<Error>,
     /// The next batch's index.
     batch: u64,
@@ -239,26 +260,54 @@ impl<O> Iterator for BurnIter<'_, O> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(e) = self.error.take() {
-            self.loader = None;
             return Some(Err(DatasetError::new(e)));
         }
-        if self.batch >= self.owner.end {
-            self.loader = None;
-        }
-        let loader = self.loader.as_mut()?;
-        match loader.next()? {
-            Ok(batch) => {
+        let next = {
+            let mut slot = lock(&self.loader);
+            let loader = slot.as_mut()?;
+            if self.batch >= self.owner.end {
+                None
+            } else {
+                loader.next()
+            }
+        };
+        match next {
+            Some(Ok(batch)) => {
                 self.batch += 1;
                 self.done += batch.rows as u64;
-                *self.owner.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(loader.state());
                 Some(Ok((self.owner.convert)(batch)))
             }
-            Err(e) => {
-                self.loader = None;
+            Some(Err(e)) => {
+                self.finish();
                 Some(Err(DatasetError::new(e)))
+            }
+            None => {
+                self.finish();
+                None
             }
         }
     }
+}
+
+impl<O> BurnIter<'_, O> {
+    /// Leaves the loader's final state where [`BurnLoader::state`] finds it, and drops the
+    /// loader (joining its threads).
+    fn finish(&mut self) {
+        let Some(loader) = lock(&self.loader).take() else {
+            return;
+        };
+        lock(&self.owner.live).last = Some(loader.state());
+    }
+}
+
+impl<O> Drop for BurnIter<'_, O> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<O> DataLoaderIterator<O> for BurnIter<'_, O> {
