@@ -474,6 +474,17 @@ pub enum Error {
         detail: String,
     },
 
+    /// A CUDA kernel does not compile.
+    #[error("kernel {kernel} does not compile for {arch}:\n{log}")]
+    Kernel {
+        /// The kernel's file (`pad_collate.cu`).
+        kernel: String,
+        /// The architecture (`sm_80`).
+        arch: String,
+        /// NVRTC's log.
+        log: String,
+    },
+
     /// Ranks hold different configurations.
     #[error("ranks {ranks:?} hold a config that differs from rank 0's at {key}: {reason}")]
     ConfigMismatch {

@@ -50,7 +50,9 @@
 //! - `cli` (default): the `shardflow` command and what only it needs (clap, indicatif, libc).
 //!   Library users can turn it off with `default-features = false`.
 //! - `wgpu` (default): the wgpu context, device sink, reduction engine and sketch binning.
-//! - `cuda`: the CUDA sink and NCCL engine through cudarc (filled by the CUDA issue).
+//! - `cuda`: the CUDA C kernels of `kernels/` compiled at run time by NVRTC through cudarc
+//!   (libnvrtc loaded when needed; no CUDA toolkit at build time). The CUDA sink and the NCCL
+//!   engine are the CUDA issue's next steps.
 //! - `burn`: Burn tensors from batches, Burn's `DataLoader` over a shardflow stream, per-dataset
 //!   training losses (Burn 0.22.1 with the Flex, NdArray and wgpu devices).
 //! - `fault-injection`: for tests only; lets a test stop a shard write at any step.

@@ -3,9 +3,13 @@
 //! - [`WgpuContext`] (feature `wgpu`): an adapter, its device and queue (created here, or adopted
 //!   from Burn or any other wgpu 30 user), and the compute pipelines of `shaders/`, compiled once
 //!   per context.
+//! - [`nvrtc`] (feature `cuda`): the CUDA C kernels of `kernels/`, compiled at run time by NVRTC.
 
 #[cfg(feature = "wgpu")]
 mod wgpu_context;
 
 #[cfg(feature = "wgpu")]
 pub use wgpu_context::*;
+
+#[cfg(feature = "cuda")]
+pub mod nvrtc;

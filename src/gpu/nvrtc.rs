@@ -1,0 +1,165 @@
+//! The CUDA C kernels of `kernels/`, compiled at run time by NVRTC (feature `cuda`), so the crate
+//! builds with no CUDA toolkit: `libnvrtc.so.12` is loaded when first needed (the PyPI wheel
+//! `nvidia-cuda-nvrtc-cu12` provides it; put its `lib` directory on `LD_LIBRARY_PATH`).
+//!
+//! Kernels compile to CUBIN for a named architecture (`sm_80`, `sm_90`), which a driver older
+//! than this NVRTC still loads (PTX of a newer NVRTC it may not). A failed compilation is
+//! [`Error::Kernel`] naming the kernel, the architecture and NVRTC's log.
+
+use std::ffi::{CStr, c_char};
+
+use cudarc::nvrtc::{result, sys};
+
+use crate::error::{Error, Result};
+
+/// A kernel source of `kernels/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// `kernels/pad_collate.cu`: ragged ids to every padded field.
+    PadCollate,
+    /// `kernels/reduce.cu`: elementwise SUM, MAX, MIN of stacked f64 and u64 buffers.
+    Reduce,
+    /// `kernels/sketch.cu`: device f32 values into the host's sketch buckets.
+    Sketch,
+}
+
+impl Kernel {
+    /// Every kernel.
+    pub const ALL: [Kernel; 3] = [Kernel::PadCollate, Kernel::Reduce, Kernel::Sketch];
+
+    /// The file name, as errors name it.
+    pub fn file(self) -> &'static str {
+        match self {
+            Kernel::PadCollate => "pad_collate.cu",
+            Kernel::Reduce => "reduce.cu",
+            Kernel::Sketch => "sketch.cu",
+        }
+    }
+
+    /// The CUDA C source.
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::PadCollate => include_str!("../../kernels/pad_collate.cu"),
+            Kernel::Reduce => include_str!("../../kernels/reduce.cu"),
+            Kernel::Sketch => include_str!("../../kernels/sketch.cu"),
+        }
+    }
+
+    /// The `extern "C"` entry points the source defines.
+    pub fn functions(self) -> &'static [&'static str] {
+        match self {
+            Kernel::PadCollate => &["pad_collate"],
+            Kernel::Reduce => &["reduce_f64", "reduce_u64"],
+            Kernel::Sketch => &["sketch"],
+        }
+    }
+
+    /// This kernel as CUBIN for `arch` (`sm_80`, `sm_90`, ...).
+    ///
+    /// # Errors
+    ///
+    /// As [`compile`].
+    pub fn compile(self, arch: &str) -> Result<Vec<u8>> {
+        compile(self.file(), self.source(), arch)
+    }
+}
+
+/// Whether `libnvrtc` can be loaded (checked before any NVRTC call: cudarc panics otherwise).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the library by its candidate names.
+    unsafe { sys::is_culib_present() }
+}
+
+fn missing() -> Error {
+    Error::Device {
+        device: "nvrtc".into(),
+        op: "load libnvrtc".into(),
+        reason: "libnvrtc.so.12 was not found: `pip install nvidia-cuda-nvrtc-cu12` and put its \
+                 nvidia/cuda_nvrtc/lib directory on LD_LIBRARY_PATH"
+            .into(),
+    }
+}
+
+/// NVRTC's version, (major, minor).
+///
+/// # Errors
+///
+/// [`Error::Device`] when NVRTC cannot be loaded.
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    if !nvrtc_present() {
+        return Err(missing());
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; both pointers are valid out-parameters.
+    let code = unsafe { sys::nvrtcVersion(&mut major, &mut minor) };
+    nvrtc_ok("nvrtcVersion", code)?;
+    Ok((major, minor))
+}
+
+fn nvrtc_ok(call: &str, code: sys::nvrtcResult) -> Result<()> {
+    code.result().map_err(|e| Error::Device {
+        device: "nvrtc".into(),
+        op: call.into(),
+        reason: format!("{e:?}"),
+    })
+}
+
+/// Compiles the CUDA C `source` (named `name` in errors) to CUBIN for `arch`.
+///
+/// # Errors
+///
+/// [`Error::Device`] when NVRTC cannot be loaded or fails outside compilation;
+/// [`Error::Kernel`] with NVRTC's log when the source does not compile.
+pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
+    if !nvrtc_present() {
+        return Err(missing());
+    }
+    let src = std::ffi::CString::new(source).map_err(|_| Error::Kernel {
+        kernel: name.into(),
+        arch: arch.into(),
+        log: "the source holds a NUL byte".into(),
+    })?;
+    let cname = std::ffi::CString::new(name).expect("kernel names hold no NUL");
+    let prog = result::create_program(&src, Some(&cname)).map_err(|e| Error::Device {
+        device: "nvrtc".into(),
+        op: format!("create the program {name}"),
+        reason: format!("{e:?}"),
+    })?;
+    let options = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "--restrict".to_string(),
+    ];
+    // SAFETY: `prog` was created above and is destroyed once, below; the log and CUBIN buffers
+    // are sized by NVRTC's own size queries before it writes them.
+    unsafe {
+        let compiled = result::compile_program(prog, &options);
+        let out = match compiled {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| format!("(no log: {e:?})"));
+                Err(Error::Kernel {
+                    kernel: name.into(),
+                    arch: arch.into(),
+                    log,
+                })
+            }
+            Ok(()) => {
+                let mut size = 0usize;
+                nvrtc_ok("nvrtcGetCUBINSize", sys::nvrtcGetCUBINSize(prog, &mut size)).and_then(
+                    |()| {
+                        let mut cubin = vec![0u8; size];
+                        nvrtc_ok(
+                            "nvrtcGetCUBIN",
+                            sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char),
+                        )
+                        .map(|()| cubin)
+                    },
+                )
+            }
+        };
+        let _ = result::destroy_program(prog);
+        out
+    }
+}
