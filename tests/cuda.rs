@@ -65,3 +65,38 @@ fn a_broken_kernel_names_itself_and_carries_the_log() {
         "{err}"
     );
 }
+
+#[test]
+fn without_a_driver_the_cuda_context_is_an_error_not_a_panic() {
+    use shardflow::gpu::cuda::{
+        CudaContext, cuda_present, device_count, nccl_present, nccl_version,
+    };
+    if cuda_present() {
+        // A machine with a driver: the context comes up on this rank's device.
+        let n = device_count().unwrap();
+        match CudaContext::for_local_rank(0) {
+            Ok(ctx) => {
+                assert!(n > 0);
+                assert!(!ctx.name().is_empty());
+                assert!(ctx.arch().starts_with("sm_"), "{}", ctx.arch());
+            }
+            Err(e) => assert_eq!(n, 0, "{e}"),
+        }
+    } else {
+        for err in [
+            CudaContext::for_local_rank(0).unwrap_err(),
+            CudaContext::new(3).unwrap_err(),
+            device_count().unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::Device { .. }), "{err}");
+            assert!(err.to_string().contains("libcuda.so"), "{err}");
+        }
+    }
+    if !nccl_present() {
+        let err = nccl_version().unwrap_err();
+        assert!(
+            err.to_string().contains("libnccl.so was not found"),
+            "{err}"
+        );
+    }
+}

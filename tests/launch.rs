@@ -1,5 +1,5 @@
 //! `shardflow launch`: every rank's variables, prefixed output, and a failing rank that stops
-//! the others and is named.
+//! the others and is named; the multi-process demo; `shardflow devices`.
 
 mod common;
 
@@ -102,4 +102,20 @@ fn two_processes_agree_on_the_config_and_load_their_slices_of_the_same_batches()
     assert_eq!(names[0], names[1], "both ranks derived the same run name");
     assert!(stdout.contains("[rank 0] check rank 1: 480 rows planned, 480 received: identical"));
     assert!(stdout.contains("all 2 ranks loaded exactly their slices of the same global batches"));
+}
+
+#[test]
+fn devices_lists_each_path_or_why_it_is_missing() {
+    let out = shardflow().arg("devices").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("wgpu: "), "{stdout}");
+    #[cfg(feature = "cuda")]
+    for path in ["cuda: ", "nvrtc: ", "nccl: "] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(path)),
+            "{path}: {stdout}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ mod cat;
 mod data;
 mod demo;
 mod demo_world;
+mod devices;
 pub mod fuzz;
 mod inspect;
 mod launch;
@@ -79,6 +80,8 @@ enum Command {
     #[command(allow_negative_numbers = true)]
     Plan(plan::PlanArgs),
     /// Print sequences as JSON arrays of token ids, one per line.
+    /// Lists the wgpu adapter, CUDA devices, NVRTC and NCCL, or why each is missing.
+    Devices,
     /// Starts N local processes of one job (RANK, WORLD_SIZE, LOCAL_RANK, a shared store).
     Launch(launch::LaunchArgs),
     #[command(allow_negative_numbers = true)]
@@ -130,6 +133,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Bench(b) => bench::run(b),
         Command::Cat { prefix, range } => cat::run(&prefix, &range),
         Command::Launch(l) => launch::run(l),
+        Command::Devices => devices::run(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! - [`WgpuContext`] (feature `wgpu`): an adapter, its device and queue (created here, or adopted
 //!   from Burn or any other wgpu 30 user), and the compute pipelines of `shaders/`, compiled once
 //!   per context.
+//! - [`cuda`] (feature `cuda`): a CUDA device with a compute and a copy stream, every entry
+//!   guarded against a missing driver.
 //! - [`nvrtc`] (feature `cuda`): the CUDA C kernels of `kernels/`, compiled at run time by NVRTC.
 
 #[cfg(feature = "wgpu")]
@@ -11,5 +13,7 @@ mod wgpu_context;
 #[cfg(feature = "wgpu")]
 pub use wgpu_context::*;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
