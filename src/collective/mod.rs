@@ -8,6 +8,8 @@
 //! - [`wgpu_world`] (feature `wgpu`): an in-process world whose all-reduces run on a wgpu
 //!   device, one dispatch per call, bit for bit the host engine's results where the adapter has
 //!   f64.
+//! - `NcclCollective` (feature `cuda`): NCCL over cudarc, one rank per GPU, the communicator
+//!   owned by a thread of its own.
 //! - [`FileStore`]: a key-value rendezvous for separate processes in a shared directory (atomic,
 //!   checksummed records; polls with backoff up to a deadline; counters and barriers).
 //! - [`RunSpec`], [`agree`]: rank 0 publishes the run spec (canonical config, its hash, a run
@@ -16,6 +18,8 @@
 //!   them.
 
 mod env;
+#[cfg(feature = "cuda")]
+mod nccl;
 mod spec;
 mod store;
 #[cfg(feature = "wgpu")]
@@ -25,6 +29,8 @@ mod world;
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
 pub use env::World;
+#[cfg(feature = "cuda")]
+pub use nccl::NcclCollective;
 pub use spec::*;
 pub use store::*;
 pub use world::{WorldRank, in_process};
