@@ -10,6 +10,8 @@
 //!   f64.
 //! - `NcclCollective` (feature `cuda`): NCCL over cudarc, one rank per GPU, the communicator
 //!   owned by a thread of its own.
+//! - [`Served`]: an [`Engine`] whose handles cannot cross threads (MPI, NCCL), served from a
+//!   thread of its own as a [`Collective`].
 //! - [`FileStore`]: a key-value rendezvous for separate processes in a shared directory (atomic,
 //!   checksummed records; polls with backoff up to a deadline; counters and barriers).
 //! - [`RunSpec`], [`agree`]: rank 0 publishes the run spec (canonical config, its hash, a run
@@ -20,6 +22,7 @@
 mod env;
 #[cfg(feature = "cuda")]
 mod nccl;
+mod served;
 mod spec;
 mod store;
 #[cfg(feature = "wgpu")]
@@ -31,6 +34,7 @@ pub use self::wgpu::*;
 pub use env::World;
 #[cfg(feature = "cuda")]
 pub use nccl::NcclCollective;
+pub use served::{Engine, Served};
 pub use spec::*;
 pub use store::*;
 pub use world::{WorldRank, in_process};
