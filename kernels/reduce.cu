@@ -3,17 +3,17 @@
 // engine on the host: ranks are folded in rank order, so every rank gets bitwise the same result.
 // op: 0 sum, 1 max, 2 min. u64 sums wrap, as the host's wrapping_add.
 
-extern "C" __global__ void reduce_f64(
-    const double* __restrict__ stacked, unsigned int len, unsigned int ranks, unsigned int op,
-    double* __restrict__ out)
+template <typename T>
+__device__ void reduce(const T* __restrict__ stacked, unsigned int len, unsigned int ranks,
+                       unsigned int op, T* __restrict__ out)
 {
     unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= len) {
         return;
     }
-    double acc = stacked[i];
+    T acc = stacked[i];
     for (unsigned int r = 1; r < ranks; ++r) {
-        double v = stacked[(unsigned long long)r * len + i];
+        T v = stacked[(unsigned long long)r * len + i];
         if (op == 0) {
             acc = acc + v;
         } else if (op == 1) {
@@ -25,24 +25,16 @@ extern "C" __global__ void reduce_f64(
     out[i] = acc;
 }
 
+extern "C" __global__ void reduce_f64(
+    const double* __restrict__ stacked, unsigned int len, unsigned int ranks, unsigned int op,
+    double* __restrict__ out)
+{
+    reduce(stacked, len, ranks, op, out);
+}
+
 extern "C" __global__ void reduce_u64(
     const unsigned long long* __restrict__ stacked, unsigned int len, unsigned int ranks,
     unsigned int op, unsigned long long* __restrict__ out)
 {
-    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= len) {
-        return;
-    }
-    unsigned long long acc = stacked[i];
-    for (unsigned int r = 1; r < ranks; ++r) {
-        unsigned long long v = stacked[(unsigned long long)r * len + i];
-        if (op == 0) {
-            acc = acc + v;
-        } else if (op == 1) {
-            acc = v > acc ? v : acc;
-        } else {
-            acc = v < acc ? v : acc;
-        }
-    }
-    out[i] = acc;
+    reduce(stacked, len, ranks, op, out);
 }

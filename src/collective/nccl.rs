@@ -18,13 +18,13 @@ use cudarc::driver::{CudaStream, DriverError};
 use cudarc::nccl::{Comm, Id, ReduceOp as NcclOp};
 
 use super::served::{Engine, Served};
-use super::{Collective, FileStore, ReduceOp};
+use super::{FileStore, ReduceOp};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{CudaContext, cuda_present, nccl_present};
 
-/// One rank of an NCCL world: a [`Served`] engine whose device context, stream and communicator
-/// live on its thread.
-pub struct NcclCollective(Served);
+/// Makes ranks of an NCCL world: each a [`Served`] engine (a [`Collective`](super::Collective)) whose device
+/// context, stream and communicator live on its thread.
+pub struct NcclCollective;
 
 fn nccl_error(op: &str, e: impl std::fmt::Debug) -> Error {
     Error::Device {
@@ -73,7 +73,7 @@ impl NcclCollective {
     /// # Errors
     ///
     /// [`Error::Device`] for missing libraries, a bad id, or NCCL's reason.
-    pub fn from_rank(local_rank: usize, rank: usize, world: usize, id: &[u8]) -> Result<Self> {
+    pub fn from_rank(local_rank: usize, rank: usize, world: usize, id: &[u8]) -> Result<Served> {
         libraries("join an NCCL communicator")?;
         let id: [u8; 128] = id.try_into().map_err(|_| {
             nccl_error(
@@ -81,7 +81,7 @@ impl NcclCollective {
                 format!("an NCCL unique id has 128 bytes, not {}", id.len()),
             )
         })?;
-        let served = Served::spawn(&format!("nccl rank {rank}"), move || {
+        Served::spawn(&format!("nccl rank {rank}"), move || {
             let ctx = CudaContext::for_local_rank(local_rank)?;
             let stream = ctx.compute_stream().clone();
             let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
@@ -94,8 +94,7 @@ impl NcclCollective {
                 rank,
                 world,
             })
-        })?;
-        Ok(NcclCollective(served))
+        })
     }
 
     /// This process's rank in a job of processes, one per GPU: rank 0 publishes a unique id
@@ -104,7 +103,7 @@ impl NcclCollective {
     /// # Errors
     ///
     /// As [`NcclCollective::from_rank`]; the store's errors and timeouts.
-    pub fn from_store(store: &FileStore, local_rank: usize) -> Result<Self> {
+    pub fn from_store(store: &FileStore, local_rank: usize) -> Result<Served> {
         libraries("join an NCCL communicator")?;
         let id = if store.rank() == 0 {
             let id = Self::unique_id()?;
@@ -122,7 +121,7 @@ impl NcclCollective {
     /// # Errors
     ///
     /// As [`NcclCollective::from_rank`]; [`Error::Device`] when there is no GPU.
-    pub fn from_devices() -> Result<Vec<Self>> {
+    pub fn from_devices() -> Result<Vec<Served>> {
         libraries("join an NCCL communicator")?;
         let n = crate::gpu::cuda::device_count()?;
         if n == 0 {
@@ -234,31 +233,5 @@ impl Engine for NcclEngine {
         let mut one = [0u8];
         self.reduce(&mut one, ReduceOp::Sum, "barrier")?;
         self.stream.synchronize().map_err(copy_error)
-    }
-}
-
-impl Collective for NcclCollective {
-    fn rank(&self) -> usize {
-        self.0.rank()
-    }
-
-    fn world(&self) -> usize {
-        self.0.world()
-    }
-
-    fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<()> {
-        self.0.all_reduce_f64(buf, op)
-    }
-
-    fn all_reduce_u64(&self, buf: &mut [u64], op: ReduceOp) -> Result<()> {
-        self.0.all_reduce_u64(buf, op)
-    }
-
-    fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
-        self.0.all_gather_bytes(mine)
-    }
-
-    fn barrier(&self) -> Result<()> {
-        self.0.barrier()
     }
 }

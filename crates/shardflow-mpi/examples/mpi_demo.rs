@@ -42,7 +42,7 @@ fn run(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mpi = MpiCollective::new()?;
+    let mpi = MpiCollective::world()?;
     let (rank, world) = (mpi.rank(), mpi.world());
     let env = World::from_env()?;
     assert_eq!(

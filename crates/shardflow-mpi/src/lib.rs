@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! use shardflow::collective::Collective;
-//! let mpi = shardflow_mpi::MpiCollective::new().expect("started by mpiexec");
+//! let mpi = shardflow_mpi::MpiCollective::world().expect("started by mpiexec");
 //! let mut buf = [mpi.rank() as f64];
 //! mpi.all_reduce_f64(&mut buf, shardflow::collective::ReduceOp::Sum).unwrap();
 //! ```
@@ -23,21 +23,23 @@ use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
-use shardflow::collective::{Collective, Engine, ReduceOp, Served};
+#[cfg(doc)]
+use shardflow::collective::Collective;
+use shardflow::collective::{Engine, ReduceOp, Served};
 use shardflow::{Error, Result};
 
 /// The world of `MPI_COMM_WORLD`, served from a thread that owns MPI.
-pub struct MpiCollective(Served);
+pub struct MpiCollective;
 
 impl MpiCollective {
-    /// Initializes MPI on a thread of its own and returns the world.
+    /// Initializes MPI on a thread of its own and returns the world, a [`Collective`].
     ///
     /// # Errors
     ///
     /// [`Error::Device`] when MPI was initialized already in this process or cannot give the
     /// funneled threading level.
-    pub fn new() -> Result<Self> {
-        Ok(MpiCollective(Served::spawn("mpi", MpiEngine::init)?))
+    pub fn world() -> Result<Served> {
+        Served::spawn("mpi", MpiEngine::init)
     }
 }
 
@@ -148,31 +150,5 @@ impl Engine for MpiEngine {
     fn barrier(&mut self) -> Result<()> {
         self.world.barrier();
         Ok(())
-    }
-}
-
-impl Collective for MpiCollective {
-    fn rank(&self) -> usize {
-        self.0.rank()
-    }
-
-    fn world(&self) -> usize {
-        self.0.world()
-    }
-
-    fn all_reduce_f64(&self, buf: &mut [f64], op: ReduceOp) -> Result<()> {
-        self.0.all_reduce_f64(buf, op)
-    }
-
-    fn all_reduce_u64(&self, buf: &mut [u64], op: ReduceOp) -> Result<()> {
-        self.0.all_reduce_u64(buf, op)
-    }
-
-    fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
-        self.0.all_gather_bytes(mine)
-    }
-
-    fn barrier(&self) -> Result<()> {
-        self.0.barrier()
     }
 }

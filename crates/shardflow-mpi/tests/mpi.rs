@@ -69,7 +69,7 @@ fn loader_metrics(dir: &std::path::Path, rank: usize, world: usize) -> Aggregato
 }
 
 fn main() {
-    let mpi = Counting::new(MpiCollective::new().expect("MPI initializes"));
+    let mpi = Counting::new(MpiCollective::world().expect("MPI initializes"));
     let (rank, world) = (mpi.rank(), mpi.world());
 
     // The calls themselves.
