@@ -438,3 +438,37 @@ fn bench_on_a_shard_of_empty_sequences_fails_instead_of_spinning() {
         );
     }
 }
+
+#[test]
+fn bench_on_cuda_without_a_driver_is_an_error_naming_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = shard(dir.path(), "s");
+    let args = [
+        "bench",
+        "--data",
+        p(&prefix),
+        "--batches",
+        "5",
+        "--device",
+        "cuda",
+    ];
+    if cfg!(feature = "cuda") {
+        // With the feature: on a machine without libcuda the error names it; with a driver the
+        // bench runs and reports the bus figures.
+        let out = shardflow(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("pinned H2D copy"), "{text}");
+        } else {
+            assert!(
+                err.contains("libcuda.so") || err.contains("CUDA device"),
+                "{err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    } else {
+        let err = fails(&args);
+        assert!(err.contains("built without the cuda feature"), "{err}");
+    }
+}

@@ -1,10 +1,25 @@
-//! The CUDA kernels through NVRTC: every kernel compiles to CUBIN for sm_80 and sm_90, and a
-//! broken source names itself and carries NVRTC's log. Without libnvrtc the tests skip with the
-//! reason, unless SHARDFLOW_REQUIRE_NVRTC=1 (CI), which makes them fail.
+//! The CUDA path. Through NVRTC (CI): every kernel compiles to CUBIN for sm_80 and sm_90, and a
+//! broken source names itself and carries NVRTC's log; without libnvrtc those tests skip with
+//! the reason, unless SHARDFLOW_REQUIRE_NVRTC=1 (CI), which makes them fail. Without a driver:
+//! the context, the sink and the NCCL engine are errors, never panics. On a CUDA device (skipped
+//! elsewhere with the reason, failed under SHARDFLOW_REQUIRE_CUDA=1): the sink against the host
+//! sink, device reductions and sketches against the host's, a loader run through the sink
+//! against the host run, slot recycling, and NCCL over every visible GPU against the host world.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
 use shardflow::Error;
+use shardflow::TokenId;
+use shardflow::device::{CudaSink, DeviceSink};
+use shardflow::gpu::cuda::{CudaContext, cuda_present};
 use shardflow::gpu::nvrtc::{Kernel, compile, nvrtc_present, nvrtc_version};
+
+use common::conformance;
+use common::device_suite as suite;
 
 fn nvrtc() -> bool {
     if nvrtc_present() {
@@ -157,4 +172,217 @@ fn the_nccl_engine_without_a_driver_is_an_error_and_with_gpus_reduces_like_the_h
             assert_eq!(bytes, &vec![r as u8; r + 1]);
         }
     }
+}
+
+/// Device 0's context, or a printed reason to skip (a failure under SHARDFLOW_REQUIRE_CUDA=1).
+fn cuda() -> Option<Arc<CudaContext>> {
+    let why = match CudaContext::for_local_rank(0) {
+        Ok(ctx) if nvrtc_present() => return Some(ctx),
+        Ok(_) => nvrtc_version().unwrap_err().to_string(),
+        Err(e) => e.to_string(),
+    };
+    if std::env::var("SHARDFLOW_REQUIRE_CUDA").as_deref() == Ok("1") {
+        panic!("SHARDFLOW_REQUIRE_CUDA=1, but CUDA cannot be used: {why}");
+    }
+    eprintln!("skipped (needs a CUDA device and NVRTC): {why}");
+    None
+}
+
+#[test]
+fn without_a_driver_the_cuda_sink_is_an_error_not_a_panic() {
+    if cuda_present() {
+        return;
+    }
+    let err = CudaSink::for_local_rank(0).unwrap_err();
+    assert!(matches!(err, Error::Device { .. }), "{err}");
+    assert!(err.to_string().contains("libcuda.so"), "{err}");
+}
+
+fn sink_conforms<T: TokenId>() {
+    let Some(ctx) = cuda() else { return };
+    let sink = CudaSink::new(ctx).unwrap();
+    <CudaSink as DeviceSink<T>>::worker(&sink).unwrap();
+    let pool = sink.staging_pool();
+    assert_eq!(pool.memory(), "cuda pinned");
+    let n = conformance::check::<T>(|staged, config| {
+        let prepared = sink.prepare(&mut (), staged, config, &pool).unwrap();
+        sink.upload(prepared, 0, config).unwrap().to_host().unwrap()
+    });
+    assert!(n >= 256, "{n} batches compared");
+    assert_eq!(pool.stats().heap_fallbacks, 0, "staging was pinned");
+}
+
+#[test]
+fn the_cuda_sink_equals_the_host_sink_for_i32_ids() {
+    sink_conforms::<i32>();
+}
+
+#[test]
+fn the_cuda_sink_equals_the_host_sink_for_u32_ids() {
+    sink_conforms::<u32>();
+}
+
+#[test]
+fn i64_ids_are_refused_by_the_cuda_sink_with_a_clear_error() {
+    let Some(ctx) = cuda() else { return };
+    let sink = CudaSink::new(ctx).unwrap();
+    let e = <CudaSink as DeviceSink<i64>>::worker(&sink).unwrap_err();
+    assert!(e.to_string().contains("4-byte ids"), "{e}");
+}
+
+#[test]
+fn cuda_reductions_equal_the_host_engine_bit_for_bit() {
+    use shardflow::collective::cuda_world;
+    let Some(ctx) = cuda() else { return };
+    let world = cuda_world(4, Duration::from_secs(20), ctx).unwrap();
+    assert!(world[0].f64_on_device());
+    suite::reductions_equal_the_host(suite::boxed(world));
+}
+
+#[test]
+fn a_metric_reduce_over_the_cuda_engine_equals_the_host_engine() {
+    use shardflow::collective::cuda_world;
+    let Some(ctx) = cuda() else { return };
+    let world = cuda_world(3, Duration::from_secs(20), ctx).unwrap();
+    suite::metric_reduce_equals_the_host(suite::boxed(world));
+}
+
+#[test]
+fn cuda_sketches_equal_host_sketches_bucket_for_bucket() {
+    use shardflow::metrics::Mapping;
+    use shardflow::metrics::device::{bucket_table, cuda_sketches};
+    let Some(ctx) = cuda() else { return };
+    let stream = ctx.compute_stream();
+    let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    for alpha in [0.01, 0.05, 1e-3] {
+        let map = Mapping::new(alpha);
+        let (values, owners) = suite::sketch_inputs(&map, &bucket_table(&map));
+        let floats: Vec<f32> = values.iter().map(|&b| f32::from_bits(b)).collect();
+        let v = stream.clone_htod(&floats).unwrap();
+        let o = stream.clone_htod(&owners).unwrap();
+        let device = cuda_sketches(&ctx, &map, &v, &o, values.len(), &names).unwrap();
+        suite::sketches_equal_the_host(&map, &values, &owners, &device, &format!("alpha {alpha}"));
+    }
+    let names = vec!["web".to_string(), "code".to_string()];
+    let v = stream.clone_htod(&[1.0f32, f32::NAN]).unwrap();
+    let o = stream.clone_htod(&[0u32, 1]).unwrap();
+    let e = cuda_sketches(&ctx, &Mapping::new(0.01), &v, &o, 2, &names).unwrap_err();
+    assert!(e.to_string().contains("dataset code"), "{e}");
+    // Asking for more values than the buffers hold is an error, not an out-of-bounds read.
+    let e = cuda_sketches(&ctx, &Mapping::new(0.01), &v, &o, 3, &names).unwrap_err();
+    assert!(e.to_string().contains("3 values asked for"), "{e}");
+}
+
+#[test]
+fn a_loader_run_through_the_cuda_sink_checkpointed_and_resumed_equals_the_host_run() {
+    let Some(ctx) = cuda() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sources = common::mixture(dir.path());
+    suite::loader_resumes_as_the_host(
+        &sources,
+        || CudaSink::new(ctx.clone()).unwrap(),
+        |b| b.to_host().unwrap(),
+    );
+}
+
+#[test]
+fn a_steady_cuda_stream_recycles_two_slots_from_pinned_staging_and_sends_only_real_tokens() {
+    use shardflow::collate::{CollateConfig, Padding};
+    use shardflow::loader::LoaderBuilder;
+    use shardflow::order::OrderConfig;
+    let Some(ctx) = cuda() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sources = common::mixture(dir.path());
+    let sink = CudaSink::new(ctx.clone()).unwrap();
+    let pool = sink.staging_pool();
+    let mut loader = LoaderBuilder::<u32>::new(sources)
+        .with_order(OrderConfig {
+            local_batch: 8,
+            ..Default::default()
+        })
+        .with_collate(CollateConfig {
+            seq_len: 64,
+            padding: Padding::Fixed,
+            ..Default::default()
+        })
+        .with_workers(1)
+        .build(sink)
+        .unwrap();
+    let mut held = None;
+    let mut warm = None;
+    for i in 0..40 {
+        held = Some(loader.next().unwrap().unwrap());
+        if i == 20 {
+            warm = Some(pool.stats());
+        }
+    }
+    let mut last = held.unwrap();
+    // A consumer on a stream of its own waits for the batch's event.
+    let other = ctx.driver().new_stream().unwrap();
+    last.use_on(&other).unwrap();
+    other.synchronize().unwrap();
+    assert_eq!(last.ids().shape, [8, 64]);
+    assert_eq!(last.ids().dtype, "u32");
+    assert_eq!(last.attention_mask().unwrap().dtype, "u8");
+    let back = last.to_host().unwrap();
+    assert_eq!(back.rows, 8);
+    drop(last);
+    let stats = loader.sink().stats();
+    assert_eq!(stats.uploads, 40);
+    assert_eq!(stats.slots_created, 2, "{stats:?}");
+    assert!(
+        stats.padded_bytes > 2 * stats.bytes_uploaded,
+        "ragged uploads are smaller than padded ones: {stats:?}"
+    );
+    let (warm, now) = (warm.unwrap(), pool.stats());
+    assert_eq!(
+        now.allocations, warm.allocations,
+        "pinned staging reused: {now:?}"
+    );
+    assert_eq!(now.heap_fallbacks, 0);
+}
+
+#[test]
+fn nccl_over_every_visible_gpu_gives_the_host_worlds_metric_report() {
+    use shardflow::collective::NcclCollective;
+    use shardflow::gpu::cuda::nccl_present;
+    if !(cuda_present() && nccl_present()) {
+        eprintln!("skipped: needs libcuda, libnccl and a GPU");
+        return;
+    }
+    let ranks = NcclCollective::from_devices().unwrap();
+    suite::metric_reduce_equals_the_host(suite::boxed(ranks));
+}
+
+#[test]
+fn a_kernel_image_is_cubin_for_known_architectures_and_ptx_for_newer_ones() {
+    use shardflow::gpu::nvrtc::{image, supported_archs};
+    if !nvrtc() {
+        return;
+    }
+    let archs = supported_archs().unwrap();
+    assert!(archs.contains(&80) && archs.contains(&90), "{archs:?}");
+    let sm90 = image(Kernel::PadCollate, (9, 0)).unwrap();
+    assert_eq!(sm90.arch, "sm_90");
+    assert_eq!(&sm90.data[..4], b"\x7fELF");
+    // Compiled once per process and architecture.
+    assert!(Arc::ptr_eq(
+        &sm90,
+        &image(Kernel::PadCollate, (9, 0)).unwrap()
+    ));
+    // A device newer than this NVRTC gets PTX of the newest architecture below it, which its
+    // driver compiles.
+    let newest = *archs.iter().max().unwrap();
+    let future = image(Kernel::Reduce, (99, 9)).unwrap();
+    assert_eq!(future.arch, format!("compute_{newest}"));
+    let ptx = String::from_utf8_lossy(&future.data);
+    assert!(ptx.contains(".entry reduce_f64"), "{ptx}");
+    assert_eq!(
+        future.data.last(),
+        Some(&0),
+        "PTX is NUL-terminated for the driver"
+    );
+    // A device older than every architecture it knows is an error naming the kernel.
+    let e = image(Kernel::Sketch, (1, 0)).unwrap_err();
+    assert!(e.to_string().contains("sketch.cu"), "{e}");
 }

@@ -22,6 +22,7 @@ fn read(prefix: &Path) -> Result<Vec<Vec<i64>>, Error> {
 }
 
 /// Byte-level tokens of each paragraph, as `write` makes them (EOD 256 after each).
+#[cfg(feature = "fault-injection")]
 fn tokens_of(paragraphs: &[&str]) -> Vec<Vec<i64>> {
     paragraphs
         .iter()

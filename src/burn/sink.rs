@@ -9,7 +9,7 @@ use crate::collate::{
 };
 use std::sync::Arc;
 
-use crate::device::{DeviceSink, WgpuPrepared, WgpuSink};
+use crate::device::{DeviceSink, RaggedBatch, WgpuSink};
 use crate::error::{Error, Result};
 use crate::gpu::WgpuContext;
 use crate::shard::TokenId;
@@ -47,7 +47,7 @@ pub enum BurnPrepared<T: TokenId> {
     /// Padded on the host.
     Host(Box<HostFields>),
     /// Ragged, for `shaders/pad_collate.wgsl`.
-    Shader(Box<WgpuPrepared<T>>),
+    Shader(Box<RaggedBatch<T>>),
 }
 
 /// The host side of a [`BurnBatch`]: each field already in the device's int dtype.

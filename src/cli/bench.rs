@@ -56,8 +56,9 @@ pub struct BenchArgs {
     /// The seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Where batches go: `host` (padded on the host) or `wgpu` (ragged ids to the first wgpu
-    /// adapter, padded there; the host sink runs first on the same batches for comparison).
+    /// Where batches go: `host` (padded on the host), `wgpu` (ragged ids to the first wgpu
+    /// adapter, padded there) or `cuda` (ragged ids from pinned memory to CUDA device 0, padded
+    /// there); for a device the host sink runs first on the same batches for comparison.
     #[arg(long, value_enum, default_value_t = Device::Host)]
     device: Device,
     /// Print JSON.
@@ -72,6 +73,8 @@ pub enum Device {
     Host,
     /// A wgpu adapter.
     Wgpu,
+    /// CUDA device 0 (feature `cuda`).
+    Cuda,
 }
 
 /// The most tokens `bench` generates.
@@ -96,16 +99,17 @@ struct Report {
     roofline_ratio: f64,
     /// The loader's counters over the timed batches (the warm-up subtracted).
     stats: LoaderStats,
-    /// The device sink's figures, with `--device wgpu`.
+    /// The device sink's figures, with `--device wgpu` or `cuda`.
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<DeviceReport>,
 }
 
-/// What `--device wgpu` measured beside the host figures.
+/// What `--device wgpu` or `cuda` measured beside the host figures.
 #[derive(Debug, serde::Serialize)]
 struct DeviceReport {
+    /// The device sink's device.
     adapter: String,
-    /// Batches per second through the wgpu sink, each waited for on the device.
+    /// Batches per second through the device sink, each waited for on the device.
     batches_per_s: f64,
     /// The host sink's batches per second on the same batches, measured first.
     host_batches_per_s: f64,
@@ -115,8 +119,34 @@ struct DeviceReport {
     padded_bytes_per_batch: f64,
     /// `padded_bytes_per_batch / bytes_per_batch`.
     padded_over_ragged: f64,
-    /// wgpu buffers created (recycled slots: the first two batches).
+    /// Device buffers created (recycled slots: the first two batches).
     buffers_created: u64,
+    /// CUDA: a pinned host-to-device copy's bandwidth, measured in the same run on the same
+    /// number of bytes per copy as a batch sends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinned_h2d_gb_per_s: Option<f64>,
+    /// CUDA: the time those copies alone take for the batches' bytes over the sink's time (1.0
+    /// means the sink runs at the bus's speed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bus_ratio: Option<f64>,
+}
+
+impl DeviceReport {
+    /// The report of a device sink's `run` against the `host` run, from the sink's counters.
+    fn new(adapter: String, run: &Timed, host: &Timed, s: &crate::device::SinkStats) -> Self {
+        let n = s.uploads.max(1) as f64;
+        DeviceReport {
+            adapter,
+            batches_per_s: run.stats.batches as f64 / run.seconds,
+            host_batches_per_s: host.stats.batches as f64 / host.seconds,
+            bytes_per_batch: s.bytes_uploaded as f64 / n,
+            padded_bytes_per_batch: s.padded_bytes as f64 / n,
+            padded_over_ragged: s.padded_bytes as f64 / s.bytes_uploaded.max(1) as f64,
+            buffers_created: s.buffers_created,
+            pinned_h2d_gb_per_s: None,
+            bus_ratio: None,
+        }
+    }
 }
 
 /// One timed run: the loader's counters over the timed batches, wall and CPU time.
@@ -252,6 +282,10 @@ impl BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    // A missing device fails now, not after the corpus and the host run.
+    if a.device == Device::Cuda {
+        cuda_available()?;
+    }
     let tmp = TempDir::new()?;
     let sources = if a.data.is_empty() {
         a.generate(tmp.path())?
@@ -277,6 +311,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     let device = match a.device {
         Device::Host => None,
         Device::Wgpu => Some(wgpu_run(&a, sources, &host)?),
+        Device::Cuda => Some(cuda_run(&a, sources, &host)?),
     };
     let Timed {
         stats,
@@ -342,7 +377,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         if let Some(d) = &report.device {
             outln!(
                 out,
-                "wgpu sink         {:>10.0} batches/s on {} (host sink {:.0}; {:.2}x)\n\
+                "device sink       {:>10.0} batches/s on {} (host sink {:.0}; {:.2}x)\n\
                  bytes per batch   {:>10.0} ragged, {:.0} padded ({:.2}x fewer), {} buffers \
                  created",
                 d.batches_per_s,
@@ -354,6 +389,13 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 d.padded_over_ragged,
                 d.buffers_created,
             )?;
+            if let (Some(gb), Some(ratio)) = (d.pinned_h2d_gb_per_s, d.bus_ratio) {
+                outln!(
+                    out,
+                    "pinned H2D copy   {gb:>10.2} GB/s; bus ratio {ratio:.3} (copy time of the \
+                     batches' bytes / sink time)"
+                )?;
+            }
         }
     }
     out.finish()?;
@@ -368,17 +410,12 @@ fn wgpu_run(a: &BenchArgs, sources: Vec<Source>, host: &Timed) -> Result<DeviceR
     let ctx = WgpuContext::new()?;
     let mut loader = a.builder(sources).build(WgpuSink::new(ctx.clone())?)?;
     let run = timed(&mut loader, a.batches, |b| b.wait())?;
-    let s = loader.sink().stats();
-    let n = s.uploads.max(1) as f64;
-    Ok(DeviceReport {
-        adapter: ctx.name().to_string(),
-        batches_per_s: run.stats.batches as f64 / run.seconds,
-        host_batches_per_s: host.stats.batches as f64 / host.seconds,
-        bytes_per_batch: s.bytes_uploaded as f64 / n,
-        padded_bytes_per_batch: s.padded_bytes as f64 / n,
-        padded_over_ragged: s.padded_bytes as f64 / s.bytes_uploaded.max(1) as f64,
-        buffers_created: s.buffers_created,
-    })
+    Ok(DeviceReport::new(
+        ctx.name().to_string(),
+        &run,
+        host,
+        &loader.sink().stats(),
+    ))
 }
 
 /// Without the `wgpu` feature there is no device to run on.
@@ -387,6 +424,56 @@ fn wgpu_run(_: &BenchArgs, _: Vec<Source>, _: &Timed) -> Result<DeviceReport> {
     Err(Error::Config(
         "--device wgpu: this shardflow was built without the wgpu feature".into(),
     ))
+}
+
+/// Times the CUDA sink on the same batches as the host run, each waited for on the device, and
+/// a pinned host-to-device copy of as many bytes per copy as a batch sends.
+#[cfg(feature = "cuda")]
+fn cuda_run(a: &BenchArgs, sources: Vec<Source>, host: &Timed) -> Result<DeviceReport> {
+    let sink = cuda_sink()?;
+    let ctx = sink.context().clone();
+    let mut loader = a.builder(sources).build(sink)?;
+    let run = timed(&mut loader, a.batches, |b| b.wait())?;
+    let stats = loader.sink().stats();
+    let mut report = DeviceReport::new(ctx.label(), &run, host, &stats);
+    let per_batch = report.bytes_per_batch.ceil() as usize;
+    let bandwidth = ctx.pinned_copy_bandwidth(per_batch.max(1), a.batches.clamp(10, 1000))?;
+    let bus_bytes = report.bytes_per_batch * run.stats.batches as f64;
+    report.pinned_h2d_gb_per_s = Some(bandwidth / 1e9);
+    report.bus_ratio = Some(bus_bytes / bandwidth / run.seconds);
+    Ok(report)
+}
+
+/// The CUDA sink on device 0.
+#[cfg(feature = "cuda")]
+fn cuda_sink() -> Result<crate::device::CudaSink> {
+    crate::device::CudaSink::for_local_rank(0)
+}
+
+/// Whether the CUDA sink can be built here, or why not.
+#[cfg(feature = "cuda")]
+fn cuda_available() -> Result<()> {
+    cuda_sink().map(drop)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_available() -> Result<()> {
+    Err(no_cuda())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_run(_: &BenchArgs, _: Vec<Source>, _: &Timed) -> Result<DeviceReport> {
+    Err(no_cuda())
+}
+
+/// Without the `cuda` feature there is no CUDA device to run on.
+#[cfg(not(feature = "cuda"))]
+fn no_cuda() -> Error {
+    Error::Config(
+        "--device cuda: this shardflow was built without the cuda feature (cargo run \
+         --release --features cuda -- bench --device cuda)"
+            .into(),
+    )
 }
 
 /// Memcpy bandwidth over the shards' stored bytes (larger than any cache).

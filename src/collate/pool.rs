@@ -1,15 +1,90 @@
 //! Pooled, 64-byte-aligned staging memory. A buffer taken from the [`Pool`] goes back to it when
 //! dropped, so a steady stream of batches allocates nothing once the pool is warm.
+//!
+//! A pool's memory comes from a [`HostMemory`]: the heap by default ([`Heap`]), or page-locked
+//! memory that a device runtime allocates (the CUDA sink's pinned memory), so that the buffers
+//! the workers write ragged ids into are the ones the device copies from.
 
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Pod;
 
-/// 64 bytes, 64-aligned: the unit staging memory is allocated in (a cache line; also the
-/// alignment device copies like best).
-#[derive(Clone, Copy, Pod, Zeroable)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
+/// The unit staging memory is allocated in, and its alignment: a cache line (also the alignment
+/// device copies like best).
+const LINE: usize = 64;
+
+/// Where a [`Pool`]'s buffers come from.
+///
+/// # Safety
+///
+/// [`HostMemory::allocate`] returns memory of at least `bytes` bytes, aligned to 64 bytes, that
+/// nothing else uses until it is given to [`HostMemory::release`].
+pub unsafe trait HostMemory: Send + Sync + 'static {
+    /// The memory's name, as reports give it (`heap`, `cuda pinned`).
+    fn name(&self) -> &str;
+
+    /// `bytes` bytes (a positive multiple of 64), 64-byte aligned; `None` when the memory is
+    /// exhausted, and the pool then takes the buffer from the heap instead.
+    fn allocate(&self, bytes: usize) -> Option<NonNull<u8>>;
+
+    /// Gives back a buffer.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` came from `allocate(bytes)` of this memory and is not used afterwards.
+    unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize);
+}
+
+/// Heap memory (the global allocator), zeroed when allocated.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Heap;
+
+fn line_layout(bytes: usize) -> std::alloc::Layout {
+    std::alloc::Layout::from_size_align(bytes, LINE).expect("a pool buffer's layout")
+}
+
+// SAFETY: the global allocator with a 64-byte-aligned layout of the requested size.
+unsafe impl HostMemory for Heap {
+    fn name(&self) -> &str {
+        "heap"
+    }
+
+    fn allocate(&self, bytes: usize) -> Option<NonNull<u8>> {
+        // SAFETY: the layout has a non-zero size (pools ask for whole lines).
+        NonNull::new(unsafe { std::alloc::alloc_zeroed(line_layout(bytes)) })
+    }
+
+    unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize) {
+        // SAFETY: allocated above with the same layout.
+        unsafe { std::alloc::dealloc(ptr.as_ptr(), line_layout(bytes)) }
+    }
+}
+
+/// A buffer of whole lines, owned by whoever holds it, and the memory it came from.
+struct Block {
+    ptr: NonNull<u8>,
+    bytes: usize,
+    /// Taken from the heap because the pool's own memory was exhausted.
+    heap: bool,
+}
+
+// SAFETY: a block is exclusively owned memory, like a `Vec<u8>`.
+unsafe impl Send for Block {}
+unsafe impl Sync for Block {}
+
+impl Block {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `bytes` bytes at `ptr` are owned by the block and initialized (zeroed by the
+        // heap, or written by the memory's allocator).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.bytes) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` is the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.bytes) }
+    }
+}
 
 /// Counters of a [`Pool`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -22,24 +97,56 @@ pub struct PoolStats {
     pub idle: u64,
     /// Bytes held by idle buffers.
     pub idle_bytes: u64,
+    /// Buffers taken from the heap because the pool's own memory (pinned memory, say) was
+    /// exhausted.
+    pub heap_fallbacks: u64,
 }
 
-#[derive(Default)]
 struct Shared {
-    free: Vec<Vec<Line>>,
+    memory: Arc<dyn HostMemory>,
+    free: Vec<Block>,
     stats: PoolStats,
 }
 
+impl Shared {
+    fn free_block(&self, block: Block) {
+        // SAFETY: the block came from this memory (or the heap) with this size, and is dropped.
+        unsafe {
+            if block.heap {
+                Heap.release(block.ptr, block.bytes);
+            } else {
+                self.memory.release(block.ptr, block.bytes);
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for block in std::mem::take(&mut self.free) {
+            self.free_block(block);
+        }
+    }
+}
+
 /// A pool of aligned byte buffers, shared by the threads of a loader.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Pool {
     shared: Arc<Mutex<Shared>>,
 }
 
+impl Default for Pool {
+    fn default() -> Self {
+        Self::with_memory(Arc::new(Heap))
+    }
+}
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shared = self.lock();
         f.debug_struct("Pool")
-            .field("stats", &self.stats())
+            .field("memory", &shared.memory.name())
+            .field("stats", &shared.stats)
             .finish()
     }
 }
@@ -48,9 +155,25 @@ impl std::fmt::Debug for Pool {
 const MAX_IDLE: usize = 256;
 
 impl Pool {
-    /// An empty pool.
+    /// An empty pool of heap memory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty pool whose buffers come from `memory`.
+    pub fn with_memory(memory: Arc<dyn HostMemory>) -> Self {
+        Pool {
+            shared: Arc::new(Mutex::new(Shared {
+                memory,
+                free: Vec::new(),
+                stats: PoolStats::default(),
+            })),
+        }
+    }
+
+    /// The name of the memory the buffers come from.
+    pub fn memory(&self) -> String {
+        self.lock().memory.name().to_string()
     }
 
     /// The pool's counters.
@@ -74,8 +197,9 @@ impl Pool {
     /// vary from batch to batch under a known bound all come from one size class, so a steady
     /// stream reuses them instead of allocating ever larger ones.
     pub fn take_within<T: Pod>(&self, len: usize, bound: usize) -> PooledBuf<T> {
+        const { assert!(align_of::<T>() <= LINE) };
         let bytes = len.max(bound) * size_of::<T>();
-        let lines = bytes.div_ceil(64).max(1);
+        let lines = bytes.div_ceil(LINE).max(1);
         let mut shared = self.lock();
         // The smallest idle buffer that is large enough; else a new one, its size rounded up to
         // a power of two so that it also serves later, slightly larger requests.
@@ -83,37 +207,57 @@ impl Pool {
             .free
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.len() >= lines)
-            .min_by_key(|(_, b)| b.len())
+            .filter(|(_, b)| b.bytes >= lines * LINE)
+            .min_by_key(|(_, b)| b.bytes)
             .map(|(i, _)| i);
-        let buf = match pick {
+        let block = match pick {
             Some(i) => {
-                let buf = shared.free.swap_remove(i);
+                let block = shared.free.swap_remove(i);
                 shared.stats.reuses += 1;
-                shared.stats.idle_bytes -= (buf.len() * 64) as u64;
-                buf
+                shared.stats.idle_bytes -= block.bytes as u64;
+                block
             }
             None => {
                 shared.stats.allocations += 1;
-                vec![Line([0; 64]); lines.next_power_of_two()]
+                let bytes = lines.next_power_of_two() * LINE;
+                match shared.memory.allocate(bytes) {
+                    Some(ptr) => Block {
+                        ptr,
+                        bytes,
+                        heap: false,
+                    },
+                    None => {
+                        shared.stats.heap_fallbacks += 1;
+                        let ptr = Heap
+                            .allocate(bytes)
+                            .unwrap_or_else(|| std::alloc::handle_alloc_error(line_layout(bytes)));
+                        Block {
+                            ptr,
+                            bytes,
+                            heap: true,
+                        }
+                    }
+                }
             }
         };
         shared.stats.idle = shared.free.len() as u64;
         drop(shared);
         PooledBuf {
-            lines: buf,
+            block: Some(block),
             len,
-            pool: Some(self.clone()),
+            pool: self.clone(),
             _t: std::marker::PhantomData,
         }
     }
 
-    fn give_back(&self, lines: Vec<Line>) {
+    fn give_back(&self, block: Block) {
         let mut shared = self.lock();
         if shared.free.len() < MAX_IDLE {
-            shared.stats.idle_bytes += (lines.len() * 64) as u64;
-            shared.free.push(lines);
+            shared.stats.idle_bytes += block.bytes as u64;
+            shared.free.push(block);
             shared.stats.idle = shared.free.len() as u64;
+        } else {
+            shared.free_block(block);
         }
     }
 }
@@ -121,9 +265,10 @@ impl Pool {
 /// A typed view of a pooled, 64-byte-aligned buffer; derefs to `[T]` and returns to its pool
 /// when dropped.
 pub struct PooledBuf<T: Pod> {
-    lines: Vec<Line>,
+    /// Always `Some` until dropped.
+    block: Option<Block>,
     len: usize,
-    pool: Option<Pool>,
+    pool: Pool,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -135,7 +280,17 @@ impl<T: Pod> PooledBuf<T> {
 
     /// The bytes of the elements.
     pub fn as_bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice::<Line, u8>(&self.lines)[..self.len * size_of::<T>()]
+        &self.block().bytes()[..self.len * size_of::<T>()]
+    }
+
+    /// The address of the first element (in the pool's memory: pinned memory for a device
+    /// copy, say).
+    pub fn as_ptr(&self) -> *const T {
+        self.block().ptr.as_ptr() as *const T
+    }
+
+    fn block(&self) -> &Block {
+        self.block.as_ref().expect("a live buffer holds its block")
     }
 }
 
@@ -143,22 +298,22 @@ impl<T: Pod> std::ops::Deref for PooledBuf<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         // Cast only the bytes in use: a line need not hold a whole number of `T`s.
-        let bytes = &bytemuck::cast_slice::<Line, u8>(&self.lines)[..self.len * size_of::<T>()];
-        bytemuck::cast_slice(bytes)
+        bytemuck::cast_slice(self.as_bytes())
     }
 }
 
 impl<T: Pod> std::ops::DerefMut for PooledBuf<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         let n = self.len * size_of::<T>();
-        bytemuck::cast_slice_mut(&mut bytemuck::cast_slice_mut::<Line, u8>(&mut self.lines)[..n])
+        let block = self.block.as_mut().expect("a live buffer holds its block");
+        bytemuck::cast_slice_mut(&mut block.bytes_mut()[..n])
     }
 }
 
 impl<T: Pod> Drop for PooledBuf<T> {
     fn drop(&mut self) {
-        if let Some(pool) = self.pool.take() {
-            pool.give_back(std::mem::take(&mut self.lines));
+        if let Some(block) = self.block.take() {
+            self.pool.give_back(block);
         }
     }
 }
@@ -172,5 +327,78 @@ impl<T: Pod + std::fmt::Debug> std::fmt::Debug for PooledBuf<T> {
 impl<T: Pod + PartialEq> PartialEq for PooledBuf<T> {
     fn eq(&self, other: &Self) -> bool {
         **self == **other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Heap memory that counts what it holds and refuses more than `limit` bytes.
+    #[derive(Default)]
+    struct Counted {
+        held: AtomicUsize,
+        limit: usize,
+    }
+
+    // SAFETY: delegates to the heap.
+    unsafe impl HostMemory for Counted {
+        fn name(&self) -> &str {
+            "counted"
+        }
+        fn allocate(&self, bytes: usize) -> Option<NonNull<u8>> {
+            if self.held.load(Ordering::SeqCst) + bytes > self.limit {
+                return None;
+            }
+            self.held.fetch_add(bytes, Ordering::SeqCst);
+            Heap.allocate(bytes)
+        }
+        unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize) {
+            self.held.fetch_sub(bytes, Ordering::SeqCst);
+            // SAFETY: from `Heap.allocate(bytes)` above.
+            unsafe { Heap.release(ptr, bytes) }
+        }
+    }
+
+    #[test]
+    fn buffers_come_from_the_pools_memory_go_back_to_it_and_fall_back_to_the_heap() {
+        let memory = Arc::new(Counted {
+            limit: 4096,
+            ..Default::default()
+        });
+        let pool = Pool::with_memory(memory.clone());
+        assert_eq!(pool.memory(), "counted");
+        let mut a = pool.take::<u32>(100); // 400 bytes: one 512-byte block
+        a.iter_mut().enumerate().for_each(|(i, x)| *x = i as u32);
+        assert_eq!(a.as_ptr() as usize % 64, 0);
+        assert_eq!(memory.held.load(Ordering::SeqCst), 512);
+        let b = pool.take::<u8>(3000); // 4096 bytes: over the limit, from the heap
+        assert_eq!(pool.stats().heap_fallbacks, 1);
+        assert_eq!(memory.held.load(Ordering::SeqCst), 512);
+        assert_eq!(a[99], 99);
+        drop((a, b));
+        // Both idle in the pool; the next small buffer reuses the pool's own block.
+        let c = pool.take::<u64>(10);
+        assert_eq!(pool.stats().reuses, 1);
+        assert_eq!(pool.stats().allocations, 2);
+        drop(c);
+        assert_eq!(pool.stats().idle, 2);
+        drop(pool);
+        assert_eq!(memory.held.load(Ordering::SeqCst), 0, "freed with the pool");
+    }
+
+    #[test]
+    fn a_buffer_outliving_its_pool_handle_is_freed_when_dropped() {
+        let memory = Arc::new(Counted {
+            limit: 1 << 20,
+            ..Default::default()
+        });
+        let pool = Pool::with_memory(memory.clone());
+        let buf = pool.take::<i64>(1000);
+        drop(pool);
+        assert_eq!(memory.held.load(Ordering::SeqCst), 8192);
+        drop(buf);
+        assert_eq!(memory.held.load(Ordering::SeqCst), 0);
     }
 }

@@ -8,6 +8,7 @@
 //! - [`wgpu_world`] (feature `wgpu`): an in-process world whose all-reduces run on a wgpu
 //!   device, one dispatch per call, bit for bit the host engine's results where the adapter has
 //!   f64.
+//! - `cuda_world` (feature `cuda`): the same on a CUDA device, `kernels/reduce.cu`.
 //! - `NcclCollective` (feature `cuda`): NCCL over cudarc, one rank per GPU, the communicator
 //!   owned by a thread of its own.
 //! - [`Served`]: an [`Engine`] whose handles cannot cross threads (MPI, NCCL), served from a
@@ -19,6 +20,10 @@
 //! - [`World::from_env`]: rank, world size and local rank as torchrun, SLURM or Open MPI set
 //!   them.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod device;
 mod env;
 #[cfg(feature = "cuda")]
 mod nccl;
@@ -29,6 +34,10 @@ mod store;
 mod wgpu;
 mod world;
 
+#[cfg(feature = "cuda")]
+pub use self::cuda::*;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use self::device::{DeviceRank, Elem, StackedReduce, device_world};
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
 pub use env::World;

@@ -18,10 +18,21 @@
 //! - [`HostSink`]: padded [`Batch`]es in pooled host memory, the reference.
 //! - [`WgpuSink`] (feature `wgpu`): ragged ids to the device, padded there by
 //!   `shaders/pad_collate.wgsl`.
+//! - [`CudaSink`] (feature `cuda`): ragged ids written by the workers into pinned memory, copied
+//!   asynchronously on a copy stream and padded by `kernels/pad_collate.cu`, with an event for
+//!   the consumer's stream.
 
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod ragged;
 #[cfg(feature = "wgpu")]
 mod wgpu;
 
+#[cfg(feature = "cuda")]
+pub use self::cuda::*;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use self::ragged::{RaggedBatch, SinkStats};
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
 

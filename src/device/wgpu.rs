@@ -14,36 +14,19 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::collate::{
-    Batch, CollateConfig, DocRef, PIECES_PER_ROW, Pool, PooledBuf, StagedBatch, cu_seqlens,
-};
+use super::ragged::{RaggedBatch, SinkStats, SlotSizes, four_byte_ids};
+use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;
 use crate::gpu::{Shader, WgpuContext};
 use crate::shard::TokenId;
-
-/// Counters of a [`WgpuSink`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct WgpuSinkStats {
-    /// Slots of device buffers created (a steady stream creates two, then none).
-    pub slots_created: u64,
-    /// wgpu buffers created for slots.
-    pub buffers_created: u64,
-    /// Batches uploaded.
-    pub uploads: u64,
-    /// Bytes written to the device: the ragged ids and the index arrays.
-    pub bytes_uploaded: u64,
-    /// Bytes a host-padded upload of the same batches would have written: every requested
-    /// `[B, T]` field, the lengths and `cu_seqlens`.
-    pub padded_bytes: u64,
-}
 
 /// Collates batches into wgpu buffers. Build a loader with it:
 /// `LoaderBuilder::new(sources).build(WgpuSink::new(WgpuContext::new()?)?)`.
 pub struct WgpuSink {
     ctx: Arc<WgpuContext>,
     slots: Mutex<Vec<Arc<Slot>>>,
-    stats: Mutex<WgpuSinkStats>,
+    stats: Mutex<SinkStats>,
     pool: Pool,
 }
 
@@ -67,7 +50,7 @@ impl WgpuSink {
         Ok(WgpuSink {
             ctx,
             slots: Mutex::new(Vec::new()),
-            stats: Mutex::new(WgpuSinkStats::default()),
+            stats: Mutex::new(SinkStats::default()),
             pool: Pool::new(),
         })
     }
@@ -83,13 +66,13 @@ impl WgpuSink {
     }
 
     /// Counters so far.
-    pub fn stats(&self) -> WgpuSinkStats {
+    pub fn stats(&self) -> SinkStats {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A free slot that fits `need`, waiting for the device to finish its last use; or a new
     /// one sized for the batch's bound.
-    fn acquire(&self, need: &Sizes, bound: &Sizes) -> Result<Arc<Slot>> {
+    fn acquire(&self, need: &SlotSizes, bound: &SlotSizes) -> Result<Arc<Slot>> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         // A slot is free when only this list holds it (the caller dropped its batch).
         let free = |s: &Arc<Slot>| Arc::strong_count(s) == 1;
@@ -112,20 +95,9 @@ impl WgpuSink {
     }
 }
 
-/// What a worker prepares for the upload: the staged batch and its index arrays.
-pub struct WgpuPrepared<T: TokenId> {
-    staged: StagedBatch<T>,
-    /// For each row, the index of its first piece; `rows + 1` entries.
-    row_pieces: PooledBuf<u32>,
-    /// Each piece as (start column, length).
-    pieces: PooledBuf<[u32; 2]>,
-    lengths: PooledBuf<u32>,
-    cu_seqlens: Option<PooledBuf<i32>>,
-}
-
 impl<T: TokenId> DeviceSink<T> for WgpuSink {
     type Worker = ();
-    type Prepared = WgpuPrepared<T>;
+    type Prepared = RaggedBatch<T>;
     type Output = WgpuBatch<T>;
 
     fn device(&self) -> String {
@@ -137,13 +109,12 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
     }
 
     fn worker(&self) -> Result<()> {
-        if size_of::<T>() != 4 {
-            return Err(self.ctx.error(
+        four_byte_ids::<T>().map_err(|why| {
+            self.ctx.error(
                 format!("collate {} ids", T::NAME),
-                "WGSL has no 64-bit integers; use i32 or u32 ids with the wgpu sink",
-            ));
-        }
-        Ok(())
+                format!("WGSL has no 64-bit integers: {why}"),
+            )
+        })
     }
 
     fn prepare(
@@ -152,69 +123,27 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
         staged: StagedBatch<T>,
         _config: &CollateConfig,
         pool: &Pool,
-    ) -> Result<WgpuPrepared<T>> {
-        let rows = staged.rows;
-        let mut row_pieces = pool.take::<u32>(rows + 1);
-        let mut pieces = pool.take_within::<[u32; 2]>(staged.docs.len(), PIECES_PER_ROW * rows);
-        let mut lengths = pool.take::<u32>(rows);
-        // Empty pieces (dropped or skipped documents) label and position nothing: the shader
-        // gets the others only, sorted by start within each row as the collator made them.
-        let (mut next, mut kept) = (0, 0);
-        for r in 0..rows {
-            row_pieces[r] = kept as u32;
-            while next < staged.docs.len() && staged.docs[next].row as usize == r {
-                let d = &staged.docs[next];
-                if d.len > 0 {
-                    pieces[kept] = [d.start, d.len];
-                    kept += 1;
-                }
-                next += 1;
-            }
-            lengths[r] = staged.offsets[r + 1] - staged.offsets[r];
-        }
-        row_pieces[rows] = kept as u32;
-        pieces.truncate(kept);
-        let cu_seqlens = staged.packed.then(|| cu_seqlens(&staged.docs, rows, pool));
-        Ok(WgpuPrepared {
-            staged,
-            row_pieces,
-            pieces,
-            lengths,
-            cu_seqlens,
-        })
+    ) -> Result<RaggedBatch<T>> {
+        Ok(RaggedBatch::new(staged, pool))
     }
 
     fn upload(
         &self,
-        p: WgpuPrepared<T>,
+        p: RaggedBatch<T>,
         batch: u64,
         config: &CollateConfig,
     ) -> Result<WgpuBatch<T>> {
         let s = &p.staged;
         let (rows, width) = (s.rows, s.width);
         let cells = rows * width;
-        let need = Sizes {
-            tokens: s.tokens.len(),
-            rows,
-            pieces: p.pieces.len(),
-            cells,
-        };
-        let bound = Sizes {
-            tokens: rows * config.seq_len.max(width),
-            rows,
-            pieces: PIECES_PER_ROW * rows,
-            cells: rows * config.seq_len.max(width),
-        };
+        let (need, bound) = p.sizes(config);
         let slot = self.acquire(&need, &bound)?;
-        let pad = T::try_from(config.pad_id).unwrap_or_default();
-        let fields = config.attention_mask as u32
-            | (config.labels as u32) << 1
-            | (config.position_ids as u32) << 2;
+        let [pad, ignore, fields] = RaggedBatch::<T>::kernel_words(config);
         let params = [
             rows as u32,
             width as u32,
-            bits(pad),
-            bits(T::IGNORE),
+            pad,
+            ignore,
             fields,
             cells as u32,
             0,
@@ -242,19 +171,13 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
         })??;
         *slot.fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(submission.clone());
         let uploaded: u64 = writes.iter().map(|(_, b)| b.len() as u64).sum();
-        let padded_fields = 4
-            + config.attention_mask as u64
-            + 4 * config.labels as u64
-            + 4 * config.position_ids as u64;
-        {
-            let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-            stats.uploads += 1;
-            stats.bytes_uploaded += uploaded;
-            stats.padded_bytes +=
-                cells as u64 * padded_fields + p.lengths.as_bytes().len() as u64 + cu.len() as u64;
-        }
+        p.count(
+            &mut self.stats.lock().unwrap_or_else(|e| e.into_inner()),
+            uploaded,
+            config,
+        );
         let segments = p.cu_seqlens.as_ref().map(|c| c.len());
-        let WgpuPrepared { staged, .. } = p;
+        let RaggedBatch { staged, .. } = p;
         Ok(WgpuBatch {
             ctx: self.ctx.clone(),
             slot,
@@ -273,41 +196,9 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
     }
 }
 
-/// The bits of a 4-byte id, as the shader holds it.
-fn bits<T: TokenId>(t: T) -> u32 {
-    u32::from_le_bytes(bytemuck::bytes_of(&t).try_into().expect("a 4-byte id"))
-}
-
-/// Element counts a slot holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Sizes {
-    tokens: usize,
-    rows: usize,
-    pieces: usize,
-    cells: usize,
-}
-
-impl Sizes {
-    fn holds(&self, need: &Sizes) -> bool {
-        self.tokens >= need.tokens
-            && self.rows >= need.rows
-            && self.pieces >= need.pieces
-            && self.cells >= need.cells
-    }
-
-    fn max(&self, other: &Sizes) -> Sizes {
-        Sizes {
-            tokens: self.tokens.max(other.tokens),
-            rows: self.rows.max(other.rows),
-            pieces: self.pieces.max(other.pieces),
-            cells: self.cells.max(other.cells),
-        }
-    }
-}
-
 /// One batch's device buffers, recycled from batch to batch.
 struct Slot {
-    sizes: Sizes,
+    sizes: SlotSizes,
     params: wgpu::Buffer,
     tokens: wgpu::Buffer,
     offsets: wgpu::Buffer,
@@ -327,7 +218,7 @@ struct Slot {
 impl Slot {
     const BUFFERS: u64 = 11;
 
-    fn new(ctx: &WgpuContext, sizes: Sizes) -> Result<Self> {
+    fn new(ctx: &WgpuContext, sizes: SlotSizes) -> Result<Self> {
         use wgpu::BufferUsages as U;
         let input = U::STORAGE | U::COPY_DST | U::COPY_SRC;
         let output = U::STORAGE | U::COPY_SRC;

@@ -5,10 +5,14 @@
 //! checks [`cuda_present`] first: no libcuda, no device or a driver error is an [`Error::Device`]
 //! saying which, never a panic.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext as Driver, CudaStream};
+use cudarc::driver::{CudaContext as Driver, CudaFunction, CudaModule, CudaStream, DriverError};
 
+use super::nvrtc::{self, Kernel};
+use crate::collate::{HostMemory, Pool};
 use crate::error::{Error, Result};
 
 /// Whether libcuda (the driver library) can be loaded.
@@ -23,7 +27,7 @@ pub fn nccl_present() -> bool {
     unsafe { cudarc::nccl::sys::is_culib_present() }
 }
 
-fn device_error(device: &str, op: &str, reason: impl Into<String>) -> Error {
+pub(crate) fn device_error(device: &str, op: &str, reason: impl Into<String>) -> Error {
     Error::Device {
         device: device.into(),
         op: op.into(),
@@ -84,6 +88,8 @@ pub struct CudaContext {
     name: String,
     capability: (i32, i32),
     memory: usize,
+    /// The kernels of `kernels/` loaded into this context, each once.
+    modules: Mutex<HashMap<Kernel, Arc<CudaModule>>>,
 }
 
 impl std::fmt::Debug for CudaContext {
@@ -147,6 +153,7 @@ impl CudaContext {
             name,
             capability,
             memory,
+            modules: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -183,5 +190,118 @@ impl CudaContext {
     /// Device memory in bytes.
     pub fn memory(&self) -> usize {
         self.memory
+    }
+
+    /// The device as errors name it: `cuda:0 (NVIDIA H100 80GB HBM3)`.
+    pub fn label(&self) -> String {
+        format!("cuda:{} ({})", self.driver.ordinal(), self.name)
+    }
+
+    /// An [`Error::Device`] on this device for `op`.
+    pub fn error(&self, op: &str, reason: impl std::fmt::Debug) -> Error {
+        device_error(&self.label(), op, format!("{reason:?}"))
+    }
+
+    /// A closure turning a driver error of `op` into [`CudaContext::error`].
+    pub fn fail<'a>(&'a self, op: &'a str) -> impl Fn(DriverError) -> Error + 'a {
+        move |e| self.error(op, e)
+    }
+
+    /// The entry point `function` of `kernel`, compiled by NVRTC for this device (once per
+    /// process and architecture) and loaded into this context (once per context).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kernel`] when the kernel does not compile; [`Error::Device`] when NVRTC is
+    /// missing or the driver refuses the image.
+    pub fn function(&self, kernel: Kernel, function: &str) -> Result<CudaFunction> {
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+            match modules.get(&kernel) {
+                Some(m) => m.clone(),
+                None => {
+                    let image = nvrtc::image(kernel, self.capability)?;
+                    let op = format!("load {} ({})", kernel.file(), image.arch);
+                    let module = self
+                        .driver
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(image.data.clone()))
+                        .map_err(|e| self.error(&op, e))?;
+                    modules.insert(kernel, module.clone());
+                    module
+                }
+            }
+        };
+        module
+            .load_function(function)
+            .map_err(|e| self.error(&format!("find {function} in {}", kernel.file()), e))
+    }
+
+    /// The bandwidth (bytes/s) of `copies` host-to-device copies of `bytes` bytes each from
+    /// pinned memory on the copy stream, as the CUDA sink's uploads run: the bus roofline
+    /// `shardflow bench --device cuda` compares the sink with.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] with the driver's reason.
+    pub fn pinned_copy_bandwidth(&self, bytes: usize, copies: usize) -> Result<f64> {
+        let fail = self.fail("time pinned copies");
+        let stream = &self.copy;
+        let pool = self.pinned_pool();
+        let src = pool.take::<u8>(bytes);
+        let mut dst = stream.alloc_zeros::<u8>(bytes).map_err(&fail)?;
+        let mut copy = || stream.memcpy_htod(&src[..], &mut dst).map_err(&fail);
+        copy()?;
+        stream.synchronize().map_err(&fail)?;
+        let t0 = std::time::Instant::now();
+        for _ in 0..copies {
+            copy()?;
+        }
+        stream.synchronize().map_err(&fail)?;
+        Ok((bytes * copies) as f64 / t0.elapsed().as_secs_f64())
+    }
+
+    /// A staging pool of page-locked (pinned) host memory: device copies from it run
+    /// asynchronously at full bus speed. When pinned memory runs out the pool falls back to the
+    /// heap (counted in its stats), so a batch is never lost to it.
+    pub fn pinned_pool(&self) -> Pool {
+        Pool::with_memory(Arc::new(Pinned {
+            driver: self.driver.clone(),
+        }))
+    }
+}
+
+/// Page-locked host memory from `cuMemHostAlloc` (portable: usable by every context).
+struct Pinned {
+    driver: Arc<Driver>,
+}
+
+// SAFETY: cuMemHostAlloc returns page-aligned memory of the requested size, owned until
+// cuMemFreeHost.
+unsafe impl HostMemory for Pinned {
+    fn name(&self) -> &str {
+        "cuda pinned"
+    }
+
+    fn allocate(&self, bytes: usize) -> Option<NonNull<u8>> {
+        self.driver.bind_to_thread().ok()?;
+        // SAFETY: a plain allocation; the memory is zeroed below before anyone reads it.
+        let ptr = unsafe {
+            cudarc::driver::result::malloc_host(
+                bytes,
+                cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
+            )
+        }
+        .ok()?;
+        let ptr = NonNull::new(ptr as *mut u8)?;
+        // SAFETY: `bytes` bytes at `ptr` were just allocated for us.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, bytes) };
+        Some(ptr)
+    }
+
+    unsafe fn release(&self, ptr: NonNull<u8>, _bytes: usize) {
+        if self.driver.bind_to_thread().is_ok() {
+            // SAFETY: from cuMemHostAlloc above, released once.
+            let _ = unsafe { cudarc::driver::result::free_host(ptr.as_ptr() as *mut _) };
+        }
     }
 }

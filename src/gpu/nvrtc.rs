@@ -7,6 +7,7 @@
 //! [`Error::Kernel`] naming the kernel, the architecture and NVRTC's log.
 
 use std::ffi::{CStr, c_char};
+use std::sync::Arc;
 
 use cudarc::nvrtc::{result, sys};
 
@@ -104,13 +105,34 @@ fn nvrtc_ok(call: &str, code: sys::nvrtcResult) -> Result<()> {
     })
 }
 
-/// Compiles the CUDA C `source` (named `name` in errors) to CUBIN for `arch`.
+/// Compiles the CUDA C `source` (named `name` in errors) to CUBIN for `arch` (`sm_80`).
 ///
 /// # Errors
 ///
 /// [`Error::Device`] when NVRTC cannot be loaded or fails outside compilation;
 /// [`Error::Kernel`] with NVRTC's log when the source does not compile.
 pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
+    run(name, source, arch, Output::Cubin)
+}
+
+/// Compiles `source` to PTX for the virtual architecture `arch` (`compute_90`), NUL-terminated
+/// as the driver loads it: for devices newer than this NVRTC, whose driver compiles the PTX.
+///
+/// # Errors
+///
+/// As [`compile`].
+pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
+    run(name, source, arch, Output::Ptx)
+}
+
+/// What NVRTC hands out.
+#[derive(Clone, Copy)]
+enum Output {
+    Cubin,
+    Ptx,
+}
+
+fn run(name: &str, source: &str, arch: &str, output: Output) -> Result<Vec<u8>> {
     if !nvrtc_present() {
         return Err(missing());
     }
@@ -130,7 +152,7 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
         "--std=c++17".to_string(),
         "--restrict".to_string(),
     ];
-    // SAFETY: `prog` was created above and is destroyed once, below; the log and CUBIN buffers
+    // SAFETY: `prog` was created above and is destroyed once, below; the log and output buffers
     // are sized by NVRTC's own size queries before it writes them.
     unsafe {
         let compiled = result::compile_program(prog, &options);
@@ -147,19 +169,111 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
             }
             Ok(()) => {
                 let mut size = 0usize;
-                nvrtc_ok("nvrtcGetCUBINSize", sys::nvrtcGetCUBINSize(prog, &mut size)).and_then(
-                    |()| {
-                        let mut cubin = vec![0u8; size];
-                        nvrtc_ok(
-                            "nvrtcGetCUBIN",
-                            sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char),
-                        )
-                        .map(|()| cubin)
-                    },
-                )
+                let (size_call, code) = match output {
+                    Output::Cubin => ("nvrtcGetCUBINSize", sys::nvrtcGetCUBINSize(prog, &mut size)),
+                    Output::Ptx => ("nvrtcGetPTXSize", sys::nvrtcGetPTXSize(prog, &mut size)),
+                };
+                nvrtc_ok(size_call, code).and_then(|()| {
+                    let mut image = vec![0u8; size];
+                    let at = image.as_mut_ptr() as *mut c_char;
+                    match output {
+                        Output::Cubin => nvrtc_ok("nvrtcGetCUBIN", sys::nvrtcGetCUBIN(prog, at)),
+                        Output::Ptx => nvrtc_ok("nvrtcGetPTX", sys::nvrtcGetPTX(prog, at)),
+                    }
+                    .map(|()| image)
+                })
             }
         };
         let _ = result::destroy_program(prog);
         out
     }
+}
+
+/// The real architectures this NVRTC compiles CUBIN for, as numbers (80 for `sm_80`).
+///
+/// # Errors
+///
+/// [`Error::Device`] when NVRTC cannot be loaded.
+pub fn supported_archs() -> Result<Vec<i32>> {
+    if !nvrtc_present() {
+        return Err(missing());
+    }
+    let mut n = 0;
+    // SAFETY: the library is present; the buffer is sized by NVRTC's count.
+    unsafe {
+        nvrtc_ok(
+            "nvrtcGetNumSupportedArchs",
+            sys::nvrtcGetNumSupportedArchs(&mut n),
+        )?;
+        let mut archs = vec![0; n.max(0) as usize];
+        nvrtc_ok(
+            "nvrtcGetSupportedArchs",
+            sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()),
+        )?;
+        Ok(archs)
+    }
+}
+
+/// A kernel compiled for one device: CUBIN for its own architecture where this NVRTC knows it,
+/// else PTX of the newest architecture below it (the driver compiles that for the device).
+#[derive(Debug)]
+pub struct Image {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// The architecture compiled for: `sm_90`, or `compute_90` for PTX.
+    pub arch: String,
+    /// CUBIN, or NUL-terminated PTX.
+    pub data: Vec<u8>,
+}
+
+type ImageCache = std::sync::Mutex<std::collections::HashMap<(Kernel, i32), Arc<Image>>>;
+
+/// `kernel` for a device of compute capability `capability`, compiled once per process and
+/// architecture.
+///
+/// # Errors
+///
+/// [`Error::Device`] when NVRTC is missing or supports no architecture at or below the
+/// device's; [`Error::Kernel`] when the kernel does not compile.
+pub fn image(kernel: Kernel, capability: (i32, i32)) -> Result<Arc<Image>> {
+    static CACHE: std::sync::OnceLock<ImageCache> = std::sync::OnceLock::new();
+    let arch = capability.0 * 10 + capability.1;
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(image) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(kernel, arch))
+    {
+        return Ok(image.clone());
+    }
+    let supported = supported_archs()?;
+    let (name, data) = if supported.contains(&arch) {
+        let name = format!("sm_{arch}");
+        let data = kernel.compile(&name)?;
+        (name, data)
+    } else {
+        let Some(&below) = supported.iter().filter(|&&a| a <= arch).max() else {
+            return Err(Error::Device {
+                device: "nvrtc".into(),
+                op: format!("compile {} for sm_{arch}", kernel.file()),
+                reason: format!(
+                    "this NVRTC compiles for {supported:?} only, nothing at or below the device's \
+                     architecture"
+                ),
+            });
+        };
+        let name = format!("compute_{below}");
+        let data = compile_ptx(kernel.file(), kernel.source(), &name)?;
+        (name, data)
+    };
+    let image = Arc::new(Image {
+        kernel,
+        arch: name,
+        data,
+    });
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((kernel, arch), image.clone());
+    Ok(image)
 }

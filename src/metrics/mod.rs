@@ -11,7 +11,7 @@
 //! | CATEGORICAL | count per category | + | the counts |
 
 mod aggregator;
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod device;
 mod reduce;
 mod report;

@@ -3,6 +3,8 @@
 
 pub mod cmd;
 pub mod conformance;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod device_suite;
 #[cfg(feature = "wgpu")]
 pub mod gpu;
 

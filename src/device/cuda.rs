@@ -1,0 +1,594 @@
+//! The CUDA sink (feature `cuda`): the workers write ragged ids and the small index arrays
+//! straight into pinned (page-locked) host memory, the sink's staging pool; the upload, on the
+//! caller's thread in plan order, copies them asynchronously to a slot of device buffers on the
+//! context's copy stream, and `kernels/pad_collate.cu` pads them on the compute stream into ids,
+//! attention mask, labels and position ids, exactly as [`pad_host`] does. Only real tokens cross
+//! the bus.
+//!
+//! Ordering is by events, never by blocking the host:
+//!
+//! 1. the copy stream waits for the slot's `released` event (the last consumer of the slot is
+//!    done with it), then copies; `copied` is recorded after the copies;
+//! 2. the compute stream waits for `copied` and runs the kernel; `ready` is recorded after it;
+//! 3. the consumer's stream waits for `ready` ([`CudaBatch::use_on`]; the compute stream is the
+//!    default consumer and needs no wait);
+//! 4. when the batch is dropped, `released` is recorded on the consumer's stream and the slot
+//!    goes back to the sink.
+//!
+//! The pinned staging of a batch stays with its slot until the slot is next used, when its
+//! `copied` event has long completed (checked before the memory goes back to the pool), so a
+//! worker never overwrites memory a copy is still reading. While the caller holds batch k,
+//! batch k+1 is copied and padded in a second slot; a steady stream creates two slots and then
+//! allocates nothing, on the device or in pinned memory ([`CudaSink::stats`],
+//! [`CudaSink::staging_pool`]).
+//!
+//! [`pad_host`]: crate::collate::pad_host
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+use super::ragged::{RaggedBatch, SinkStats, SlotSizes, four_byte_ids};
+use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
+use crate::device::DeviceSink;
+use crate::error::Result;
+use crate::gpu::cuda::CudaContext;
+use crate::gpu::nvrtc::Kernel;
+use crate::shard::TokenId;
+
+/// Threads per block of the pad kernel.
+const BLOCK: u32 = 256;
+
+/// Collates batches into CUDA device buffers. Build a loader with it:
+/// `LoaderBuilder::new(sources).build(CudaSink::new(CudaContext::for_local_rank(r)?)?)`.
+pub struct CudaSink {
+    ctx: Arc<CudaContext>,
+    collate: CudaFunction,
+    free: Arc<Mutex<Vec<Slot>>>,
+    stats: Mutex<SinkStats>,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for CudaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaSink")
+            .field("device", &self.ctx.label())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl CudaSink {
+    /// A sink on `ctx`'s device; compiles (NVRTC) and loads the pad kernel now.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Kernel`] or [`crate::Error::Device`] when the kernel cannot be compiled
+    /// or loaded for this device.
+    pub fn new(ctx: Arc<CudaContext>) -> Result<Self> {
+        let collate = ctx.function(Kernel::PadCollate, "pad_collate")?;
+        let pool = ctx.pinned_pool();
+        Ok(CudaSink {
+            ctx,
+            collate,
+            free: Arc::new(Mutex::new(Vec::new())),
+            stats: Mutex::new(SinkStats::default()),
+            pool,
+        })
+    }
+
+    /// A sink on this rank's device (`local_rank % device_count`), as
+    /// [`CudaContext::for_local_rank`] picks it.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] naming what is missing (libcuda, a device) or the driver's
+    /// reason; as [`CudaSink::new`].
+    pub fn for_local_rank(local_rank: usize) -> Result<Self> {
+        Self::new(CudaContext::for_local_rank(local_rank)?)
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The pinned pool the workers' staging and the readbacks come from.
+    pub fn staging_pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SinkStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A free slot that fits `need`, or a new one sized for `bound`. A reused slot's pinned
+    /// staging goes back to the pool once its copies are done.
+    fn acquire(&self, need: &SlotSizes, bound: &SlotSizes) -> Result<Slot> {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let found = free.iter().position(|s| s.sizes.holds(need));
+            if found.is_none() {
+                // Free slots too small for this batch go; the new one fits the largest batch.
+                free.clear();
+            }
+            found.map(|i| free.swap_remove(i))
+        };
+        if let Some(mut slot) = reused {
+            if slot.staging.is_some() {
+                slot.copied
+                    .synchronize()
+                    .map_err(self.ctx.fail("wait for a slot's copies"))?;
+                slot.staging = None;
+            }
+            return Ok(slot);
+        }
+        let slot = Slot::new(&self.ctx, need.max(bound))?;
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.slots_created += 1;
+        stats.buffers_created += Slot::BUFFERS;
+        Ok(slot)
+    }
+}
+
+impl<T: TokenId> DeviceSink<T> for CudaSink {
+    type Worker = ();
+    type Prepared = RaggedBatch<T>;
+    type Output = CudaBatch<T>;
+
+    fn device(&self) -> String {
+        self.ctx.label()
+    }
+
+    fn staging(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    fn worker(&self) -> Result<()> {
+        four_byte_ids::<T>().map_err(|why| self.ctx.error(&format!("collate {} ids", T::NAME), why))
+    }
+
+    fn prepare(
+        &self,
+        _worker: &mut (),
+        staged: StagedBatch<T>,
+        _config: &CollateConfig,
+        pool: &Pool,
+    ) -> Result<RaggedBatch<T>> {
+        Ok(RaggedBatch::new(staged, pool))
+    }
+
+    fn upload(
+        &self,
+        p: RaggedBatch<T>,
+        batch: u64,
+        config: &CollateConfig,
+    ) -> Result<CudaBatch<T>> {
+        let (rows, width) = (p.staged.rows, p.staged.width);
+        let cells = rows * width;
+        let (need, bound) = p.sizes(config);
+        let mut slot = self.acquire(&need, &bound)?;
+        let ctx = &self.ctx;
+        let (copy, compute) = (ctx.copy_stream(), ctx.compute_stream());
+        let op = format!("upload batch {batch}");
+        let fail = ctx.fail(&op);
+        // 1. The copies, after the slot's last consumer.
+        if slot.used {
+            copy.wait(&slot.released).map_err(&fail)?;
+        }
+        let tokens: &[u32] = bytemuck::cast_slice(p.staged.tokens.as_bytes());
+        let pieces: &[u32] = bytemuck::cast_slice(p.pieces.as_bytes());
+        let cu: &[i32] = p.cu_seqlens.as_deref().unwrap_or(&[]);
+        let mut uploaded = 0;
+        uploaded += put(copy, tokens, &mut slot.tokens).map_err(&fail)?;
+        uploaded += put(copy, &p.staged.offsets, &mut slot.offsets).map_err(&fail)?;
+        uploaded += put(copy, &p.row_pieces, &mut slot.row_pieces).map_err(&fail)?;
+        uploaded += put(copy, pieces, &mut slot.pieces).map_err(&fail)?;
+        uploaded += put(copy, &p.lengths, &mut slot.lengths).map_err(&fail)?;
+        uploaded += put(copy, cu, &mut slot.cu_seqlens).map_err(&fail)?;
+        slot.copied.record(copy).map_err(&fail)?;
+        // 2. The kernel, after the copies.
+        compute.wait(&slot.copied).map_err(&fail)?;
+        if cells > 0 {
+            let [pad, ignore, fields] = RaggedBatch::<T>::kernel_words(config);
+            let (rows32, width32) = (rows as u32, width as u32);
+            let cfg = LaunchConfig {
+                grid_dim: ((cells as u32).div_ceil(BLOCK), 1, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut launch = compute.launch_builder(&self.collate);
+            launch
+                .arg(&rows32)
+                .arg(&width32)
+                .arg(&pad)
+                .arg(&ignore)
+                .arg(&fields)
+                .arg(&slot.tokens)
+                .arg(&slot.offsets)
+                .arg(&slot.row_pieces)
+                .arg(&slot.pieces)
+                .arg(&mut slot.ids)
+                .arg(&mut slot.mask)
+                .arg(&mut slot.labels)
+                .arg(&mut slot.positions);
+            // SAFETY: the arguments follow pad_collate's signature in kernels/pad_collate.cu; the
+            // slot holds `cells` outputs and the batch's inputs (sized by `need`), and the kernel
+            // reads and writes only below those counts.
+            unsafe { launch.launch(cfg) }.map_err(&fail)?;
+        }
+        slot.ready.record(compute).map_err(&fail)?;
+        slot.used = true;
+        p.count(
+            &mut self.stats.lock().unwrap_or_else(|e| e.into_inner()),
+            uploaded,
+            config,
+        );
+        let segments = p.cu_seqlens.as_ref().map(|c| c.len());
+        let RaggedBatch {
+            staged,
+            row_pieces,
+            pieces,
+            lengths,
+            cu_seqlens,
+        } = p;
+        let StagedBatch {
+            step,
+            tokens,
+            offsets,
+            docs,
+            ..
+        } = staged;
+        // The pinned buffers the copies read stay with the slot until they are done.
+        slot.staging = Some(Box::new((
+            tokens, offsets, row_pieces, pieces, lengths, cu_seqlens,
+        )));
+        Ok(CudaBatch {
+            ctx: self.ctx.clone(),
+            slot: Some(slot),
+            home: self.free.clone(),
+            consumer: compute.clone(),
+            pool: self.pool.clone(),
+            step,
+            rows,
+            width,
+            docs,
+            mask: config.attention_mask,
+            labels: config.labels,
+            positions: config.position_ids,
+            cu_seqlens_len: segments,
+            _t: std::marker::PhantomData,
+        })
+    }
+}
+
+/// Queues a copy of `src` to the start of `dst` on `stream`; the bytes copied.
+fn put<E: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    src: &[E],
+    dst: &mut CudaSlice<E>,
+) -> std::result::Result<u64, cudarc::driver::DriverError> {
+    if src.is_empty() {
+        return Ok(0);
+    }
+    stream.memcpy_htod(src, &mut dst.slice_mut(..src.len()))?;
+    Ok(size_of_val(src) as u64)
+}
+
+/// The pinned buffers of an upload, kept until its copies are done.
+type Staging = Box<dyn Send + Sync>;
+
+/// One batch's device buffers and events, recycled from batch to batch.
+struct Slot {
+    sizes: SlotSizes,
+    tokens: CudaSlice<u32>,
+    offsets: CudaSlice<u32>,
+    row_pieces: CudaSlice<u32>,
+    /// (start, length) pairs.
+    pieces: CudaSlice<u32>,
+    lengths: CudaSlice<u32>,
+    cu_seqlens: CudaSlice<i32>,
+    ids: CudaSlice<u32>,
+    mask: CudaSlice<u8>,
+    labels: CudaSlice<u32>,
+    positions: CudaSlice<u32>,
+    /// Recorded on the copy stream after the copies.
+    copied: CudaEvent,
+    /// Recorded on the compute stream after the kernel.
+    ready: CudaEvent,
+    /// Recorded on the consumer's stream when the batch is dropped.
+    released: CudaEvent,
+    /// Whether `released` has been recorded (the slot has had a batch).
+    used: bool,
+    staging: Option<Staging>,
+}
+
+impl Slot {
+    const BUFFERS: u64 = 10;
+
+    fn new(ctx: &CudaContext, sizes: SlotSizes) -> Result<Self> {
+        let stream = ctx.copy_stream();
+        let fail = ctx.fail("create batch buffers");
+        // SAFETY (each `alloc`): the buffers are written before they are read: inputs by the
+        // copies, outputs by the kernel, and only the written prefixes are ever exposed.
+        let u32s = |n: usize| unsafe { stream.alloc::<u32>(n.max(1)) };
+        let event = || ctx.driver().new_event(None);
+        Ok(Slot {
+            sizes,
+            tokens: u32s(sizes.tokens).map_err(&fail)?,
+            offsets: u32s(sizes.rows + 1).map_err(&fail)?,
+            row_pieces: u32s(sizes.rows + 1).map_err(&fail)?,
+            pieces: u32s(2 * sizes.pieces).map_err(&fail)?,
+            lengths: u32s(sizes.rows).map_err(&fail)?,
+            cu_seqlens: unsafe { stream.alloc::<i32>(sizes.pieces + 1) }.map_err(&fail)?,
+            ids: u32s(sizes.cells).map_err(&fail)?,
+            mask: unsafe { stream.alloc::<u8>(sizes.cells.max(1)) }.map_err(&fail)?,
+            labels: u32s(sizes.cells).map_err(&fail)?,
+            positions: u32s(sizes.cells).map_err(&fail)?,
+            copied: event().map_err(&fail)?,
+            ready: event().map_err(&fail)?,
+            released: event().map_err(&fail)?,
+            used: false,
+            staging: None,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The buffers are freed in the copy stream's order: after the last consumer's work.
+        if self.used {
+            let _ = self.tokens.stream().wait(&self.released);
+        }
+        // The pinned staging goes back to the pool only once the copies have read it.
+        if self.staging.is_some() {
+            let _ = self.copied.synchronize();
+        }
+    }
+}
+
+/// A device buffer holding one field of a batch: its first `len` elements (the buffer may be
+/// larger: slots are sized for the largest batch).
+#[derive(Debug)]
+pub struct CudaField<'a, E> {
+    /// The buffer.
+    pub buffer: &'a CudaSlice<E>,
+    /// The field's shape: `[B, T]`, `[B]` or `[segments + 1]`.
+    pub shape: [usize; 2],
+    /// How many of the shape's dimensions are real (1 or 2).
+    pub dims: usize,
+    /// The element type: `i32`, `u32` or `u8` (ids hold `T`'s bits in u32 elements).
+    pub dtype: &'static str,
+    /// Elements of the field.
+    pub len: usize,
+}
+
+/// A batch in CUDA device buffers. Its fields are written by work that may still be running:
+/// [`CudaBatch::ready`] is recorded after it on the sink's compute stream, which work on that
+/// stream follows by itself; call [`CudaBatch::use_on`] before using it on another stream. The
+/// buffers stay this batch's until it is dropped, and are reused only after the consumer's
+/// stream has passed that point.
+pub struct CudaBatch<T: TokenId> {
+    ctx: Arc<CudaContext>,
+    /// Always `Some` until dropped.
+    slot: Option<Slot>,
+    home: Arc<Mutex<Vec<Slot>>>,
+    consumer: Arc<CudaStream>,
+    pool: Pool,
+    /// The step this batch belongs to.
+    pub step: u64,
+    /// Rows, B.
+    pub rows: usize,
+    /// Columns, T.
+    pub width: usize,
+    /// The document pieces, in row order (on the host).
+    pub docs: PooledBuf<DocRef>,
+    mask: bool,
+    labels: bool,
+    positions: bool,
+    cu_seqlens_len: Option<usize>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: TokenId> std::fmt::Debug for CudaBatch<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBatch")
+            .field("step", &self.step)
+            .field("rows", &self.rows)
+            .field("width", &self.width)
+            .finish()
+    }
+}
+
+impl<T: TokenId> Drop for CudaBatch<T> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            // The slot is reused only after the consumer's work so far. Should recording fail
+            // (a lost device), the slot is dropped rather than reused unordered.
+            if slot.released.record(&self.consumer).is_ok() {
+                self.home
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(slot);
+            }
+        }
+    }
+}
+
+impl<T: TokenId> CudaBatch<T> {
+    fn slot(&self) -> &Slot {
+        self.slot.as_ref().expect("a live batch holds its slot")
+    }
+
+    fn grid<'a, E>(&'a self, buffer: &'a CudaSlice<E>, dtype: &'static str) -> CudaField<'a, E> {
+        CudaField {
+            buffer,
+            shape: [self.rows, self.width],
+            dims: 2,
+            dtype,
+            len: self.rows * self.width,
+        }
+    }
+
+    /// Token ids `[B, T]` (the bits of `T` in u32 elements).
+    pub fn ids(&self) -> CudaField<'_, u32> {
+        self.grid(&self.slot().ids, T::NAME)
+    }
+
+    /// The attention mask `[B, T]`, one byte per element, when the collate config asks for it.
+    pub fn attention_mask(&self) -> Option<CudaField<'_, u8>> {
+        self.mask.then(|| self.grid(&self.slot().mask, "u8"))
+    }
+
+    /// Labels `[B, T]`, when the collate config asks for them.
+    pub fn labels(&self) -> Option<CudaField<'_, u32>> {
+        self.labels.then(|| self.grid(&self.slot().labels, T::NAME))
+    }
+
+    /// Position ids `[B, T]`, when the collate config asks for them.
+    pub fn position_ids(&self) -> Option<CudaField<'_, u32>> {
+        self.positions
+            .then(|| self.grid(&self.slot().positions, T::NAME))
+    }
+
+    /// Real tokens per row `[B]` (u32).
+    pub fn lengths(&self) -> CudaField<'_, u32> {
+        CudaField {
+            buffer: &self.slot().lengths,
+            shape: [self.rows, 1],
+            dims: 1,
+            dtype: "u32",
+            len: self.rows,
+        }
+    }
+
+    /// Document boundaries over the real tokens `[segments + 1]` (i32), for packed batches.
+    pub fn cu_seqlens(&self) -> Option<CudaField<'_, i32>> {
+        self.cu_seqlens_len.map(|n| CudaField {
+            buffer: &self.slot().cu_seqlens,
+            shape: [n, 1],
+            dims: 1,
+            dtype: "i32",
+            len: n,
+        })
+    }
+
+    /// The event recorded after the batch's kernel: a stream that waits for it sees every field
+    /// written.
+    pub fn ready(&self) -> &CudaEvent {
+        &self.slot().ready
+    }
+
+    /// Makes `stream` the batch's consumer: it waits for [`CudaBatch::ready`], and the slot is
+    /// reused only after the work `stream` holds when the batch is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] when the driver refuses the wait.
+    pub fn use_on(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
+        stream
+            .wait(self.ready())
+            .map_err(self.ctx.fail("wait for a batch"))?;
+        self.consumer = stream.clone();
+        Ok(())
+    }
+
+    /// The context whose device holds the batch.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Blocks the host until the device has written the batch.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] with the driver's reason.
+    pub fn wait(&self) -> Result<()> {
+        self.ready()
+            .synchronize()
+            .map_err(self.ctx.fail("wait for a batch"))
+    }
+
+    /// Copies the batch back into a host [`Batch`], field for field: for tests and debugging.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] naming the operation.
+    pub fn to_host(&self) -> Result<Batch<T>> {
+        let stream = self.ctx.compute_stream();
+        let read = self.read_back(stream);
+        // Copies may still be writing into host buffers that an error has dropped: let them
+        // finish before the memory is reused.
+        let done = stream
+            .synchronize()
+            .map_err(self.ctx.fail("read a batch back"));
+        let batch = read?;
+        done?;
+        Ok(batch)
+    }
+
+    /// Queues the copies of [`CudaBatch::to_host`] on `stream`; the caller synchronizes.
+    fn read_back(&self, stream: &Arc<CudaStream>) -> Result<Batch<T>> {
+        let fail = self.ctx.fail("read a batch back");
+        stream.wait(self.ready()).map_err(&fail)?;
+        let cells = self.rows * self.width;
+        let pool = &self.pool;
+        let back = |field: &CudaField<'_, u32>| -> Result<PooledBuf<T>> {
+            let mut out = pool.take::<T>(field.len);
+            let host: &mut [u32] = bytemuck::cast_slice_mut(&mut out[..]);
+            get(stream, field.buffer, host).map_err(&fail)?;
+            Ok(out)
+        };
+        let ids = back(&self.ids())?;
+        let labels = self.labels().map(|f| back(&f)).transpose()?;
+        let position_ids = self.position_ids().map(|f| back(&f)).transpose()?;
+        let mut lengths = pool.take::<u32>(self.rows);
+        get(stream, &self.slot().lengths, &mut lengths).map_err(&fail)?;
+        let attention_mask = match self.attention_mask() {
+            Some(f) => {
+                let mut m = pool.take::<u8>(cells);
+                get(stream, f.buffer, &mut m).map_err(&fail)?;
+                Some(m)
+            }
+            None => None,
+        };
+        let cu_seqlens = match self.cu_seqlens() {
+            Some(f) => {
+                let mut c = pool.take::<i32>(f.len);
+                get(stream, f.buffer, &mut c).map_err(&fail)?;
+                Some(c)
+            }
+            None => None,
+        };
+        let mut docs = pool.take::<DocRef>(self.docs.len());
+        docs.copy_from_slice(&self.docs);
+        Ok(Batch {
+            step: self.step,
+            rows: self.rows,
+            width: self.width,
+            ids,
+            lengths,
+            attention_mask,
+            labels,
+            position_ids,
+            cu_seqlens,
+            docs,
+        })
+    }
+}
+
+/// Queues a copy of the first `dst.len()` elements of `src` into `dst` on `stream` (the caller
+/// synchronizes before reading `dst`).
+fn get<E: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    src: &CudaSlice<E>,
+    dst: &mut [E],
+) -> std::result::Result<(), cudarc::driver::DriverError> {
+    if dst.is_empty() {
+        return Ok(());
+    }
+    stream.memcpy_dtoh(&src.slice(..dst.len()), dst)
+}

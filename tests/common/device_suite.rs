@@ -1,0 +1,292 @@
+//! The device suite every device path passes (wgpu, CUDA): its reductions against the host
+//! engine, a metric reduce against the host's, its sketches against host sketches, and a loader
+//! run through its sink, checkpointed and resumed, against the host run. Each device plugs in
+//! through closures.
+
+use std::time::Duration;
+
+use shardflow::collate::{Batch, CollateConfig, Padding};
+use shardflow::collective::{Collective, ReduceOp, in_process};
+use shardflow::device::DeviceSink;
+use shardflow::loader::{LoaderBuilder, LoaderState, Source};
+use shardflow::metrics::{Aggregator, Kind, MAX_VALUE, MIN_VALUE, Mapping, Sketch};
+use shardflow::order::{OrderConfig, Shuffle};
+use shardflow::transform::TransformConfig;
+
+/// A world of ranks as trait objects.
+pub type Ranks = Vec<Box<dyn Collective>>;
+
+/// The host engine's world of `n`.
+pub fn host_world(n: usize) -> Ranks {
+    boxed(in_process(n, Duration::from_secs(20)))
+}
+
+/// `ranks` as trait objects.
+pub fn boxed<C: Collective + 'static>(ranks: Vec<C>) -> Ranks {
+    ranks
+        .into_iter()
+        .map(|c| Box::new(c) as Box<dyn Collective>)
+        .collect()
+}
+
+/// Deterministic pseudo-random numbers for the reduction and sketch inputs.
+pub fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 11
+}
+
+/// Every rank's f64 and u64 inputs: specials (signed zeros, infinities, subnormals), random
+/// values, and u64s near the top of their range.
+fn reduction_inputs(n: usize) -> Vec<(Vec<f64>, Vec<u64>)> {
+    let specials = [
+        0.0,
+        -0.0,
+        f64::NEG_INFINITY,
+        1e300,
+        -1e-300,
+        5e-324,
+        0.1,
+        3.0,
+    ];
+    (0..n)
+        .map(|r| {
+            let mut seed = r as u64 + 7;
+            let f = (0..300)
+                .map(|i| {
+                    if i < specials.len() * n {
+                        specials[(i + r) % specials.len()]
+                    } else {
+                        (lcg(&mut seed) as f64 / 1e6) * if i % 3 == 0 { -1.0 } else { 1.0 }
+                    }
+                })
+                .collect();
+            let u = (0..300)
+                .map(|i| match i % 4 {
+                    0 => u64::MAX - lcg(&mut seed) % 1000,
+                    1 => (1 << 32) - 1 - r as u64,
+                    2 => lcg(&mut seed),
+                    _ => r as u64,
+                })
+                .collect();
+            (f, u)
+        })
+        .collect()
+}
+
+/// Every rank's SUM, MAX and MIN results over `ranks`, f64 as bits.
+fn reductions(ranks: Ranks) -> Vec<(Vec<u64>, Vec<u64>)> {
+    let inputs = reduction_inputs(ranks.len());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .enumerate()
+            .map(|(r, c)| {
+                let (f, u) = inputs[r].clone();
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
+                        let (mut a, mut b) = (f.clone(), u.clone());
+                        c.all_reduce_f64(&mut a, op).unwrap();
+                        c.all_reduce_u64(&mut b, op).unwrap();
+                        out.push((a.iter().map(|x| x.to_bits()).collect(), b));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+/// A device world of 4 reduces bit for bit as the host engine does.
+pub fn reductions_equal_the_host(device: Ranks) {
+    let n = device.len();
+    let host = reductions(host_world(n));
+    let got = reductions(device);
+    assert_eq!(got.len(), 3 * n);
+    for (i, (d, h)) in got.iter().zip(&host).enumerate() {
+        assert_eq!(d.0, h.0, "f64 result {i}");
+        assert_eq!(d.1, h.1, "u64 result {i}");
+    }
+}
+
+/// Every rank's metric report over `ranks`: distributions, sums, maxima, minima, categories.
+fn metric_reports(ranks: Ranks) -> Vec<shardflow::metrics::Report> {
+    let record = |rank: usize| {
+        let mut agg = Aggregator::default();
+        for i in 0..50 {
+            let v = (rank * 50 + i) as f64 * 0.37 - 4.0;
+            agg.record("web", "loss", Kind::Distribution, v).unwrap();
+            agg.record("web", "tokens", Kind::Sum, i as f64).unwrap();
+            agg.record("code", "epoch", Kind::Max, rank as f64).unwrap();
+            agg.record("code", "low", Kind::Min, -(rank as f64))
+                .unwrap();
+            agg.record_category("code", "lang", ["en", "de", "fr"][(i + rank) % 3])
+                .unwrap();
+        }
+        agg
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .enumerate()
+            .map(|(r, c)| s.spawn(move || record(r).reduce(&*c).unwrap().report()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// A metric reduce over a device world of 3 gives the host world's report.
+pub fn metric_reduce_equals_the_host(device: Ranks) {
+    let n = device.len();
+    let host = metric_reports(host_world(n));
+    assert_eq!(metric_reports(device), host);
+    assert_eq!(host[0].number("web", "tokens"), Some(n as f64 * 1225.0));
+}
+
+/// Values for the sketch test under `map` (every bucket boundary and its neighbours, zeros,
+/// subnormals, the range ends, random values; each positive and negative) as f32 bits, with
+/// their datasets (0..3).
+pub fn sketch_inputs(map: &Mapping, table: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    assert_eq!(table.len(), map.buckets());
+    assert!(table.windows(2).all(|w| w[0] <= w[1]), "the table rises");
+    let mut bits: Vec<u32> = Vec::new();
+    for &b in table {
+        bits.extend([b.saturating_sub(1), b, b + 1]);
+    }
+    for v in [
+        0.0f32,
+        -0.0,
+        1e-45,
+        f32::MIN_POSITIVE,
+        MIN_VALUE as f32,
+        MAX_VALUE as f32,
+        f32::MAX,
+        1.0,
+        2.0,
+        0.5,
+    ] {
+        bits.extend([v.to_bits(), v.to_bits() + 1, v.to_bits().saturating_sub(1)]);
+    }
+    let mut seed = 11;
+    for _ in 0..3000 {
+        let e = (lcg(&mut seed) % 80) as i32 - 40;
+        bits.push((10f32.powi(e / 2) * (1.0 + (lcg(&mut seed) % 1000) as f32 / 997.0)).to_bits());
+    }
+    let values: Vec<u32> = bits
+        .iter()
+        .flat_map(|&b| [b & 0x7fff_ffff, b | 0x8000_0000])
+        .filter(|b| f32::from_bits(*b).is_finite())
+        .collect();
+    assert!(values.len() > 6000);
+    let owners: Vec<u32> = (0..values.len()).map(|i| (i % 7 % 3) as u32).collect();
+    (values, owners)
+}
+
+/// The device's sketches equal the host's bucket for bucket; counts, zeros, minima and maxima
+/// exactly, sums within the bound of chunked addition.
+pub fn sketches_equal_the_host(
+    map: &Mapping,
+    values: &[u32],
+    owners: &[u32],
+    device: &[Sketch],
+    what: &str,
+) {
+    let mut host = vec![Sketch::default(); 3];
+    for (&b, &d) in values.iter().zip(owners) {
+        host[d as usize].add(map, f32::from_bits(b) as f64);
+    }
+    assert_eq!(device.len(), 3);
+    for (d, (got, want)) in device.iter().zip(&host).enumerate() {
+        assert_eq!(got.pos, want.pos, "{what} dataset {d}: positive buckets");
+        assert_eq!(got.neg, want.neg, "{what} dataset {d}: negative buckets");
+        assert_eq!(
+            (got.count, got.zero),
+            (want.count, want.zero),
+            "dataset {d}"
+        );
+        // The sum adds in chunks: within n * 2^-53 * sum |v| of the exact sum, as the host's
+        // running sum is.
+        let abs: f64 = values
+            .iter()
+            .zip(owners)
+            .filter(|(_, o)| **o as usize == d)
+            .map(|(b, _)| (f32::from_bits(*b) as f64).abs())
+            .sum();
+        let bound = 2.0 * got.count as f64 * f64::EPSILON / 2.0 * abs;
+        assert!(
+            (got.sum - want.sum).abs() <= bound,
+            "dataset {d}: {} vs {}",
+            got.sum,
+            want.sum
+        );
+        assert_eq!(got.min.map(f64::to_bits), want.min.map(f64::to_bits));
+        assert_eq!(got.max.map(f64::to_bits), want.max.map(f64::to_bits));
+    }
+}
+
+/// A loader run through `make_sink`'s sinks (12 batches with 2 workers, checkpointed, then 18
+/// more resumed with 1 worker, each batch held while the next is written) equals the host run,
+/// padded and packed. `read` brings a device batch back to the host.
+pub fn loader_resumes_as_the_host<S: DeviceSink<i32>>(
+    sources: &[Source],
+    make_sink: impl Fn() -> S,
+    read: impl Fn(&S::Output) -> Batch<i32>,
+) {
+    for pack in [false, true] {
+        let builder = |workers: usize| {
+            LoaderBuilder::<i32>::new(sources.to_vec())
+                .with_order(OrderConfig {
+                    seed: 21,
+                    shuffle: Shuffle::Full,
+                    local_batch: 4,
+                    ..Default::default()
+                })
+                .with_collate(CollateConfig {
+                    seq_len: 48,
+                    padding: Padding::Multiple(8),
+                    pack,
+                    ..Default::default()
+                })
+                .with_transform(TransformConfig {
+                    eos: Some(7),
+                    ..Default::default()
+                })
+                .with_workers(workers)
+        };
+        let host: Vec<Vec<u8>> = builder(2)
+            .build_host()
+            .unwrap()
+            .take(30)
+            .map(|b| b.unwrap().to_bytes())
+            .collect();
+        let mut first = builder(2).build(make_sink()).unwrap();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut held = None;
+        for _ in 0..12 {
+            let b = first.next().unwrap().unwrap();
+            got.push(read(&b).to_bytes());
+            // Hold each batch while the next is written: two slots, recycled.
+            held = Some(b);
+        }
+        drop(held);
+        let json = serde_json::to_vec(&first.state()).unwrap();
+        assert_eq!(first.stats().batches, 12);
+        drop(first);
+        let state = LoaderState::from_json(&json).unwrap();
+        let mut resumed = builder(1).resume(state).build(make_sink()).unwrap();
+        let mut held = None;
+        for _ in 12..30 {
+            let b = resumed.next().unwrap().unwrap();
+            got.push(read(&b).to_bytes());
+            held = Some(b);
+        }
+        drop(held);
+        assert_eq!(got, host, "pack {pack}");
+    }
+}
