@@ -18,7 +18,6 @@ use shardflow::device::{CudaSink, DeviceSink};
 use shardflow::gpu::cuda::{CudaContext, cuda_present};
 use shardflow::gpu::nvrtc::{Kernel, compile, nvrtc_present, nvrtc_version};
 
-use common::conformance;
 use common::device_suite as suite;
 
 fn nvrtc() -> bool {
@@ -201,14 +200,9 @@ fn without_a_driver_the_cuda_sink_is_an_error_not_a_panic() {
 fn sink_conforms<T: TokenId>() {
     let Some(ctx) = cuda() else { return };
     let sink = CudaSink::new(ctx).unwrap();
-    <CudaSink as DeviceSink<T>>::worker(&sink).unwrap();
     let pool = sink.staging_pool();
     assert_eq!(pool.memory(), "cuda pinned");
-    let n = conformance::check::<T>(|staged, config| {
-        let prepared = sink.prepare(&mut (), staged, config, &pool).unwrap();
-        sink.upload(prepared, 0, config).unwrap().to_host().unwrap()
-    });
-    assert!(n >= 256, "{n} batches compared");
+    suite::sink_equals_the_host::<T, _>(&sink, |b| b.to_host().unwrap());
     assert_eq!(pool.stats().heap_fallbacks, 0, "staging was pinned");
 }
 
@@ -287,27 +281,11 @@ fn a_loader_run_through_the_cuda_sink_checkpointed_and_resumed_equals_the_host_r
 
 #[test]
 fn a_steady_cuda_stream_recycles_two_slots_from_pinned_staging_and_sends_only_real_tokens() {
-    use shardflow::collate::{CollateConfig, Padding};
-    use shardflow::loader::LoaderBuilder;
-    use shardflow::order::OrderConfig;
     let Some(ctx) = cuda() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let sources = common::mixture(dir.path());
     let sink = CudaSink::new(ctx.clone()).unwrap();
     let pool = sink.staging_pool();
-    let mut loader = LoaderBuilder::<u32>::new(sources)
-        .with_order(OrderConfig {
-            local_batch: 8,
-            ..Default::default()
-        })
-        .with_collate(CollateConfig {
-            seq_len: 64,
-            padding: Padding::Fixed,
-            ..Default::default()
-        })
-        .with_workers(1)
-        .build(sink)
-        .unwrap();
+    let mut loader = suite::steady_loader(common::mixture(dir.path()), sink);
     let mut held = None;
     let mut warm = None;
     for i in 0..40 {
@@ -324,16 +302,9 @@ fn a_steady_cuda_stream_recycles_two_slots_from_pinned_staging_and_sends_only_re
     assert_eq!(last.ids().shape, [8, 64]);
     assert_eq!(last.ids().dtype, "u32");
     assert_eq!(last.attention_mask().unwrap().dtype, "u8");
-    let back = last.to_host().unwrap();
-    assert_eq!(back.rows, 8);
+    assert_eq!(last.to_host().unwrap().rows, 8);
     drop(last);
-    let stats = loader.sink().stats();
-    assert_eq!(stats.uploads, 40);
-    assert_eq!(stats.slots_created, 2, "{stats:?}");
-    assert!(
-        stats.padded_bytes > 2 * stats.bytes_uploaded,
-        "ragged uploads are smaller than padded ones: {stats:?}"
-    );
+    suite::steady_stats(loader.sink().stats(), 40);
     let (warm, now) = (warm.unwrap(), pool.stats());
     assert_eq!(
         now.allocations, warm.allocations,

@@ -11,20 +11,13 @@ use shardflow::device::{DeviceSink, WgpuSink};
 
 use std::time::Duration;
 
-use common::conformance;
 use common::device_suite as suite;
 use common::gpu::wgpu;
 
 fn sink_conforms<T: TokenId>() {
     let Some(ctx) = wgpu() else { return };
     let sink = WgpuSink::new(ctx).unwrap();
-    <WgpuSink as DeviceSink<T>>::worker(&sink).unwrap();
-    let pool = sink.staging_pool();
-    let n = conformance::check::<T>(|staged, config| {
-        let prepared = sink.prepare(&mut (), staged, config, &pool).unwrap();
-        sink.upload(prepared, 0, config).unwrap().to_host().unwrap()
-    });
-    assert!(n >= 256, "{n} batches compared");
+    suite::sink_equals_the_host::<T, _>(&sink, |b| b.to_host().unwrap());
 }
 
 #[test]
@@ -132,26 +125,10 @@ fn a_loader_run_through_the_wgpu_sink_checkpointed_and_resumed_equals_the_host_r
 
 #[test]
 fn a_steady_stream_recycles_two_slots_and_sends_only_real_tokens() {
-    use shardflow::collate::{CollateConfig, Padding};
-    use shardflow::loader::LoaderBuilder;
-    use shardflow::order::OrderConfig;
     let Some(ctx) = wgpu() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let sources = common::mixture(dir.path());
     let sink = WgpuSink::new(ctx).unwrap();
-    let mut loader = LoaderBuilder::<u32>::new(sources)
-        .with_order(OrderConfig {
-            local_batch: 8,
-            ..Default::default()
-        })
-        .with_collate(CollateConfig {
-            seq_len: 64,
-            padding: Padding::Fixed,
-            ..Default::default()
-        })
-        .with_workers(1)
-        .build(sink)
-        .unwrap();
+    let mut loader = suite::steady_loader(common::mixture(dir.path()), sink);
     let mut held = None;
     for _ in 0..40 {
         held = Some(loader.next().unwrap().unwrap());
@@ -162,13 +139,7 @@ fn a_steady_stream_recycles_two_slots_and_sends_only_real_tokens() {
     assert_eq!(last.ids().dtype, "u32");
     assert_eq!(last.attention_mask().unwrap().dtype, "u8");
     drop(last);
-    let stats = loader.sink().stats();
-    assert_eq!(stats.uploads, 40);
-    assert_eq!(stats.slots_created, 2, "{stats:?}");
-    assert!(
-        stats.padded_bytes > 2 * stats.bytes_uploaded,
-        "ragged uploads are smaller than padded ones: {stats:?}"
-    );
+    suite::steady_stats(loader.sink().stats(), 40);
 }
 
 /// A storage buffer on `ctx`'s device holding `data`.

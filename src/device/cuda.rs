@@ -30,7 +30,7 @@ use cudarc::driver::{
     CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
-use super::ragged::{RaggedBatch, SinkStats, SlotSizes, four_byte_ids};
+use super::ragged::{Field, FieldSet, RaggedBatch, SinkStats, SlotSizes, four_byte_ids};
 use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;
@@ -227,7 +227,7 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
             uploaded,
             config,
         );
-        let segments = p.cu_seqlens.as_ref().map(|c| c.len());
+        let fields = FieldSet::new(config, rows, width, p.cu_seqlens.as_ref().map(|c| c.len()));
         let RaggedBatch {
             staged,
             row_pieces,
@@ -256,10 +256,7 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
             rows,
             width,
             docs,
-            mask: config.attention_mask,
-            labels: config.labels,
-            positions: config.position_ids,
-            cu_seqlens_len: segments,
+            fields,
             _t: std::marker::PhantomData,
         })
     }
@@ -386,10 +383,7 @@ pub struct CudaBatch<T: TokenId> {
     pub width: usize,
     /// The document pieces, in row order (on the host).
     pub docs: PooledBuf<DocRef>,
-    mask: bool,
-    labels: bool,
-    positions: bool,
-    cu_seqlens_len: Option<usize>,
+    fields: FieldSet,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -423,57 +417,47 @@ impl<T: TokenId> CudaBatch<T> {
         self.slot.as_ref().expect("a live batch holds its slot")
     }
 
-    fn grid<'a, E>(&'a self, buffer: &'a CudaSlice<E>, dtype: &'static str) -> CudaField<'a, E> {
-        CudaField {
+    fn field<'a, E>(&'a self, field: Field, buffer: &'a CudaSlice<E>) -> Option<CudaField<'a, E>> {
+        let shape = self.fields.shape::<T>(field)?;
+        Some(CudaField {
             buffer,
-            shape: [self.rows, self.width],
-            dims: 2,
-            dtype,
-            len: self.rows * self.width,
-        }
+            shape: shape.shape,
+            dims: shape.dims,
+            dtype: shape.dtype,
+            len: shape.len,
+        })
     }
 
     /// Token ids `[B, T]` (the bits of `T` in u32 elements).
     pub fn ids(&self) -> CudaField<'_, u32> {
-        self.grid(&self.slot().ids, T::NAME)
+        self.field(Field::Ids, &self.slot().ids)
+            .expect("every batch has ids")
     }
 
     /// The attention mask `[B, T]`, one byte per element, when the collate config asks for it.
     pub fn attention_mask(&self) -> Option<CudaField<'_, u8>> {
-        self.mask.then(|| self.grid(&self.slot().mask, "u8"))
+        self.field(Field::AttentionMask, &self.slot().mask)
     }
 
     /// Labels `[B, T]`, when the collate config asks for them.
     pub fn labels(&self) -> Option<CudaField<'_, u32>> {
-        self.labels.then(|| self.grid(&self.slot().labels, T::NAME))
+        self.field(Field::Labels, &self.slot().labels)
     }
 
     /// Position ids `[B, T]`, when the collate config asks for them.
     pub fn position_ids(&self) -> Option<CudaField<'_, u32>> {
-        self.positions
-            .then(|| self.grid(&self.slot().positions, T::NAME))
+        self.field(Field::PositionIds, &self.slot().positions)
     }
 
     /// Real tokens per row `[B]` (u32).
     pub fn lengths(&self) -> CudaField<'_, u32> {
-        CudaField {
-            buffer: &self.slot().lengths,
-            shape: [self.rows, 1],
-            dims: 1,
-            dtype: "u32",
-            len: self.rows,
-        }
+        self.field(Field::Lengths, &self.slot().lengths)
+            .expect("every batch has lengths")
     }
 
     /// Document boundaries over the real tokens `[segments + 1]` (i32), for packed batches.
     pub fn cu_seqlens(&self) -> Option<CudaField<'_, i32>> {
-        self.cu_seqlens_len.map(|n| CudaField {
-            buffer: &self.slot().cu_seqlens,
-            shape: [n, 1],
-            dims: 1,
-            dtype: "i32",
-            len: n,
-        })
+        self.field(Field::CuSeqlens, &self.slot().cu_seqlens)
     }
 
     /// The event recorded after the batch's kernel: a stream that waits for it sees every field
@@ -534,50 +518,27 @@ impl<T: TokenId> CudaBatch<T> {
     fn read_back(&self, stream: &Arc<CudaStream>) -> Result<Batch<T>> {
         let fail = self.ctx.fail("read a batch back");
         stream.wait(self.ready()).map_err(&fail)?;
-        let cells = self.rows * self.width;
-        let pool = &self.pool;
-        let back = |field: &CudaField<'_, u32>| -> Result<PooledBuf<T>> {
-            let mut out = pool.take::<T>(field.len);
-            let host: &mut [u32] = bytemuck::cast_slice_mut(&mut out[..]);
-            get(stream, field.buffer, host).map_err(&fail)?;
-            Ok(out)
-        };
-        let ids = back(&self.ids())?;
-        let labels = self.labels().map(|f| back(&f)).transpose()?;
-        let position_ids = self.position_ids().map(|f| back(&f)).transpose()?;
-        let mut lengths = pool.take::<u32>(self.rows);
-        get(stream, &self.slot().lengths, &mut lengths).map_err(&fail)?;
-        let attention_mask = match self.attention_mask() {
-            Some(f) => {
-                let mut m = pool.take::<u8>(cells);
-                get(stream, f.buffer, &mut m).map_err(&fail)?;
-                Some(m)
-            }
-            None => None,
-        };
-        let cu_seqlens = match self.cu_seqlens() {
-            Some(f) => {
-                let mut c = pool.take::<i32>(f.len);
-                get(stream, f.buffer, &mut c).map_err(&fail)?;
-                Some(c)
-            }
-            None => None,
-        };
-        let mut docs = pool.take::<DocRef>(self.docs.len());
-        docs.copy_from_slice(&self.docs);
-        Ok(Batch {
-            step: self.step,
-            rows: self.rows,
-            width: self.width,
-            ids,
-            lengths,
-            attention_mask,
-            labels,
-            position_ids,
-            cu_seqlens,
-            docs,
-        })
+        let slot = self.slot();
+        self.fields
+            .host_batch(self.step, &self.docs, &self.pool, |field, out| {
+                match field {
+                    Field::Ids => get(stream, &slot.ids, words(out)),
+                    Field::Lengths => get(stream, &slot.lengths, words(out)),
+                    Field::AttentionMask => get(stream, &slot.mask, out),
+                    Field::Labels => get(stream, &slot.labels, words(out)),
+                    Field::PositionIds => get(stream, &slot.positions, words(out)),
+                    Field::CuSeqlens => {
+                        get(stream, &slot.cu_seqlens, bytemuck::cast_slice_mut(out))
+                    }
+                }
+                .map_err(&fail)
+            })
     }
+}
+
+/// `out` as u32 words (pooled buffers are 64-byte aligned: any element type casts).
+fn words(out: &mut [u8]) -> &mut [u32] {
+    bytemuck::cast_slice_mut(out)
 }
 
 /// Queues a copy of the first `dst.len()` elements of `src` into `dst` on `stream` (the caller

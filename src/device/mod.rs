@@ -32,7 +32,7 @@ mod wgpu;
 #[cfg(feature = "cuda")]
 pub use self::cuda::*;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub use self::ragged::{RaggedBatch, SinkStats};
+pub use self::ragged::{Field, FieldShape, RaggedBatch, SinkStats};
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
 

@@ -2,7 +2,10 @@
 //! read ([`RaggedBatch`], built on the workers), the element counts a recycled slot of device
 //! buffers must hold, and the sinks' counters.
 
-use crate::collate::{CollateConfig, PIECES_PER_ROW, Pool, PooledBuf, StagedBatch, cu_seqlens};
+use crate::collate::{
+    Batch, CollateConfig, DocRef, PIECES_PER_ROW, Pool, PooledBuf, StagedBatch, cu_seqlens,
+};
+use crate::error::Result;
 use crate::shard::TokenId;
 
 /// Counters of a device sink.
@@ -158,5 +161,173 @@ pub(crate) fn four_byte_ids<T: TokenId>() -> std::result::Result<(), String> {
             "the device pad kernels take 4-byte ids; use i32 or u32 ids, not {}",
             T::NAME
         ))
+    }
+}
+
+/// A field of a padded batch on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// Token ids `[B, T]`.
+    Ids,
+    /// Real tokens per row `[B]` (u32).
+    Lengths,
+    /// The attention mask `[B, T]`, one byte per element.
+    AttentionMask,
+    /// Labels `[B, T]`.
+    Labels,
+    /// Position ids `[B, T]`.
+    PositionIds,
+    /// Document boundaries over the real tokens `[segments + 1]` (i32), packed batches only.
+    CuSeqlens,
+}
+
+impl Field {
+    /// Every field, in the order host batches list them.
+    pub const ALL: [Field; 6] = [
+        Field::Ids,
+        Field::Lengths,
+        Field::AttentionMask,
+        Field::Labels,
+        Field::PositionIds,
+        Field::CuSeqlens,
+    ];
+}
+
+/// A field's shape in a device batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldShape {
+    /// `[B, T]`, `[B, 1]` or `[segments + 1, 1]`.
+    pub shape: [usize; 2],
+    /// How many of the shape's dimensions are real (1 or 2).
+    pub dims: usize,
+    /// The element type: the id type's name, `u32`, `i32` or `u8`.
+    pub dtype: &'static str,
+    /// Elements.
+    pub len: usize,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Which fields a device batch holds, and its shape.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FieldSet {
+    pub rows: usize,
+    pub width: usize,
+    mask: bool,
+    labels: bool,
+    positions: bool,
+    cu_seqlens: Option<usize>,
+}
+
+impl FieldSet {
+    /// The fields of a `rows x width` batch collated under `config`, with `cu_seqlens` entries
+    /// when packed.
+    pub fn new(
+        config: &CollateConfig,
+        rows: usize,
+        width: usize,
+        cu_seqlens: Option<usize>,
+    ) -> Self {
+        FieldSet {
+            rows,
+            width,
+            mask: config.attention_mask,
+            labels: config.labels,
+            positions: config.position_ids,
+            cu_seqlens,
+        }
+    }
+
+    /// The shape of `field` with `T` ids; `None` when the batch does not hold it.
+    pub fn shape<T: TokenId>(&self, field: Field) -> Option<FieldShape> {
+        let grid = |dtype: &'static str, size: usize| FieldShape {
+            shape: [self.rows, self.width],
+            dims: 2,
+            dtype,
+            len: self.rows * self.width,
+            bytes: (self.rows * self.width * size) as u64,
+        };
+        let line = |n: usize, dtype: &'static str| FieldShape {
+            shape: [n, 1],
+            dims: 1,
+            dtype,
+            len: n,
+            bytes: n as u64 * 4,
+        };
+        let id = size_of::<T>();
+        match field {
+            Field::Ids => Some(grid(T::NAME, id)),
+            Field::Lengths => Some(line(self.rows, "u32")),
+            Field::AttentionMask => self.mask.then(|| grid("u8", 1)),
+            Field::Labels => self.labels.then(|| grid(T::NAME, id)),
+            Field::PositionIds => self.positions.then(|| grid(T::NAME, id)),
+            Field::CuSeqlens => self.cu_seqlens.map(|n| line(n, "i32")),
+        }
+    }
+
+    /// The fields the batch holds.
+    pub fn present<T: TokenId>(&self) -> Vec<Field> {
+        Field::ALL
+            .into_iter()
+            .filter(|&f| self.shape::<T>(f).is_some())
+            .collect()
+    }
+
+    /// A host [`Batch`] of step `step` whose fields `fill` writes (each as bytes, in
+    /// [`Field::ALL`] order), from `pool`, with a copy of `docs`.
+    ///
+    /// # Errors
+    ///
+    /// What `fill` returns.
+    pub fn host_batch<T: TokenId>(
+        &self,
+        step: u64,
+        docs: &[DocRef],
+        pool: &Pool,
+        mut fill: impl FnMut(Field, &mut [u8]) -> Result<()>,
+    ) -> Result<Batch<T>> {
+        fn take<E: bytemuck::Pod>(
+            pool: &Pool,
+            len: usize,
+            field: Field,
+            fill: &mut impl FnMut(Field, &mut [u8]) -> Result<()>,
+        ) -> Result<PooledBuf<E>> {
+            let mut buf = pool.take::<E>(len);
+            fill(field, bytemuck::cast_slice_mut(&mut buf[..]))?;
+            Ok(buf)
+        }
+        let cells = self.rows * self.width;
+        let ids = take::<T>(pool, cells, Field::Ids, &mut fill)?;
+        let lengths = take::<u32>(pool, self.rows, Field::Lengths, &mut fill)?;
+        let attention_mask = self
+            .mask
+            .then(|| take::<u8>(pool, cells, Field::AttentionMask, &mut fill))
+            .transpose()?;
+        let labels = self
+            .labels
+            .then(|| take::<T>(pool, cells, Field::Labels, &mut fill))
+            .transpose()?;
+        let position_ids = self
+            .positions
+            .then(|| take::<T>(pool, cells, Field::PositionIds, &mut fill))
+            .transpose()?;
+        let cu_seqlens = self
+            .cu_seqlens
+            .map(|n| take::<i32>(pool, n, Field::CuSeqlens, &mut fill))
+            .transpose()?;
+        let mut copy = pool.take::<DocRef>(docs.len());
+        copy.copy_from_slice(docs);
+        Ok(Batch {
+            step,
+            rows: self.rows,
+            width: self.width,
+            ids,
+            lengths,
+            attention_mask,
+            labels,
+            position_ids,
+            cu_seqlens,
+            docs: copy,
+        })
     }
 }

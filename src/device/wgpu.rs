@@ -14,12 +14,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::ragged::{RaggedBatch, SinkStats, SlotSizes, four_byte_ids};
+use super::ragged::{Field, FieldSet, RaggedBatch, SinkStats, SlotSizes, four_byte_ids};
 use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;
 use crate::gpu::{Shader, WgpuContext};
 use crate::shard::TokenId;
+use std::collections::HashMap;
 
 /// Collates batches into wgpu buffers. Build a loader with it:
 /// `LoaderBuilder::new(sources).build(WgpuSink::new(WgpuContext::new()?)?)`.
@@ -176,7 +177,7 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
             uploaded,
             config,
         );
-        let segments = p.cu_seqlens.as_ref().map(|c| c.len());
+        let fields = FieldSet::new(config, rows, width, p.cu_seqlens.as_ref().map(|c| c.len()));
         let RaggedBatch { staged, .. } = p;
         Ok(WgpuBatch {
             ctx: self.ctx.clone(),
@@ -187,10 +188,7 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
             rows,
             width,
             docs: staged.docs,
-            mask: config.attention_mask,
-            labels: config.labels,
-            positions: config.position_ids,
-            cu_seqlens_len: segments,
+            fields,
             _t: std::marker::PhantomData,
         })
     }
@@ -305,10 +303,7 @@ pub struct WgpuBatch<T: TokenId> {
     pub width: usize,
     /// The document pieces, in row order (on the host).
     pub docs: PooledBuf<DocRef>,
-    mask: bool,
-    labels: bool,
-    positions: bool,
-    cu_seqlens_len: Option<usize>,
+    fields: FieldSet,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -323,63 +318,55 @@ impl<T: TokenId> std::fmt::Debug for WgpuBatch<T> {
 }
 
 impl<T: TokenId> WgpuBatch<T> {
-    fn grid<'a>(
-        &'a self,
-        buffer: &'a wgpu::Buffer,
-        dtype: &'static str,
-        size: usize,
-    ) -> DeviceField<'a> {
-        DeviceField {
+    /// `field`'s buffer and shape, when the batch holds it.
+    pub fn field(&self, field: Field) -> Option<DeviceField<'_>> {
+        let shape = self.fields.shape::<T>(field)?;
+        let slot = &self.slot;
+        let buffer = match field {
+            Field::Ids => &slot.ids,
+            Field::Lengths => &slot.lengths,
+            Field::AttentionMask => &slot.mask,
+            Field::Labels => &slot.labels,
+            Field::PositionIds => &slot.positions,
+            Field::CuSeqlens => &slot.cu_seqlens,
+        };
+        Some(DeviceField {
             buffer,
-            shape: [self.rows, self.width],
-            dims: 2,
-            dtype,
-            bytes: (self.rows * self.width * size) as u64,
-        }
+            shape: shape.shape,
+            dims: shape.dims,
+            dtype: shape.dtype,
+            bytes: shape.bytes,
+        })
     }
 
     /// Token ids `[B, T]`.
     pub fn ids(&self) -> DeviceField<'_> {
-        self.grid(&self.slot.ids, T::NAME, 4)
+        self.field(Field::Ids).expect("every batch has ids")
     }
 
     /// The attention mask `[B, T]`, one byte per element, when the collate config asks for it.
     pub fn attention_mask(&self) -> Option<DeviceField<'_>> {
-        self.mask.then(|| self.grid(&self.slot.mask, "u8", 1))
+        self.field(Field::AttentionMask)
     }
 
     /// Labels `[B, T]`, when the collate config asks for them.
     pub fn labels(&self) -> Option<DeviceField<'_>> {
-        self.labels
-            .then(|| self.grid(&self.slot.labels, T::NAME, 4))
+        self.field(Field::Labels)
     }
 
     /// Position ids `[B, T]`, when the collate config asks for them.
     pub fn position_ids(&self) -> Option<DeviceField<'_>> {
-        self.positions
-            .then(|| self.grid(&self.slot.positions, T::NAME, 4))
+        self.field(Field::PositionIds)
     }
 
     /// Real tokens per row `[B]` (u32).
     pub fn lengths(&self) -> DeviceField<'_> {
-        DeviceField {
-            buffer: &self.slot.lengths,
-            shape: [self.rows, 1],
-            dims: 1,
-            dtype: "u32",
-            bytes: self.rows as u64 * 4,
-        }
+        self.field(Field::Lengths).expect("every batch has lengths")
     }
 
     /// Document boundaries over the real tokens `[segments + 1]` (i32), for packed batches.
     pub fn cu_seqlens(&self) -> Option<DeviceField<'_>> {
-        self.cu_seqlens_len.map(|n| DeviceField {
-            buffer: &self.slot.cu_seqlens,
-            shape: [n, 1],
-            dims: 1,
-            dtype: "i32",
-            bytes: n as u64 * 4,
-        })
+        self.field(Field::CuSeqlens)
     }
 
     /// The context whose device holds the batch.
@@ -402,45 +389,17 @@ impl<T: TokenId> WgpuBatch<T> {
     ///
     /// [`crate::Error::Device`] naming the operation.
     pub fn to_host(&self) -> Result<Batch<T>> {
-        let mut fields = vec![self.ids(), self.lengths()];
-        fields.extend(self.attention_mask());
-        fields.extend(self.labels());
-        fields.extend(self.position_ids());
-        fields.extend(self.cu_seqlens());
+        let present = self.fields.present::<T>();
+        let fields: Vec<DeviceField<'_>> = present.iter().filter_map(|&f| self.field(f)).collect();
         let ranges: Vec<_> = fields.iter().map(|f| (f.buffer, 0, f.bytes)).collect();
-        let mut bytes = self.ctx.read_many(&ranges)?.into_iter();
-        let cells = self.rows * self.width;
-        let mut next = || bytes.next().expect("one readback per field");
-        let ids = filled::<T>(&self.pool, cells, &next());
-        let lengths = filled::<u32>(&self.pool, self.rows, &next());
-        let attention_mask = self.mask.then(|| filled::<u8>(&self.pool, cells, &next()));
-        let labels = self.labels.then(|| filled::<T>(&self.pool, cells, &next()));
-        let position_ids = self
-            .positions
-            .then(|| filled::<T>(&self.pool, cells, &next()));
-        let cu_seqlens = self
-            .cu_seqlens_len
-            .map(|n| filled::<i32>(&self.pool, n, &next()));
-        let mut docs = self.pool.take::<DocRef>(self.docs.len());
-        docs.copy_from_slice(&self.docs);
-        Ok(Batch {
-            step: self.step,
-            rows: self.rows,
-            width: self.width,
-            ids,
-            lengths,
-            attention_mask,
-            labels,
-            position_ids,
-            cu_seqlens,
-            docs,
-        })
+        let read: HashMap<Field, Vec<u8>> = present
+            .into_iter()
+            .zip(self.ctx.read_many(&ranges)?)
+            .collect();
+        self.fields
+            .host_batch(self.step, &self.docs, &self.pool, |field, out| {
+                out.copy_from_slice(&read[&field][..out.len()]);
+                Ok(())
+            })
     }
-}
-
-/// A pooled buffer of `len` elements holding `bytes`.
-fn filled<E: bytemuck::Pod>(pool: &Pool, len: usize, bytes: &[u8]) -> PooledBuf<E> {
-    let mut buf = pool.take::<E>(len);
-    bytemuck::cast_slice_mut::<E, u8>(&mut buf).copy_from_slice(&bytes[..len * size_of::<E>()]);
-    buf
 }

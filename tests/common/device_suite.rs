@@ -290,3 +290,50 @@ pub fn loader_resumes_as_the_host<S: DeviceSink<i32>>(
         assert_eq!(got, host, "pack {pack}");
     }
 }
+
+/// The conformance suite through `sink` (`T` ids): every batch it uploads, read back, equals
+/// the host sink's byte for byte.
+pub fn sink_equals_the_host<T, S>(sink: &S, read: impl Fn(&S::Output) -> Batch<T>)
+where
+    T: shardflow::TokenId,
+    S: DeviceSink<T, Worker = ()>,
+{
+    sink.worker().unwrap();
+    let pool = sink.staging();
+    let n = super::conformance::check::<T>(|staged, config| {
+        let prepared = sink.prepare(&mut (), staged, config, &pool).unwrap();
+        read(&sink.upload(prepared, 0, config).unwrap())
+    });
+    assert!(n >= 256, "{n} batches compared");
+}
+
+/// A loader of u32 ids over `sources` into `sink`: batches of 8 rows padded to 64, one worker.
+pub fn steady_loader<S: DeviceSink<u32>>(
+    sources: Vec<Source>,
+    sink: S,
+) -> shardflow::loader::Loader<u32, S> {
+    LoaderBuilder::<u32>::new(sources)
+        .with_order(OrderConfig {
+            local_batch: 8,
+            ..Default::default()
+        })
+        .with_collate(CollateConfig {
+            seq_len: 64,
+            padding: Padding::Fixed,
+            ..Default::default()
+        })
+        .with_workers(1)
+        .build(sink)
+        .unwrap()
+}
+
+/// What a steady stream of `uploads` batches, each held while the next was written, shows in
+/// a sink's counters: two slots, and ragged uploads well under padded ones.
+pub fn steady_stats(stats: shardflow::device::SinkStats, uploads: u64) {
+    assert_eq!(stats.uploads, uploads);
+    assert_eq!(stats.slots_created, 2, "{stats:?}");
+    assert!(
+        stats.padded_bytes > 2 * stats.bytes_uploaded,
+        "ragged uploads are smaller than padded ones: {stats:?}"
+    );
+}
