@@ -255,6 +255,18 @@ impl AtomicFile {
     }
 }
 
+/// Writes go to the temporary file; nothing reaches `dest` before [`AtomicFile::commit`]. For
+/// encoders that take a [`std::io::Write`] (a Parquet writer).
+impl std::io::Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 impl Synced {
     /// Renames the temporary file over the destination. On error the temporary file is removed.
     fn rename(self) -> Result<()> {

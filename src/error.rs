@@ -474,6 +474,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// A history file (a Parquet part of `steps` or `samples`) that cannot be read or written
+    /// as its table, or a history directory used inconsistently.
+    #[error("history {path}: {reason}", path = .path.display())]
+    History {
+        /// The file or directory (empty for an in-memory part).
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A CUDA kernel does not compile.
     #[error("kernel {kernel} does not compile for {arch}:\n{log}")]
     Kernel {

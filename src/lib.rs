@@ -72,6 +72,8 @@ pub mod collective;
 pub mod device;
 pub mod error;
 pub mod gpu;
+#[cfg(feature = "history")]
+pub mod history;
 pub mod loader;
 pub mod metrics;
 pub mod order;

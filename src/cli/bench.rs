@@ -131,6 +131,7 @@ struct DeviceReport {
     bus_ratio: Option<f64>,
 }
 
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 impl DeviceReport {
     /// The report of a device sink's `run` against the `host` run, from the sink's counters.
     fn new(adapter: String, run: &Timed, host: &Timed, s: &crate::device::SinkStats) -> Self {

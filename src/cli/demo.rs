@@ -1,17 +1,20 @@
 //! `shardflow demo`: the whole host pipeline on the built-in corpus. Writes the corpus, runs a
 //! mixture of its datasets on two ranks (threads) with two workers each, checkpoints at a step,
 //! resumes in fresh loaders (with another worker count) and compares the continuation batch for
-//! batch. A mismatch exits non-zero.
+//! batch. A mismatch exits non-zero. The ranks write a metrics history, which is merged and
+//! summarized at the end.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::atomic::TempDir;
-use crate::collate::{CollateConfig, Padding};
+use crate::collate::{CollateConfig, DocRef, Padding};
 use crate::collective::{Collective, in_process};
 use crate::device::{DeviceSink, HostSink};
-use crate::loader::{LoaderBuilder, LoaderState, LoaderStats, Source};
+use crate::history::{Source as HistorySource, Summary, compact, summarize};
+use crate::loader::{HistoryOptions, Loader, LoaderBuilder, LoaderState, LoaderStats, Source};
 use crate::metrics::{Report, ReportValue};
 use crate::order::{OrderConfig, fnv1a};
 use crate::shard::synthetic::SyntheticCorpus;
@@ -26,6 +29,13 @@ const WORLD: usize = 2;
 const STEPS: usize = 400;
 const CHECKPOINT_AT: usize = 150;
 const WEIGHTS: [f64; 3] = [0.5, 0.3, 0.2];
+/// Steps between the metrics written to the history.
+const HISTORY_EVERY: u64 = 50;
+
+/// Where the demo's metrics history goes.
+fn history_dir(dir: &Path) -> PathBuf {
+    dir.join("history")
+}
 
 pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
     let tmp;
@@ -105,7 +115,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
             .enumerate()
             .map(|(rank, c)| {
                 let (sources, dir, bar, device) = (&sources, &dir, &bar, &device);
-                s.spawn(move || device.run_rank(sources, rank, &**c, dir, bar))
+                s.spawn(move || device.run_rank(sources, rank, c.clone(), dir, bar))
             })
             .collect();
         handles
@@ -149,6 +159,32 @@ pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
         } else {
             "DIFFERENT"
         }
+    )?;
+    // The history the ranks wrote (metrics every HISTORY_EVERY steps, each document's length),
+    // merged into one file per table and summarized.
+    let history = history_dir(&dir);
+    let compacted = compact(&history)?;
+    let summary = summarize(&history, HistorySource::Merged, Some((3, "tokens")))?;
+    outln!(
+        out,
+        "\nmetrics history ({} steps rows, {} samples rows; resumed steps replaced, none twice):",
+        compacted.steps_rows,
+        compacted.samples_rows
+    )?;
+    let shown = Summary {
+        series: summary
+            .series
+            .iter()
+            .filter(|x| x.stat == "value" || x.stat == "p50")
+            .cloned()
+            .collect(),
+        ..summary.clone()
+    };
+    super::history::print(&mut out, &history, &shown, Some("tokens"))?;
+    outln!(
+        out,
+        "(all stats: shardflow history {0}; in Polars: pl.scan_parquet(\"{0}/steps/*.parquet\"))",
+        history.display()
     )?;
     out.finish()?;
     Ok(if identical && same_metrics {
@@ -240,17 +276,17 @@ impl Device {
     }
 
     /// The ranks' collectives: the device engine on wgpu, else the host's.
-    fn world(&self) -> Result<Vec<Box<dyn Collective>>> {
+    fn world(&self) -> Result<Vec<Arc<dyn Collective>>> {
         let timeout = std::time::Duration::from_secs(60);
         Ok(match self {
             Device::Host(_) => in_process(WORLD, timeout)
                 .into_iter()
-                .map(|c| Box::new(c) as Box<dyn Collective>)
+                .map(|c| Arc::new(c) as Arc<dyn Collective>)
                 .collect(),
             #[cfg(feature = "wgpu")]
             Device::Wgpu(ctx) => crate::collective::wgpu_world(WORLD, timeout, ctx.clone())?
                 .into_iter()
-                .map(|c| Box::new(c) as Box<dyn Collective>)
+                .map(|c| Arc::new(c) as Arc<dyn Collective>)
                 .collect(),
         })
     }
@@ -259,7 +295,7 @@ impl Device {
         &self,
         sources: &[Source],
         rank: usize,
-        world: &dyn Collective,
+        world: Arc<dyn Collective>,
         dir: &Path,
         bar: &ProgressBar,
     ) -> Result<RankRun> {
@@ -271,11 +307,12 @@ impl Device {
             bar,
         };
         match self {
-            Device::Host(_) => run.go(|| Ok(HostSink), |b| Ok(b.to_bytes())),
+            Device::Host(_) => run.go(|| Ok(HostSink), |b| Ok(b.to_bytes()), |b| &b.docs),
             #[cfg(feature = "wgpu")]
             Device::Wgpu(ctx) => run.go(
                 || crate::device::WgpuSink::new(ctx.clone()),
                 |b| Ok(b.to_host()?.to_bytes()),
+                |b| &b.docs,
             ),
         }
     }
@@ -285,23 +322,42 @@ impl Device {
 struct Run<'a> {
     sources: &'a [Source],
     rank: usize,
-    world: &'a dyn Collective,
+    world: Arc<dyn Collective>,
     dir: &'a Path,
     bar: &'a ProgressBar,
 }
 
 impl Run<'_> {
     /// Runs the rank uninterrupted, checkpointing on the way, then resumes from the checkpoint
-    /// in a fresh loader and compares. `bytes` turns a batch into host bytes for the digest.
+    /// in a fresh loader and compares. `bytes` turns a batch into host bytes for the digest;
+    /// `docs` gives its documents, whose lengths go to the history as per-sample values.
     fn go<S: DeviceSink<i32>>(
         &self,
         sink: impl Fn() -> Result<S>,
         bytes: impl Fn(&S::Output) -> Result<Vec<u8>>,
+        docs: fn(&S::Output) -> &[DocRef],
     ) -> Result<RankRun> {
         let (sources, rank, bar) = (self.sources, self.rank, self.bar);
         let ckpt = self.dir.join(format!("checkpoint-rank{rank}.json"));
+        let history = HistoryOptions::new(history_dir(self.dir), HISTORY_EVERY)
+            .run("demo")
+            .reduced_over(self.world.clone());
+        let build = |workers: usize, state: Option<LoaderState>| {
+            loader(sources, rank, workers)
+                .with_history_options(history.clone())
+                .resume(state)
+                .build(sink()?)
+        };
+        // The length of every document goes to the history's samples table.
+        let record = |loader: &mut Loader<i32, S>, step: usize, batch: &S::Output| {
+            let names = loader.plan().names().to_vec();
+            let docs = docs(batch);
+            let lengths: Vec<f64> = docs.iter().map(|d| d.len as f64).collect();
+            let history = loader.history().expect("the demo writes a history");
+            history.record_batch_values(step as u64 + 1, docs, &names, "tokens", &lengths)
+        };
         let mut digests = Vec::with_capacity(STEPS);
-        let mut first = loader(sources, rank, 2).build(sink()?)?;
+        let mut first = build(2, None)?;
         for step in 0..STEPS {
             if step == CHECKPOINT_AT {
                 first.state().save(&ckpt)?;
@@ -310,13 +366,14 @@ impl Run<'_> {
                 .next()
                 .ok_or_else(|| Error::Config("the demo stream ended early".into()))??;
             digests.push(fnv1a(&bytes(&batch)?));
+            record(&mut first, step, &batch)?;
             bar.inc(1);
         }
         let stats = first.stats();
-        let metrics = first.metrics_mut().reduce(self.world)?.report();
+        let metrics = first.metrics_mut().reduce(&*self.world)?.report();
         drop(first);
         let state = LoaderState::load(&ckpt)?;
-        let mut resumed = loader(sources, rank, 1).resume(state).build(sink()?)?;
+        let mut resumed = build(1, Some(state))?;
         let mut mismatch = None;
         for (step, want) in digests.iter().enumerate().skip(CHECKPOINT_AT) {
             let batch = resumed
@@ -325,9 +382,10 @@ impl Run<'_> {
             if fnv1a(&bytes(&batch)?) != *want && mismatch.is_none() {
                 mismatch = Some(step);
             }
+            record(&mut resumed, step, &batch)?;
             bar.inc(1);
         }
-        let resumed_metrics = resumed.metrics_mut().reduce(self.world)?.report();
+        let resumed_metrics = resumed.metrics_mut().reduce(&*self.world)?.report();
         Ok(RankRun {
             stats,
             compared: STEPS - CHECKPOINT_AT,

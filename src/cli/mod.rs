@@ -13,6 +13,7 @@ mod demo;
 mod demo_world;
 mod devices;
 pub mod fuzz;
+mod history;
 mod inspect;
 mod launch;
 pub mod measure;
@@ -79,11 +80,13 @@ enum Command {
     /// Print the sample order (dataset, sample, epoch of every row) without reading tokens.
     #[command(allow_negative_numbers = true)]
     Plan(plan::PlanArgs),
-    /// Print sequences as JSON arrays of token ids, one per line.
     /// Lists the wgpu adapter, CUDA devices, NVRTC and NCCL, or why each is missing.
     Devices,
     /// Starts N local processes of one job (RANK, WORLD_SIZE, LOCAL_RANK, a shared store).
     Launch(launch::LaunchArgs),
+    /// Summarize a metrics history (`history DIR`), or merge its parts (`history compact DIR`).
+    History(history::HistoryArgs),
+    /// Print sequences as JSON arrays of token ids, one per line.
     #[command(allow_negative_numbers = true)]
     Cat {
         /// The shard prefix.
@@ -134,6 +137,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Command::Cat { prefix, range } => cat::run(&prefix, &range),
         Command::Launch(l) => launch::run(l),
         Command::Devices => devices::run(),
+        Command::History(h) => history::run(h),
     }
 }
 

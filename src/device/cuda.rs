@@ -30,7 +30,8 @@ use cudarc::driver::{
     CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
-use super::ragged::{Field, FieldSet, RaggedBatch, SinkStats, SlotSizes, four_byte_ids};
+use super::SinkStats;
+use super::ragged::{Field, FieldSet, RaggedBatch, SlotSizes, four_byte_ids};
 use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;

@@ -32,13 +32,29 @@ mod wgpu;
 #[cfg(feature = "cuda")]
 pub use self::cuda::*;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub use self::ragged::{Field, FieldShape, RaggedBatch, SinkStats};
+pub use self::ragged::{Field, FieldShape, RaggedBatch};
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
 
 use crate::collate::{Batch, CollateConfig, Pool, StagedBatch, pad_host};
 use crate::error::Result;
 use crate::shard::TokenId;
+
+/// Counters of a device sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SinkStats {
+    /// Slots of device buffers created (a steady stream creates two, then none).
+    pub slots_created: u64,
+    /// Device buffers created for slots.
+    pub buffers_created: u64,
+    /// Batches uploaded.
+    pub uploads: u64,
+    /// Bytes written to the device: the ragged ids and the index arrays.
+    pub bytes_uploaded: u64,
+    /// Bytes a host-padded upload of the same batches would have written: every requested
+    /// `[B, T]` field, the lengths and `cu_seqlens`.
+    pub padded_bytes: u64,
+}
 
 /// Where staged batches go: host memory, a wgpu buffer, a CUDA buffer, a Burn tensor.
 pub trait DeviceSink<T: TokenId>: Send + Sync + 'static {

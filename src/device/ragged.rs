@@ -2,27 +2,12 @@
 //! read ([`RaggedBatch`], built on the workers), the element counts a recycled slot of device
 //! buffers must hold, and the sinks' counters.
 
+use super::SinkStats;
 use crate::collate::{
     Batch, CollateConfig, DocRef, PIECES_PER_ROW, Pool, PooledBuf, StagedBatch, cu_seqlens,
 };
 use crate::error::Result;
 use crate::shard::TokenId;
-
-/// Counters of a device sink.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct SinkStats {
-    /// Slots of device buffers created (a steady stream creates two, then none).
-    pub slots_created: u64,
-    /// Device buffers created for slots.
-    pub buffers_created: u64,
-    /// Batches uploaded.
-    pub uploads: u64,
-    /// Bytes written to the device: the ragged ids and the index arrays.
-    pub bytes_uploaded: u64,
-    /// Bytes a host-padded upload of the same batches would have written: every requested
-    /// `[B, T]` field, the lengths and `cu_seqlens`.
-    pub padded_bytes: u64,
-}
 
 /// A staged batch and the index arrays the device's pad kernel reads, all in the sink's staging
 /// memory: what a worker prepares for the upload. Only these cross the bus.
@@ -263,14 +248,6 @@ impl FieldSet {
             Field::PositionIds => self.positions.then(|| grid(T::NAME, id)),
             Field::CuSeqlens => self.cu_seqlens.map(|n| line(n, "i32")),
         }
-    }
-
-    /// The fields the batch holds.
-    pub fn present<T: TokenId>(&self) -> Vec<Field> {
-        Field::ALL
-            .into_iter()
-            .filter(|&f| self.shape::<T>(f).is_some())
-            .collect()
     }
 
     /// A host [`Batch`] of step `step` whose fields `fill` writes (each as bytes, in

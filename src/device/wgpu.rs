@@ -14,7 +14,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::ragged::{Field, FieldSet, RaggedBatch, SinkStats, SlotSizes, four_byte_ids};
+use super::SinkStats;
+use super::ragged::{Field, FieldSet, RaggedBatch, SlotSizes, four_byte_ids};
 use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;
@@ -389,8 +390,10 @@ impl<T: TokenId> WgpuBatch<T> {
     ///
     /// [`crate::Error::Device`] naming the operation.
     pub fn to_host(&self) -> Result<Batch<T>> {
-        let present = self.fields.present::<T>();
-        let fields: Vec<DeviceField<'_>> = present.iter().filter_map(|&f| self.field(f)).collect();
+        let (present, fields): (Vec<Field>, Vec<DeviceField<'_>>) = Field::ALL
+            .into_iter()
+            .filter_map(|f| Some((f, self.field(f)?)))
+            .unzip();
         let ranges: Vec<_> = fields.iter().map(|f| (f.buffer, 0, f.bytes)).collect();
         let read: HashMap<Field, Vec<u8>> = present
             .into_iter()

@@ -67,6 +67,8 @@ pub struct LoaderBuilder<T: TokenId> {
     watchdog: Duration,
     resume: Option<(LoaderState, ResumeOptions)>,
     start: u64,
+    #[cfg(feature = "history")]
+    history: Option<super::HistoryOptions>,
 }
 
 impl<T: TokenId> LoaderBuilder<T> {
@@ -86,7 +88,25 @@ impl<T: TokenId> LoaderBuilder<T> {
             watchdog: Duration::from_secs(30),
             resume: None,
             start: 0,
+            #[cfg(feature = "history")]
+            history: None,
         }
+    }
+
+    /// Writes the metrics history to `dir` (feature `history`): the data metrics every
+    /// `every_k_steps` steps, and skipped samples; a resumed loader appends to the same history
+    /// and never writes a step twice. See [`crate::history`].
+    #[cfg(feature = "history")]
+    pub fn with_history(self, dir: impl Into<std::path::PathBuf>, every_k_steps: u64) -> Self {
+        self.with_history_options(super::HistoryOptions::new(dir, every_k_steps))
+    }
+
+    /// [`LoaderBuilder::with_history`] with every option: run name, buffer, and a collective
+    /// to reduce the metrics over before rank 0 writes them.
+    #[cfg(feature = "history")]
+    pub fn with_history_options(mut self, options: super::HistoryOptions) -> Self {
+        self.history = Some(options);
+        self
     }
 
     /// The order: seed, shuffle, mixture, partition, rank and world, local batch size, limit.
@@ -220,6 +240,8 @@ impl<T: TokenId> LoaderBuilder<T> {
             watchdog,
             resume,
             start,
+            #[cfg(feature = "history")]
+            history,
         } = self;
         if start > 0 && (collate.pack || resume.is_some()) {
             return Err(Error::Config(format!(
@@ -370,6 +392,11 @@ impl<T: TokenId> LoaderBuilder<T> {
                 scheduler, &collator, &sink, workers, prefetch, &busy, &planned,
             )?
         };
+        #[cfg(feature = "history")]
+        let history = history
+            .map(|o| super::history::HistoryLink::open(o, rank, resume.as_ref().map(|(s, _)| s)))
+            .transpose()?
+            .map(std::sync::Mutex::new);
         Ok(Loader {
             sink,
             collator,
@@ -386,6 +413,8 @@ impl<T: TokenId> LoaderBuilder<T> {
             scratch: Vec::new(),
             worker: caller_worker,
             metrics: aggregator,
+            #[cfg(feature = "history")]
+            history,
         })
     }
 }

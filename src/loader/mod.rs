@@ -19,11 +19,15 @@ mod builder;
 mod collator;
 mod config;
 mod flow;
+#[cfg(feature = "history")]
+mod history;
 mod job;
 mod state;
 
 pub use builder::*;
 pub use config::*;
+#[cfg(feature = "history")]
+pub use history::HistoryOptions;
 pub use state::*;
 
 use std::collections::BTreeMap;
@@ -62,6 +66,9 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     /// The sink's context for batches the caller builds itself.
     worker: S::Worker,
     metrics: Aggregator,
+    /// The metrics history, when the builder asked for one.
+    #[cfg(feature = "history")]
+    history: Option<std::sync::Mutex<history::HistoryLink>>,
 }
 
 impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
@@ -96,7 +103,28 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
                 })
                 .collect(),
             scope: Scope::Rank,
+            history_step: self.history_step(),
         }
+    }
+
+    /// The history's last step on disk, flushed now (a checkpoint's record of it).
+    #[cfg(feature = "history")]
+    fn history_step(&self) -> Option<u64> {
+        let link = self.history.as_ref()?;
+        link.lock().unwrap_or_else(|e| e.into_inner()).checkpoint()
+    }
+
+    #[cfg(not(feature = "history"))]
+    fn history_step(&self) -> Option<u64> {
+        None
+    }
+
+    /// The metrics history, to record per-sample values (losses) into:
+    /// `loader.history().unwrap().record_batch_values(step, &batch.docs, names, "loss", &losses)`.
+    #[cfg(feature = "history")]
+    pub fn history(&mut self) -> Option<&mut crate::history::HistoryWriter> {
+        let link = self.history.as_mut()?;
+        Some(&mut link.get_mut().unwrap_or_else(|e| e.into_inner()).writer)
     }
 
     /// A checkpoint whose metrics and skip counts are the whole world's, reduced over the ranks
@@ -200,6 +228,17 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         }
         self.position = info.after;
         self.shadow.skip_to(info.after.plan_step);
+        #[cfg(feature = "history")]
+        if let Some(link) = &self.history {
+            let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
+            let step = self.position.batches;
+            if let Err(e) =
+                link.after_batch(step, &info.skips, self.plan.names(), &mut self.metrics)
+            {
+                drop(link);
+                return self.fail(e);
+            }
+        }
         self.stats.batches += 1;
         self.stats.rows += info.rows as u64;
         self.stats.real_tokens += info.real as u64;
@@ -296,6 +335,14 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
 
 impl<T: TokenId, S: DeviceSink<T>> Drop for Loader<T, S> {
     fn drop(&mut self) {
+        // What the history buffered goes to disk.
+        #[cfg(feature = "history")]
+        if let Some(link) = &self.history {
+            let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = link.writer.flush() {
+                tracing::warn!("history: rows of the last steps could not be written: {e}");
+            }
+        }
         self.collator.stop.store(true, Ordering::Relaxed);
         if let Mode::Threads { shared, threads } = &mut self.mode {
             {
