@@ -19,6 +19,7 @@ use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::{Dataset as BurnDataset, DatasetError};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group};
+use shardflow::Dataset;
 use shardflow::burn::BurnSink;
 use shardflow::cli::measure;
 use shardflow::collate::{CollateConfig, Padding, Pool, StagedBatch};
@@ -26,7 +27,6 @@ use shardflow::device::DeviceSink;
 use shardflow::loader::{Loader, LoaderBuilder, Source};
 use shardflow::order::{OrderConfig, Shuffle};
 use shardflow::shard::synthetic::SyntheticCorpus;
-use shardflow::{Dataset, IndexedShard};
 
 const TOKENS: u64 = 50_000_000;
 const BATCH: usize = 32;
@@ -82,7 +82,6 @@ impl Batcher<Vec<i32>, Padded> for PadBatcher {
 struct Fixture {
     _dir: tempfile::TempDir,
     data: Dataset,
-    shard: IndexedShard,
 }
 
 fn fixture() -> Fixture {
@@ -91,12 +90,7 @@ fn fixture() -> Fixture {
         .write(dir.path(), |_| {})
         .unwrap();
     let data = Dataset::open(&[&written[0].prefix]).unwrap();
-    let shard = IndexedShard::open(&written[0].prefix).unwrap();
-    Fixture {
-        _dir: dir,
-        data,
-        shard,
-    }
+    Fixture { _dir: dir, data }
 }
 
 fn shardflow_loader(f: &Fixture, workers: usize) -> Loader<i32> {
@@ -216,7 +210,7 @@ fn benches(c: &mut Criterion) {
     for workers in [0, 1, 2] {
         let mut l = shardflow_loader(&f, workers);
         let (real, padded, cpu) = measure_run(|| run_shardflow(&mut l));
-        let bandwidth = measure::memcpy_bandwidth(&[f.shard.bin_bytes()], workers.max(1), 5);
+        let bandwidth = measure::memcpy_roofline(workers.max(1)).best;
         // The roofline: copying the i32 output bytes at memcpy bandwidth.
         let roofline = bandwidth / (4.0 * padded / real);
         println!(

@@ -907,3 +907,80 @@ fn a_failed_upload_is_not_counted_and_resumes_with_that_batch() {
         assert_eq!(take(&mut resumed, 4), whole[2..], "{workers} workers");
     }
 }
+
+#[test]
+fn the_caller_builds_only_when_allowed_and_the_stream_never_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = mixture(dir.path());
+    let order = OrderConfig {
+        seed: 3,
+        shuffle: Shuffle::Full,
+        local_batch: 4,
+        ..Default::default()
+    };
+    let run = |workers: usize, caller_builds: bool| {
+        let mut loader = builder(
+            sources.clone(),
+            order.clone(),
+            collate(Padding::Longest, false),
+        )
+        .with_workers(workers)
+        .with_caller_builds(caller_builds)
+        .build_host()
+        .unwrap();
+        let batches = take(&mut loader, 40);
+        (batches, loader.stats())
+    };
+    let (inline, stats) = run(0, true);
+    assert!(
+        stats.caller_build > Duration::ZERO,
+        "with no workers the caller builds"
+    );
+    for (workers, caller_builds) in [(1, false), (2, false), (1, true), (2, true)] {
+        let (batches, stats) = run(workers, caller_builds);
+        assert_eq!(
+            batches, inline,
+            "{workers} workers, caller builds {caller_builds}"
+        );
+        if !caller_builds {
+            assert_eq!(stats.caller_build, Duration::ZERO, "{workers} workers");
+            assert!(stats.worker_busy > Duration::ZERO);
+        }
+    }
+}
+
+#[test]
+fn read_ahead_advice_never_changes_the_stream_in_any_shuffle_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = mixture(dir.path());
+    for shuffle in [Shuffle::None, Shuffle::Full, Shuffle::Block(7)] {
+        for pack in [false, true] {
+            let run = |read_ahead: usize, workers: usize| {
+                let order = OrderConfig {
+                    seed: 9,
+                    shuffle,
+                    local_batch: 4,
+                    ..Default::default()
+                };
+                let mut loader = builder(sources.clone(), order, collate(Padding::Longest, pack))
+                    .with_workers(workers)
+                    .with_read_ahead(read_ahead)
+                    .build_host()
+                    .unwrap();
+                take(&mut loader, 50)
+            };
+            let plain = run(0, 2);
+            for (ahead, workers) in [(1, 0), (4, 2), (64, 1)] {
+                assert_eq!(
+                    run(ahead, workers),
+                    plain,
+                    "{shuffle:?}, pack {pack}, read-ahead {ahead}"
+                );
+            }
+        }
+    }
+    // Evicting the shards from the page cache changes nothing either.
+    for s in &sources {
+        s.data.evict().unwrap();
+    }
+}

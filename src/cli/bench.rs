@@ -13,10 +13,9 @@ use crate::collate::{CollateConfig, Padding};
 use crate::device::DeviceSink;
 use crate::loader::{Loader, LoaderBuilder, LoaderStats, Source};
 use crate::order::{OrderConfig, Shuffle};
-use crate::shard::resolve_prefix;
 use crate::shard::synthetic::SyntheticCorpus;
 use crate::transform::TransformConfig;
-use crate::{Error, IndexedShard, Result};
+use crate::{Error, Result};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -61,6 +60,15 @@ pub struct BenchArgs {
     /// there); for a device the host sink runs first on the same batches for comparison.
     #[arg(long, value_enum, default_value_t = Device::Host)]
     device: Device,
+    /// After the run, drop the shards from the page cache before each of four more runs (full
+    /// shuffle and block shuffle, each without and with plan-driven prefetch) and report their
+    /// rates and major page faults: the cold-cache read path.
+    #[arg(long)]
+    cold: bool,
+    /// Steps of plan-driven prefetch (`MADV_WILLNEED` on the samples of the batch this many
+    /// steps ahead; 0: off) in the main run; `--cold` compares 0 with `--read-ahead` (16 if 0).
+    #[arg(long, default_value_t = 0)]
+    read_ahead: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -95,13 +103,38 @@ struct Report {
     padding_ratio: f64,
     cpu_ns_per_real_token: f64,
     output_bytes: u64,
+    /// The best memcpy bandwidth (GB/s) of the roofline measurement.
     memcpy_gb_per_s: f64,
+    /// The roofline: the time a copy of `output_bytes` takes at `memcpy_gb_per_s`, over the
+    /// loader's time (1.0: the loader hands out bytes as fast as memcpy copies them).
     roofline_ratio: f64,
+    /// The roofline measurement itself: best, median and worst of its copies (bytes/s), its
+    /// spread, the buffer size and threads.
+    memcpy: measure::Bandwidth,
     /// The loader's counters over the timed batches (the warm-up subtracted).
     stats: LoaderStats,
+    /// With `--cold`: runs from a dropped page cache.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cold: Vec<ColdRun>,
     /// The device sink's figures, with `--device wgpu` or `cuda`.
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<DeviceReport>,
+}
+
+/// One `--cold` run: the shards dropped from the page cache first.
+#[derive(Debug, serde::Serialize)]
+struct ColdRun {
+    /// `full` or `block:N`.
+    shuffle: String,
+    /// Steps of plan-driven prefetch (0: off).
+    read_ahead: usize,
+    /// Batches timed (no warm-up: the cold start is what is measured).
+    batches: u64,
+    real_tokens_per_s: f64,
+    /// Major page faults (reads from disk) of this process during the run.
+    major_faults: u64,
+    /// Rate over the warm run's.
+    over_warm: f64,
 }
 
 /// What `--device wgpu` or `cuda` measured beside the host figures.
@@ -193,6 +226,16 @@ impl BenchArgs {
 
     /// The loader's builder these arguments describe.
     fn builder(&self, sources: Vec<Source>) -> LoaderBuilder<i32> {
+        self.builder_with(sources, Shuffle::Full, self.read_ahead)
+    }
+
+    /// The builder with another shuffle and read-ahead.
+    fn builder_with(
+        &self,
+        sources: Vec<Source>,
+        shuffle: Shuffle,
+        read_ahead: usize,
+    ) -> LoaderBuilder<i32> {
         let padding = if self.pad_multiple <= 1 {
             Padding::Longest
         } else {
@@ -201,7 +244,7 @@ impl BenchArgs {
         LoaderBuilder::<i32>::new(sources)
             .with_order(OrderConfig {
                 seed: self.seed,
-                shuffle: Shuffle::Full,
+                shuffle,
                 local_batch: self.batch_size,
                 ..Default::default()
             })
@@ -220,6 +263,7 @@ impl BenchArgs {
             })
             .with_workers(self.workers)
             .with_prefetch(2 * self.workers.max(1) + 2)
+            .with_read_ahead(read_ahead)
     }
 
     /// Writes the generated corpus into `dir`: `(prefix, weight)` per dataset.
@@ -304,11 +348,12 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             .collect();
         sources
     };
-    let prefixes: Vec<PathBuf> = sources
-        .iter()
-        .flat_map(|s| s.data.shards().iter().map(|sh| resolve_prefix(sh.path())))
-        .collect();
     let host = timed(&mut a.loader(sources.clone())?, a.batches, |_| Ok(()))?;
+    let cold = if a.cold {
+        cold_runs(&a, &sources, host.stats.real_tokens as f64 / host.seconds)?
+    } else {
+        Vec::new()
+    };
     let device = match a.device {
         Device::Host => None,
         Device::Wgpu => Some(wgpu_run(&a, sources, &host)?),
@@ -327,7 +372,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     // The roofline: copying the bytes the loader hands out (i32 ids, padding included) at the
     // memcpy bandwidth of as many threads as the loader has workers.
     let output_bytes = padded as u64 * 4;
-    let bandwidth = memcpy_bandwidth(&prefixes, a.workers.max(1))?;
+    let memcpy = measure::memcpy_roofline(a.workers.max(1));
+    let bandwidth = memcpy.best;
     let report = Report {
         batches,
         warmup_batches: warmup,
@@ -345,7 +391,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         output_bytes,
         memcpy_gb_per_s: bandwidth / 1e9,
         roofline_ratio: output_bytes as f64 / bandwidth / seconds,
+        memcpy,
         stats,
+        cold,
         device,
     };
     let mut out = Out::new();
@@ -361,7 +409,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
              batches/s         {:>10.0}\n\
              padding ratio     {:>10.3}\n\
              CPU ns/real token {:>10.2}\n\
-             memcpy            {:>10.1} GB/s ({} threads)\n\
+             memcpy            {:>10.1} GB/s ({} threads, best of {} copies of {} MiB, spread {:.3})\n\
              roofline ratio    {:>10.2} (memcpy time of the {} output bytes / loader time)",
             a.batch_size,
             a.workers,
@@ -372,9 +420,24 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             report.cpu_ns_per_real_token,
             report.memcpy_gb_per_s,
             a.workers.max(1),
+            report.memcpy.runs,
+            report.memcpy.bytes >> 20,
+            report.memcpy.spread,
             report.roofline_ratio,
             report.output_bytes,
         )?;
+        for c in &report.cold {
+            outln!(
+                out,
+                "cold {:<9} read-ahead {:>3}: {:>8.1} M real tokens/s ({:.2} of warm), {} major \
+                 faults",
+                c.shuffle,
+                c.read_ahead,
+                c.real_tokens_per_s / 1e6,
+                c.over_warm,
+                c.major_faults
+            )?;
+        }
         if let Some(d) = &report.device {
             outln!(
                 out,
@@ -401,6 +464,46 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     out.finish()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--cold` runs: full and block shuffle, each without and with plan-driven prefetch, each
+/// from a page cache the shards were dropped from.
+fn cold_runs(a: &BenchArgs, sources: &[Source], warm_rate: f64) -> Result<Vec<ColdRun>> {
+    let ahead = if a.read_ahead == 0 { 16 } else { a.read_ahead };
+    let block = 64;
+    let mut out = Vec::new();
+    for (shuffle, read_ahead) in [
+        (Shuffle::Full, 0),
+        (Shuffle::Full, ahead),
+        (Shuffle::Block(block), 0),
+        (Shuffle::Block(block), ahead),
+    ] {
+        for s in sources {
+            s.data.evict()?;
+        }
+        let mut loader = a
+            .builder_with(sources.to_vec(), shuffle, read_ahead)
+            .build_host()?;
+        let faults = measure::major_faults();
+        let start = Instant::now();
+        let mut real = 0u64;
+        let mut batches = 0u64;
+        for b in loader.by_ref().take(a.batches) {
+            let b = b?;
+            real += b.lengths.iter().map(|&l| l as u64).sum::<u64>();
+            batches += 1;
+        }
+        let rate = real as f64 / start.elapsed().as_secs_f64();
+        out.push(ColdRun {
+            shuffle: shuffle.to_string(),
+            read_ahead,
+            batches,
+            real_tokens_per_s: rate,
+            major_faults: measure::major_faults().saturating_sub(faults),
+            over_warm: rate / warm_rate,
+        });
+    }
+    Ok(out)
 }
 
 /// Times the wgpu sink on the same batches as the host run, each waited for on the device.
@@ -475,14 +578,4 @@ fn no_cuda() -> Error {
          --release --features cuda -- bench --device cuda)"
             .into(),
     )
-}
-
-/// Memcpy bandwidth over the shards' stored bytes (larger than any cache).
-fn memcpy_bandwidth(prefixes: &[PathBuf], threads: usize) -> Result<f64> {
-    let shards = prefixes
-        .iter()
-        .map(IndexedShard::open)
-        .collect::<Result<Vec<_>>>()?;
-    let src: Vec<&[u8]> = shards.iter().map(|s| s.bin_bytes()).collect();
-    Ok(measure::memcpy_bandwidth(&src, threads, 5))
 }

@@ -3,42 +3,116 @@
 
 use std::time::{Duration, Instant};
 
-/// Bytes per second of a plain copy of `src` into buffers allocated (and touched) beforehand,
-/// split over `threads` threads; the best of `passes` passes. Give it more bytes than the caches
-/// hold to measure memory bandwidth.
-pub fn memcpy_bandwidth(src: &[&[u8]], threads: usize, passes: usize) -> f64 {
+/// A memcpy bandwidth measurement: the best of several timed copies, and how far the others
+/// fell from it.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Bandwidth {
+    /// Bytes per second of the fastest copy.
+    pub best: f64,
+    /// Bytes per second of the median copy.
+    pub median: f64,
+    /// Bytes per second of the slowest copy.
+    pub worst: f64,
+    /// `(best - worst) / best`: 0 when every copy took as long, below 1 always.
+    pub spread: f64,
+    /// Copies timed.
+    pub runs: usize,
+    /// Bytes each copy moved.
+    pub bytes: usize,
+    /// Threads the copy was split over.
+    pub threads: usize,
+}
+
+/// The largest CPU cache (the last level) in bytes, as Linux reports it; `None` elsewhere.
+pub fn last_level_cache() -> Option<usize> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| {
+            let size = std::fs::read_to_string(e.ok()?.path().join("size")).ok()?;
+            let size = size.trim();
+            let (n, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit())?);
+            let n: usize = n.parse().ok()?;
+            Some(match unit {
+                "K" => n << 10,
+                "M" => n << 20,
+                "G" => n << 30,
+                _ => n,
+            })
+        })
+        .max()
+}
+
+/// The memcpy roofline of this machine for `threads` threads: copies between two anonymous
+/// buffers, written once beforehand so that no copy takes a page fault, each at least four times
+/// the last-level cache (and at least 256 MiB), split over `threads` threads; 9 copies timed.
+/// Unlike a copy of a shard's mapped bytes it measures neither page faults nor cache residency,
+/// so it does not depend on the corpus or on what ran before.
+pub fn memcpy_roofline(threads: usize) -> Bandwidth {
+    let bytes = (4 * last_level_cache().unwrap_or(32 << 20)).max(256 << 20);
+    memcpy_bandwidth(bytes, threads, 9)
+}
+
+/// Bytes per second of `runs` copies of `bytes` bytes between pre-faulted anonymous buffers,
+/// split over `threads` threads.
+pub fn memcpy_bandwidth(bytes: usize, threads: usize, runs: usize) -> Bandwidth {
     let threads = threads.max(1);
-    let parts: Vec<&[u8]> = src
-        .iter()
-        .flat_map(|s| s.chunks(s.len().div_ceil(threads).max(1)))
+    let chunk = bytes.div_ceil(threads).max(4096);
+    // Every page written before timing: a zeroed allocation may map the shared zero page.
+    let src: Vec<Vec<u8>> = (0..threads)
+        .map(|t| (0..chunk).map(|i| (i ^ t) as u8).collect())
         .collect();
-    let bytes: usize = parts.iter().map(|p| p.len()).sum();
-    let mut dsts: Vec<Vec<u8>> = parts.iter().map(|p| vec![1u8; p.len()]).collect();
-    let mut best = Duration::MAX;
-    for _ in 0..passes.max(1) {
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for (part, dst) in parts.iter().zip(dsts.iter_mut()) {
-                s.spawn(move || {
-                    dst.copy_from_slice(part);
-                    std::hint::black_box(&dst);
-                });
-            }
-        });
-        best = best.min(start.elapsed());
+    let mut dst: Vec<Vec<u8>> = (0..threads).map(|_| vec![1u8; chunk]).collect();
+    for d in &mut dst {
+        for page in d.chunks_mut(4096) {
+            page[0] = 2;
+        }
     }
-    bytes as f64 / best.as_secs_f64()
+    let mut rates: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for (from, to) in src.iter().zip(dst.iter_mut()) {
+                    s.spawn(move || {
+                        to.copy_from_slice(from);
+                        std::hint::black_box(&to);
+                    });
+                }
+            });
+            (chunk * threads) as f64 / start.elapsed().as_secs_f64().max(1e-9)
+        })
+        .collect();
+    rates.sort_by(|a, b| b.total_cmp(a));
+    let (best, worst) = (rates[0], rates[rates.len() - 1]);
+    Bandwidth {
+        best,
+        median: rates[rates.len() / 2],
+        worst,
+        spread: (best - worst) / best,
+        runs: rates.len(),
+        bytes: chunk * threads,
+        threads,
+    }
+}
+
+/// Major page faults (pages read from disk) of this process so far (getrusage).
+pub fn major_faults() -> u64 {
+    rusage().ru_majflt as u64
+}
+
+fn rusage() -> libc::rusage {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage through the pointer; RUSAGE_SELF is always valid,
+    // and the zeroed value is a valid rusage should it not.
+    unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    }
 }
 
 /// User plus system CPU time of this process so far (getrusage).
 pub fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a whole rusage through the pointer; RUSAGE_SELF is always valid,
-    // and the zeroed value is a valid rusage should it not.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
+    let usage = rusage();
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
@@ -58,4 +132,22 @@ pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
         st.assume_init()
     };
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bandwidth_measurement_is_positive_finite_ordered_and_bounded_in_spread() {
+        for threads in [1, 2, 3] {
+            let b = memcpy_bandwidth(8 << 20, threads, 5);
+            assert!(b.worst > 0.0 && b.best.is_finite(), "{b:?}");
+            assert!(b.best >= b.median && b.median >= b.worst, "{b:?}");
+            assert!((0.0..1.0).contains(&b.spread), "{b:?}");
+            assert_eq!((b.runs, b.threads), (5, threads));
+            assert!(b.bytes >= 8 << 20);
+        }
+        assert!(last_level_cache().is_none_or(|c| c >= 1 << 10));
+    }
 }

@@ -14,7 +14,7 @@ use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
 use crate::metrics::{Aggregator, AggregatorState, MetricsConfig, SampleMetrics};
 use crate::order::{DatasetSpec, OrderConfig, Planner, ResumeOptions};
-use crate::shard::{Dataset, TokenId};
+use crate::shard::{Access, Dataset, TokenId};
 use crate::transform::{TransformConfig, UserTransform};
 
 /// A named dataset with its mixture weight.
@@ -65,6 +65,8 @@ pub struct LoaderBuilder<T: TokenId> {
     workers: usize,
     prefetch: usize,
     watchdog: Duration,
+    caller_builds: bool,
+    read_ahead: usize,
     resume: Option<(LoaderState, ResumeOptions)>,
     start: u64,
     #[cfg(feature = "history")]
@@ -86,6 +88,8 @@ impl<T: TokenId> LoaderBuilder<T> {
             workers: 2,
             prefetch: 4,
             watchdog: Duration::from_secs(30),
+            caller_builds: true,
+            read_ahead: 0,
             resume: None,
             start: 0,
             #[cfg(feature = "history")]
@@ -180,6 +184,26 @@ impl<T: TokenId> LoaderBuilder<T> {
         self
     }
 
+    /// Whether the caller's thread, when it finds the batch it waits for not yet started by a
+    /// worker, builds that batch itself (the default: on few cores it saves a thread handoff per
+    /// batch). It never builds a later batch than the one it waits for, so `next()` returns as
+    /// soon as its batch is ready. `false` keeps the caller's thread (a training loop's, which
+    /// launches GPU kernels) off batch building entirely: it only waits. With 0 workers the
+    /// caller builds every batch regardless.
+    pub fn with_caller_builds(mut self, caller_builds: bool) -> Self {
+        self.caller_builds = caller_builds;
+        self
+    }
+
+    /// Plan-driven prefetch: the loader asks the kernel to read the samples of the batch
+    /// `steps` steps ahead of the one being planned (`MADV_WILLNEED` on their byte ranges), for
+    /// corpora that do not fit in the page cache. 0 (the default) turns it off. It is a hint:
+    /// the stream is the same with it on or off.
+    pub fn with_read_ahead(mut self, steps: usize) -> Self {
+        self.read_ahead = steps;
+        self
+    }
+
     /// How long the caller may wait for a batch before the loader logs a warning (it keeps
     /// waiting: a slow disk is not an error).
     pub fn with_watchdog(mut self, watchdog: Duration) -> Self {
@@ -238,6 +262,8 @@ impl<T: TokenId> LoaderBuilder<T> {
             workers,
             prefetch,
             watchdog,
+            caller_builds,
+            read_ahead,
             resume,
             start,
             #[cfg(feature = "history")]
@@ -348,6 +374,16 @@ impl<T: TokenId> LoaderBuilder<T> {
         let pool = sink.staging();
         let stop = Arc::new(AtomicBool::new(false));
         let datasets: Vec<Dataset> = sources.into_iter().map(|s| s.data).collect();
+        // The kernel's read-ahead follows the order: none for a full shuffle, aggressive for
+        // stored order.
+        let access = match plan.config().shuffle {
+            crate::order::Shuffle::Full => Access::Random,
+            crate::order::Shuffle::None => Access::Sequential,
+            crate::order::Shuffle::Block(_) => Access::Normal,
+        };
+        for d in &datasets {
+            d.advise(access);
+        }
         let collator = Arc::new(Collator {
             datasets: datasets.clone(),
             names: plan.names().to_vec(),
@@ -376,7 +412,8 @@ impl<T: TokenId> LoaderBuilder<T> {
             collate.seq_len,
             packer,
             position.batches,
-        );
+        )
+        .read_ahead(read_ahead);
         let sink = Arc::new(sink);
         let busy = Arc::new(AtomicU64::new(0));
         let planned = Arc::new(AtomicU64::new(position.batches));
@@ -410,6 +447,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             mode,
             done: false,
             watchdog,
+            caller_builds,
             scratch: Vec::new(),
             worker: caller_worker,
             metrics: aggregator,

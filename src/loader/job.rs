@@ -46,6 +46,41 @@ pub(crate) struct Scheduler {
     pub batch: u64,
     rows: Vec<Row>,
     scratch: Vec<DocRef>,
+    advisor: Option<Advisor>,
+}
+
+/// Plan-driven prefetch: a copy of the planner running `ahead` steps in front of the
+/// scheduler, asking the kernel to read each row's bytes (`MADV_WILLNEED`) as it plans them, so
+/// that by the time a worker decodes a sample its pages are on their way or in the page cache.
+/// It reads nothing itself and never touches the stream.
+pub(crate) struct Advisor {
+    planner: Planner,
+    datasets: Vec<Dataset>,
+    rows: Vec<Row>,
+}
+
+impl Advisor {
+    /// An advisor `ahead` steps in front of `planner`, having advised those steps.
+    fn new(planner: &Planner, datasets: &[Dataset], ahead: usize) -> Self {
+        let mut a = Advisor {
+            planner: planner.clone(),
+            datasets: datasets.to_vec(),
+            rows: Vec::new(),
+        };
+        for _ in 0..ahead {
+            a.step();
+        }
+        a
+    }
+
+    /// Advises the next step's rows.
+    fn step(&mut self) {
+        if self.planner.next_rows(&mut self.rows) {
+            for row in &self.rows {
+                self.datasets[row.dataset as usize].will_need(row.sample as usize);
+            }
+        }
+    }
 }
 
 /// The packer's place in the plan's rows.
@@ -96,7 +131,14 @@ impl Scheduler {
             batch,
             rows: Vec::new(),
             scratch: Vec::new(),
+            advisor: None,
         }
+    }
+
+    /// Turns on plan-driven prefetch `ahead` steps in front of the scheduler (0: off).
+    pub fn read_ahead(mut self, ahead: usize) -> Self {
+        self.advisor = (ahead > 0).then(|| Advisor::new(&self.planner, &self.datasets, ahead));
+        self
     }
 
     /// The next job, `None` at the end of the stream.
@@ -108,6 +150,9 @@ impl Scheduler {
         };
         if job.is_some() {
             self.batch += 1;
+            if let Some(a) = &mut self.advisor {
+                a.step();
+            }
         }
         Ok(job)
     }

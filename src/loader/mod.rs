@@ -62,6 +62,8 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     mode: Mode<T, S>,
     done: bool,
     watchdog: Duration,
+    /// Whether the caller builds the batch it waits for when no worker has started it.
+    caller_builds: bool,
     scratch: Vec<T>,
     /// The sink's context for batches the caller builds itself.
     worker: S::Worker,
@@ -256,6 +258,7 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
         }
         let start = Instant::now();
         let want = self.position.batches;
+        let mut built = Duration::ZERO;
         let outcome = match &mut self.mode {
             Mode::Inline {
                 scheduler,
@@ -270,7 +273,10 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
                         worker,
                         scratch,
                     };
-                    make(&mut kit, job)
+                    let t = Instant::now();
+                    let outcome = make(&mut kit, job);
+                    built += t.elapsed();
+                    outcome
                 }
                 Ok(None) => {
                     self.done = true;
@@ -292,16 +298,22 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
                         self.done = true;
                         return None;
                     }
-                    // Rather than sleep, the caller builds the next batch itself when there is one
-                    // to build: on few cores this saves a thread handoff per batch.
-                    if let Turn::Build(job) = plan_next(&mut flow, shared, &self.planned) {
+                    // Rather than sleep, the caller builds the batch it waits for when no worker
+                    // has started it (on few cores this saves a thread handoff per batch); never
+                    // a later one, which would hold it past the moment its batch is ready.
+                    if self.caller_builds
+                        && flow.scheduler.batch == want
+                        && let Turn::Build(job) = plan_next(&mut flow, shared, &self.planned)
+                    {
                         let mut kit = Kit {
                             collator: &self.collator,
                             sink: &*self.sink,
                             worker: &mut self.worker,
                             scratch: &mut self.scratch,
                         };
+                        let t = Instant::now();
                         flow = build_unlocked(shared, flow, job, &mut kit, &self.busy);
+                        built += t.elapsed();
                         continue;
                     }
                     if flow.alive == 0 && flow.end.is_none() {
@@ -328,7 +340,8 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
             }
         };
         let out = self.deliver(outcome);
-        self.stats.wait += start.elapsed();
+        self.stats.wait += start.elapsed().saturating_sub(built);
+        self.stats.caller_build += built;
         out
     }
 }

@@ -190,8 +190,14 @@ pub struct LoaderStats {
     pub padded_tokens: u64,
     /// Samples skipped by the bad-sample policy.
     pub skipped: u64,
-    /// Time the caller spent waiting in `next()`.
+    /// Time the caller spent in `next()` other than building batches: waiting for a worker,
+    /// uploading to the device, accounting.
     pub wait: Duration,
+    /// Time the caller's thread spent building batches in `next()` (all of them with 0
+    /// workers; with workers, only the batch it was waiting for, and only when
+    /// [`crate::loader::LoaderBuilder::with_caller_builds`] allows it).
+    #[serde(default)]
+    pub caller_build: Duration,
     /// Time workers spent building batches, summed over workers.
     pub worker_busy: Duration,
     /// Batches built and waiting for the caller, or being built.
@@ -211,6 +217,7 @@ impl LoaderStats {
             padded_tokens: self.padded_tokens - earlier.padded_tokens,
             skipped: self.skipped - earlier.skipped,
             wait: self.wait.saturating_sub(earlier.wait),
+            caller_build: self.caller_build.saturating_sub(earlier.caller_build),
             worker_busy: self.worker_busy.saturating_sub(earlier.worker_busy),
             queue_depth: self.queue_depth,
             pool: self.pool,

@@ -92,6 +92,29 @@ impl Dataset {
         Some((k, i - self.starts[k]))
     }
 
+    /// Tells every shard's kernel read-ahead how samples will be read ([`Shard::advise`]).
+    pub fn advise(&self, access: super::Access) {
+        for s in &self.shards {
+            s.advise(access);
+        }
+    }
+
+    /// Asks the kernel to start reading global sample `i` ([`Shard::will_need`]).
+    pub fn will_need(&self, i: usize) {
+        if let Some((k, j)) = self.locate(i) {
+            self.shards[k].will_need(j);
+        }
+    }
+
+    /// Drops every shard's token data from the page cache ([`Shard::evict`]).
+    ///
+    /// # Errors
+    ///
+    /// The first shard's error.
+    pub fn evict(&self) -> crate::Result<()> {
+        self.shards.iter().try_for_each(|s| s.evict())
+    }
+
     /// Global sample `i`, borrowed from its shard's map.
     pub fn get(&self, i: usize) -> Option<TokenSlice<'_>> {
         let (k, j) = self.locate(i)?;

@@ -108,4 +108,19 @@ impl Shard for FlatShard {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
+
+    fn advise(&self, access: super::Access) {
+        super::advise_map(&self.map, access);
+    }
+
+    fn will_need(&self, i: usize) {
+        if i < self.len() {
+            let bytes = self.window * self.dtype.size();
+            super::will_need_range(&self.map, i * bytes, bytes);
+        }
+    }
+
+    fn evict(&self) -> crate::Result<()> {
+        super::evict_map(&self.map, &self.path)
+    }
 }

@@ -385,6 +385,25 @@ impl Shard for IndexedShard {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
+
+    fn advise(&self, access: super::Access) {
+        super::advise_map(&self.bin, access);
+    }
+
+    fn will_need(&self, i: usize) {
+        if i < self.sequences {
+            let start = self.raw_pointer(i) as usize;
+            super::will_need_range(
+                &self.bin,
+                start,
+                self.raw_length(i) as usize * self.dtype.size(),
+            );
+        }
+    }
+
+    fn evict(&self) -> Result<()> {
+        super::evict_map(&self.bin, &self.bin_path)
+    }
 }
 
 /// The parsed fixed header, with the array bounds already checked against the file length.

@@ -62,6 +62,75 @@ pub trait Shard: Send + Sync + std::fmt::Debug {
 
     /// The stored id type.
     fn dtype(&self) -> Dtype;
+
+    /// Tells the kernel how the sequences will be read (its read-ahead follows): hints only,
+    /// never a change to what is read. Nothing by default.
+    fn advise(&self, _access: Access) {}
+
+    /// Asks the kernel to start reading sequence `i` into the page cache now
+    /// (`MADV_WILLNEED`), so that a later read finds it there. Nothing by default.
+    fn will_need(&self, _i: usize) {}
+
+    /// Drops the shard's token data from the page cache (for cold-cache measurements): this
+    /// process's mapped pages, then the file's cached pages (`POSIX_FADV_DONTNEED`). Later
+    /// reads fault it back in from disk.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Io`] naming the file.
+    fn evict(&self) -> crate::Result<()> {
+        Ok(())
+    }
+}
+
+/// How a loader reads a shard's sequences, as the kernel's read-ahead is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// In an order unrelated to their place (a full shuffle): no read-ahead.
+    Random,
+    /// In file order (no shuffle): aggressive read-ahead.
+    Sequential,
+    /// The kernel's default.
+    Normal,
+}
+
+/// [`Shard::advise`] on a map.
+pub(crate) fn advise_map(map: &memmap2::Mmap, access: Access) {
+    let advice = match access {
+        Access::Random => memmap2::Advice::Random,
+        Access::Sequential => memmap2::Advice::Sequential,
+        Access::Normal => memmap2::Advice::Normal,
+    };
+    // A hint the kernel may refuse (a file system without it): nothing is lost.
+    let _ = map.advise(advice);
+}
+
+/// [`Shard::will_need`] for `len` bytes at `start` of a map.
+pub(crate) fn will_need_range(map: &memmap2::Mmap, start: usize, len: usize) {
+    if len > 0 {
+        let _ = map.advise_range(memmap2::Advice::WillNeed, start, len);
+    }
+}
+
+/// [`Shard::evict`] for `map`, the whole of the file at `path`.
+pub(crate) fn evict_map(map: &memmap2::Mmap, path: &Path) -> crate::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the map is read-only and file-backed: dropping this process's pages only makes
+    // the next read fault them in again from the file, with the same bytes.
+    unsafe {
+        let _ = map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed);
+    }
+    let file = std::fs::File::open(path).map_err(|e| crate::Error::io(path, "open", e))?;
+    // SAFETY: a valid descriptor; the call only drops clean cached pages.
+    let code = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if code != 0 {
+        return Err(crate::Error::io(
+            path,
+            "drop from the page cache",
+            std::io::Error::from_raw_os_error(code),
+        ));
+    }
+    Ok(())
 }
 
 /// Sequence length statistics, as `shardflow inspect` prints them.
