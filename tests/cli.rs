@@ -270,12 +270,51 @@ fn bench_reports_throughput_and_the_roofline() {
         "9",
         "--batches",
         "30",
+        "--rounds",
+        "3",
         "--workers",
         "1",
         "--json",
     ]);
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["batches"], 30);
+    // The roofline's bandwidth: pre-faulted buffers, the median of its copies as the reference,
+    // with best, worst and spread reported.
+    let m = &r["memcpy"];
+    let (best, median, worst) = (
+        m["best"].as_f64().unwrap(),
+        m["median"].as_f64().unwrap(),
+        m["worst"].as_f64().unwrap(),
+    );
+    assert!(best >= median && median >= worst && worst > 0.0, "{m}");
+    assert!(best.is_finite(), "{m}");
+    let spread = m["spread"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&spread), "{m}");
+    assert_eq!(
+        (m["threads"].as_u64(), m["runs"].as_u64()),
+        (Some(1), Some(9))
+    );
+    assert!(m["bytes"].as_u64().unwrap() >= 256 << 20);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
+    assert!(
+        close(r["memcpy_gb_per_s"].as_f64().unwrap(), median / 1e9),
+        "{r}"
+    );
+    // Three timed rounds after a warm-up round; the figures are the median round's.
+    assert_eq!(r["rounds"], 3);
+    let rates: Vec<f64> = r["round_rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(rates.len(), 3);
+    let mut sorted = rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert!(
+        close(r["real_tokens_per_s"].as_f64().unwrap(), sorted[1]),
+        "{r}"
+    );
     let real = r["real_tokens_per_s"].as_f64().unwrap();
     let padded = r["padded_tokens_per_s"].as_f64().unwrap();
     assert!(real > 0.0 && padded >= real, "{r}");
@@ -283,7 +322,7 @@ fn bench_reports_throughput_and_the_roofline() {
     assert!((0.0..1.0).contains(&ratio), "{r}");
     assert!(r["cpu_ns_per_real_token"].as_f64().unwrap() > 0.0);
     assert!(r["roofline_ratio"].as_f64().unwrap() > 0.0);
-    assert_eq!(r["warmup_batches"], 20);
+    assert_eq!(r["warmup_batches"], 30, "a warm-up round of --batches");
     assert_eq!(
         r["stats"]["batches"], 30,
         "the stats cover the timed batches only"
@@ -293,5 +332,42 @@ fn bench_reports_throughput_and_the_roofline() {
     assert!(
         (bytes - implied).abs() <= 1e-6 * bytes,
         "i32 ids: 4 bytes per padded token; {r}"
+    );
+}
+
+#[test]
+fn bench_cold_runs_full_and_block_shuffle_with_and_without_prefetch() {
+    let out = ok(&[
+        "bench",
+        "--tokens",
+        "300000",
+        "--batches",
+        "10",
+        "--rounds",
+        "1",
+        "--cold",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cold = r["cold"].as_array().unwrap();
+    let runs: Vec<(String, u64)> = cold
+        .iter()
+        .map(|c| {
+            assert!(c["real_tokens_per_s"].as_f64().unwrap() > 0.0, "{c}");
+            assert_eq!(c["batches"], 10);
+            (
+                c["shuffle"].as_str().unwrap().to_string(),
+                c["read_ahead"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("full".to_string(), 0),
+            ("full".to_string(), 16),
+            ("block:64".to_string(), 0),
+            ("block:64".to_string(), 16)
+        ]
     );
 }

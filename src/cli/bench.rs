@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// Tokens of the generated corpus (at most 10^10; the disk must hold 2 bytes per token).
     #[arg(long, default_value_t = 50_000_000)]
     tokens: u64,
+    /// Write the generated corpus to this directory and keep it (a later run reads it with
+    /// `--data DIR`, or `--data web=DIR/web ...` for a mixture) instead of a temporary one.
+    #[arg(long, conflicts_with = "data")]
+    keep: Option<PathBuf>,
     /// Generate three datasets (medians 300, 600 and 150 tokens) and mix them 0.5 / 0.3 / 0.2
     /// instead of one dataset.
     #[arg(long)]
@@ -49,9 +53,12 @@ pub struct BenchArgs {
     /// Loader worker threads (0: on the caller's thread).
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Batches to time (after 20 warm-up batches).
+    /// Batches to time per round (after a warm-up round of as many).
     #[arg(long, default_value_t = 2000)]
     batches: usize,
+    /// Rounds of `--batches` batches; the figures are the median round's.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// The seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -87,7 +94,8 @@ pub enum Device {
 
 /// The most tokens `bench` generates.
 pub const MAX_TOKENS: u64 = 10_000_000_000;
-/// Batches run before timing starts.
+/// Batches run before timing starts, at least: the warm-up is one round (`--batches`), so that
+/// the first touch of every mapped page (a minor fault each) is not timed.
 const WARMUP: usize = 20;
 
 /// What one bench run measured; every count covers the timed batches only.
@@ -103,7 +111,7 @@ struct Report {
     padding_ratio: f64,
     cpu_ns_per_real_token: f64,
     output_bytes: u64,
-    /// The best memcpy bandwidth (GB/s) of the roofline measurement.
+    /// The memcpy bandwidth (GB/s) of the roofline: the median of its copies.
     memcpy_gb_per_s: f64,
     /// The roofline: the time a copy of `output_bytes` takes at `memcpy_gb_per_s`, over the
     /// loader's time (1.0: the loader hands out bytes as fast as memcpy copies them).
@@ -111,6 +119,12 @@ struct Report {
     /// The roofline measurement itself: best, median and worst of its copies (bytes/s), its
     /// spread, the buffer size and threads.
     memcpy: measure::Bandwidth,
+    /// Rounds timed, each of `batches` batches; the figures above are the median round's.
+    rounds: usize,
+    /// Real tokens per second of every round.
+    round_rates: Vec<f64>,
+    /// `(fastest - slowest) / fastest` over the rounds.
+    round_spread: f64,
     /// The loader's counters over the timed batches (the warm-up subtracted).
     stats: LoaderStats,
     /// With `--cold`: runs from a dropped page cache.
@@ -183,34 +197,57 @@ impl DeviceReport {
     }
 }
 
-/// One timed run: the loader's counters over the timed batches, wall and CPU time.
+/// One timed run: the loader's counters over the timed batches, wall and CPU time, of the median
+/// round; and every round's rate.
 struct Timed {
     stats: LoaderStats,
     warmup: u64,
     seconds: f64,
     cpu: std::time::Duration,
+    /// Real tokens per second of each round, in order.
+    rates: Vec<f64>,
 }
 
-/// Runs `WARMUP` batches, then times `batches` more, calling `finish` on each.
+/// Runs a warm-up round (`WARMUP` batches at least), then `rounds` rounds of `batches` batches each, calling `finish` on
+/// each batch; the figures are the round of median rate (a round on a machine shared with
+/// other work can be slowed by it; the median is what the loader sustains).
 fn timed<S: DeviceSink<i32>>(
     loader: &mut Loader<i32, S>,
     batches: usize,
+    rounds: usize,
     finish: impl Fn(S::Output) -> Result<()>,
 ) -> Result<Timed> {
-    for b in loader.by_ref().take(WARMUP) {
+    for b in loader.by_ref().take(WARMUP.max(batches)) {
         finish(b?)?;
     }
-    let warm = loader.stats();
-    let cpu0 = measure::cpu_time();
-    let t0 = Instant::now();
-    for b in loader.by_ref().take(batches) {
-        finish(b?)?;
+    let warmup = loader.stats().batches;
+    let mut runs = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let before = loader.stats();
+        let cpu0 = measure::cpu_time();
+        let t0 = Instant::now();
+        for b in loader.by_ref().take(batches) {
+            finish(b?)?;
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let cpu = measure::cpu_time().saturating_sub(cpu0);
+        let stats = loader.stats().since(&before);
+        runs.push((
+            stats.real_tokens as f64 / seconds.max(1e-9),
+            seconds,
+            cpu,
+            stats,
+        ));
     }
+    let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (_, seconds, cpu, stats) = runs.swap_remove(runs.len() / 2);
     Ok(Timed {
-        seconds: t0.elapsed().as_secs_f64(),
-        cpu: measure::cpu_time().saturating_sub(cpu0),
-        stats: loader.stats().since(&warm),
-        warmup: warm.batches,
+        stats,
+        warmup,
+        seconds,
+        cpu,
+        rates,
     })
 }
 
@@ -332,8 +369,15 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         cuda_available()?;
     }
     let tmp = TempDir::new()?;
+    let target = match &a.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+            dir.clone()
+        }
+        None => tmp.path().to_path_buf(),
+    };
     let sources = if a.data.is_empty() {
-        a.generate(tmp.path())?
+        a.generate(&target)?
             .iter()
             .map(|(p, weight)| Source::open(p, *weight))
             .collect::<Result<Vec<_>>>()?
@@ -348,7 +392,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             .collect();
         sources
     };
-    let host = timed(&mut a.loader(sources.clone())?, a.batches, |_| Ok(()))?;
+    let host = timed(&mut a.loader(sources.clone())?, a.batches, a.rounds, |_| {
+        Ok(())
+    })?;
     let cold = if a.cold {
         cold_runs(&a, &sources, host.stats.real_tokens as f64 / host.seconds)?
     } else {
@@ -364,6 +410,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         warmup,
         seconds,
         cpu,
+        rates,
     } = host;
     let real = stats.real_tokens as f64;
     let padded = stats.padded_tokens as f64;
@@ -373,7 +420,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     // memcpy bandwidth of as many threads as the loader has workers.
     let output_bytes = padded as u64 * 4;
     let memcpy = measure::memcpy_roofline(a.workers.max(1));
-    let bandwidth = memcpy.best;
+    // The median copy, like the median round: on a machine shared with other work the fastest
+    // copy is an outlier that runs do not reproduce.
+    let bandwidth = memcpy.median;
     let report = Report {
         batches,
         warmup_batches: warmup,
@@ -392,6 +441,9 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         memcpy_gb_per_s: bandwidth / 1e9,
         roofline_ratio: output_bytes as f64 / bandwidth / seconds,
         memcpy,
+        rounds: rates.len(),
+        round_spread: spread(&rates),
+        round_rates: rates,
         stats,
         cold,
         device,
@@ -409,7 +461,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
              batches/s         {:>10.0}\n\
              padding ratio     {:>10.3}\n\
              CPU ns/real token {:>10.2}\n\
-             memcpy            {:>10.1} GB/s ({} threads, best of {} copies of {} MiB, spread {:.3})\n\
+             rounds            {:>10} (median shown; spread {:.3})\n\
+             memcpy            {:>10.1} GB/s ({} threads, median of {} copies of {} MiB, spread {:.3})\n\
              roofline ratio    {:>10.2} (memcpy time of the {} output bytes / loader time)",
             a.batch_size,
             a.workers,
@@ -418,6 +471,8 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             report.batches_per_s,
             report.padding_ratio,
             report.cpu_ns_per_real_token,
+            report.rounds,
+            report.round_spread,
             report.memcpy_gb_per_s,
             a.workers.max(1),
             report.memcpy.runs,
@@ -464,6 +519,17 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     out.finish()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `(largest - smallest) / largest` of `xs` (0 for fewer than two).
+fn spread(xs: &[f64]) -> f64 {
+    let hi = xs.iter().copied().fold(f64::MIN, f64::max);
+    let lo = xs.iter().copied().fold(f64::MAX, f64::min);
+    if xs.len() < 2 || hi <= 0.0 {
+        0.0
+    } else {
+        (hi - lo) / hi
+    }
 }
 
 /// The `--cold` runs: full and block shuffle, each without and with plan-driven prefetch, each
@@ -513,7 +579,7 @@ fn wgpu_run(a: &BenchArgs, sources: Vec<Source>, host: &Timed) -> Result<DeviceR
     use crate::gpu::WgpuContext;
     let ctx = WgpuContext::new()?;
     let mut loader = a.builder(sources).build(WgpuSink::new(ctx.clone())?)?;
-    let run = timed(&mut loader, a.batches, |b| b.wait())?;
+    let run = timed(&mut loader, a.batches, a.rounds, |b| b.wait())?;
     Ok(DeviceReport::new(
         ctx.name().to_string(),
         &run,
@@ -537,7 +603,7 @@ fn cuda_run(a: &BenchArgs, sources: Vec<Source>, host: &Timed) -> Result<DeviceR
     let sink = cuda_sink()?;
     let ctx = sink.context().clone();
     let mut loader = a.builder(sources).build(sink)?;
-    let run = timed(&mut loader, a.batches, |b| b.wait())?;
+    let run = timed(&mut loader, a.batches, a.rounds, |b| b.wait())?;
     let stats = loader.sink().stats();
     let mut report = DeviceReport::new(ctx.label(), &run, host, &stats);
     let per_batch = report.bytes_per_batch.ceil() as usize;

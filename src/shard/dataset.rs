@@ -99,6 +99,15 @@ impl Dataset {
         }
     }
 
+    /// Prefetches global sample `i`'s index entries into the CPU caches
+    /// ([`Shard::prefetch_entry`]).
+    #[inline]
+    pub fn prefetch_entry(&self, i: usize) {
+        if let Some((k, j)) = self.locate(i) {
+            self.shards[k].prefetch_entry(j);
+        }
+    }
+
     /// Asks the kernel to start reading global sample `i` ([`Shard::will_need`]).
     pub fn will_need(&self, i: usize) {
         if let Some((k, j)) = self.locate(i) {

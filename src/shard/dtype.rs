@@ -259,6 +259,17 @@ impl<'a> TokenSlice<'a> {
         self.bytes.len() / self.dtype.size()
     }
 
+    /// Asks the CPU to bring the first `lines` cache lines of the sequence into its caches
+    /// (a software prefetch: no effect on what is read, and nothing on targets without one).
+    /// A worker calls it for a row a few rows ahead, so that the row's first cache misses
+    /// overlap the decoding of the rows before it; the hardware prefetcher follows the rest.
+    #[inline]
+    pub fn prefetch(&self, lines: usize) {
+        for at in (0..self.bytes.len().min(lines * 64)).step_by(64) {
+            prefetch_byte(&self.bytes[at]);
+        }
+    }
+
     /// Whether the sequence holds no token.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
@@ -348,13 +359,13 @@ impl<'a> TokenSlice<'a> {
         };
         if bad.is_none() {
             match self.dtype {
-                Dtype::U8 => widen::<1, T>(b, out, |c| c[0] as i64),
-                Dtype::I8 => widen::<1, T>(b, out, |c| c[0] as i8 as i64),
-                Dtype::I16 => widen::<2, T>(b, out, |c| i16::from_le_bytes(c) as i64),
-                Dtype::U16 => widen::<2, T>(b, out, |c| u16::from_le_bytes(c) as i64),
-                Dtype::I32 => widen::<4, T>(b, out, |c| i32::from_le_bytes(c) as i64),
-                Dtype::U32 => widen::<4, T>(b, out, |c| u32::from_le_bytes(c) as i64),
-                Dtype::I64 => widen::<8, T>(b, out, i64::from_le_bytes),
+                Dtype::U8 => widen_native::<u8, T>(b, out, |x| x as i64),
+                Dtype::I8 => widen_native::<i8, T>(b, out, |x| x as i64),
+                Dtype::I16 => widen::<2, i16, T>(b, out, i16::from_le_bytes, |x| x as i64),
+                Dtype::U16 => widen::<2, u16, T>(b, out, u16::from_le_bytes, |x| x as i64),
+                Dtype::I32 => widen::<4, i32, T>(b, out, i32::from_le_bytes, |x| x as i64),
+                Dtype::U32 => widen::<4, u32, T>(b, out, u32::from_le_bytes, |x| x as i64),
+                Dtype::I64 => widen::<8, i64, T>(b, out, i64::from_le_bytes, |x| x),
             }
         }
         match bad {
@@ -371,16 +382,56 @@ impl<'a> TokenSlice<'a> {
     }
 }
 
-/// Converts little-endian ids of `N` bytes into `out`, all known to fit `T`.
+/// Asks the CPU to bring the cache line holding `byte` into its caches (nothing on targets
+/// without a prefetch instruction; a prefetch never faults and changes nothing).
 #[inline(always)]
-fn widen<const N: usize, T: TokenId>(
+pub(crate) fn prefetch_byte(byte: &u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the address is a valid reference's; a prefetch reads nothing architecturally.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            byte as *const u8 as *const i8,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = byte;
+}
+
+/// Converts little-endian ids of `N` bytes into `out`, all known to fit `T`. On a
+/// little-endian machine, bytes aligned for `S` (the usual case: sequences start at multiples of
+/// their id size in a page-aligned map) are read as `S` directly, a widening loop the compiler
+/// vectorizes; otherwise id by id from the bytes.
+#[inline(always)]
+fn widen<const N: usize, S: bytemuck::Pod, T: TokenId>(
     bytes: &[u8],
     out: &mut [T],
-    from_le: impl Fn([u8; N]) -> i64,
+    from_le: impl Fn([u8; N]) -> S,
+    to_i64: impl Fn(S) -> i64,
 ) {
+    #[cfg(target_endian = "little")]
+    if let Ok(src) = bytemuck::try_cast_slice::<u8, S>(bytes) {
+        return widen_from(src, out, to_i64);
+    }
     for (chunk, o) in bytes.chunks_exact(N).zip(out.iter_mut()) {
-        *o = T::wrap(from_le(
+        *o = T::wrap(to_i64(from_le(
             chunk.try_into().expect("chunks_exact yields N bytes"),
-        ));
+        )));
+    }
+}
+
+/// [`widen`] for one-byte ids, which need no alignment.
+#[inline(always)]
+fn widen_native<S: bytemuck::Pod, T: TokenId>(
+    bytes: &[u8],
+    out: &mut [T],
+    to_i64: impl Fn(S) -> i64,
+) {
+    widen_from(bytemuck::cast_slice::<u8, S>(bytes), out, to_i64);
+}
+
+#[inline(always)]
+fn widen_from<S: Copy, T: TokenId>(src: &[S], out: &mut [T], to_i64: impl Fn(S) -> i64) {
+    for (o, &x) in out.iter_mut().zip(src) {
+        *o = T::wrap(to_i64(x));
     }
 }

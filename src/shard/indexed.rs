@@ -390,6 +390,13 @@ impl Shard for IndexedShard {
         super::advise_map(&self.bin, access);
     }
 
+    fn prefetch_entry(&self, i: usize) {
+        if i < self.sequences {
+            super::dtype::prefetch_byte(&self.idx[self.lengths_offset() + 4 * i]);
+            super::dtype::prefetch_byte(&self.idx[self.pointers_offset() + 8 * i]);
+        }
+    }
+
     fn will_need(&self, i: usize) {
         if i < self.sequences {
             let start = self.raw_pointer(i) as usize;

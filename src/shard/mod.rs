@@ -67,6 +67,10 @@ pub trait Shard: Send + Sync + std::fmt::Debug {
     /// never a change to what is read. Nothing by default.
     fn advise(&self, _access: Access) {}
 
+    /// Asks the CPU to bring sequence `i`'s index entries into its caches (a software
+    /// prefetch, ahead of a [`Shard::get`] of `i`). Nothing by default.
+    fn prefetch_entry(&self, _i: usize) {}
+
     /// Asks the kernel to start reading sequence `i` into the page cache now
     /// (`MADV_WILLNEED`), so that a later read finds it there. Nothing by default.
     fn will_need(&self, _i: usize) {}
