@@ -6,7 +6,7 @@
 //!
 //! Then batches/s into Burn `Tensor<2, Int>` ids on Flex and wgpu: the Burn sink (host padding),
 //! ragged ids padded on the device with Burn tensor ops, and Burn's `DataLoader` with a tensor
-//! `Batcher`.
+//! `Batcher`; and on Flex, both at 0, 1 and 2 workers against Burn's best configuration.
 //!
 //! `cargo bench --features burn --bench loader` (`-- --tensors-only` for the tensor figures)
 
@@ -198,7 +198,7 @@ fn benches(c: &mut Criterion) {
         TOKENS / 1_000_000
     );
     let mut burn_best = 0.0f64;
-    for workers in [0, 2] {
+    for workers in [0, 1, 2] {
         let l = burn_loader(&f, workers);
         let (real, _, cpu) = measure_run(|| run_burn(&l));
         burn_best = burn_best.max(real);
@@ -223,6 +223,7 @@ fn benches(c: &mut Criterion) {
         );
     }
     tensor_figures(&f);
+    flex_sweep(&f);
 }
 
 /// Batches per measured run into Burn tensors.
@@ -295,13 +296,19 @@ impl DeviceSink<i32> for DevicePadSink {
     }
 }
 
-fn burn_tensor_loader(f: &Fixture, device: &Device) -> Arc<dyn DataLoader<Tensor<2, Int>>> {
-    DataLoaderBuilder::new(TensorBatcher)
+fn burn_tensor_loader(
+    f: &Fixture,
+    device: &Device,
+    workers: usize,
+) -> Arc<dyn DataLoader<Tensor<2, Int>>> {
+    let mut b = DataLoaderBuilder::new(TensorBatcher)
         .batch_size(BATCH)
         .shuffle(1)
-        .num_workers(2)
-        .set_device(device.clone())
-        .build(ShardItems(f.data.clone()))
+        .set_device(device.clone());
+    if workers > 0 {
+        b = b.num_workers(workers);
+    }
+    b.build(ShardItems(f.data.clone()))
 }
 
 /// Batches per second of `TENSOR_BATCHES` batches from `batches`, the device synced at the end;
@@ -352,7 +359,7 @@ fn tensor_figures(f: &Fixture) {
                     .map(|b| b.unwrap().ids)
             })
         });
-        let l = burn_tensor_loader(f, &device);
+        let l = burn_tensor_loader(f, &device, 2);
         let burn = tensor_rate(&device, || {
             // One epoch is over 5,000 batches: one iterator serves a run.
             l.iter().map(|b| b.unwrap())
@@ -373,11 +380,41 @@ fn tensor_figures(f: &Fixture) {
     }
 }
 
+/// Flex tensors, the path a Burn user takes, at 0, 1 and 2 workers on both sides: shardflow's
+/// Burn sink against Burn's `DataLoader`, and the ratio to Burn's best configuration.
+fn flex_sweep(f: &Fixture) {
+    let device = Device::flex();
+    println!("\ninto Flex Tensor<2, Int> ids at 0, 1 and 2 workers ({TENSOR_BATCHES} batches):");
+    let mut burn_best = 0.0f64;
+    let mut ours = Vec::new();
+    for workers in [0, 1, 2] {
+        let l = burn_tensor_loader(f, &device, workers);
+        let burn = tensor_rate(&device, || l.iter().map(|b| b.unwrap()));
+        burn_best = burn_best.max(burn);
+        let host = tensor_rate(&device, || {
+            shardflow_builder(f, workers)
+                .build(BurnSink::new(&device).unwrap())
+                .unwrap()
+                .map(|b| b.unwrap().ids)
+        });
+        ours.push((workers, host, burn));
+    }
+    for (workers, host, burn) in ours {
+        println!(
+            "  workers {workers}: shardflow {host:8.0} batches/s | Burn DataLoader {burn:8.0} \
+             batches/s | shardflow {:.2}x Burn's best",
+            host / burn_best
+        );
+    }
+}
+
 criterion_group!(loader_benches, benches);
 
 fn main() {
     if std::env::args().any(|a| a == "--tensors-only") {
-        tensor_figures(&fixture());
+        let f = fixture();
+        tensor_figures(&f);
+        flex_sweep(&f);
         return;
     }
     loader_benches();

@@ -9,7 +9,7 @@ use super::collator::{Collator, UserMetric};
 use super::flow::{Mode, spawn};
 use super::job::{Packer, Scheduler, doc_len};
 use super::{Loader, LoaderState, LoaderStats, Position, Scope};
-use crate::collate::CollateConfig;
+use crate::collate::{CollateConfig, Pool};
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
 use crate::metrics::{Aggregator, AggregatorState, MetricsConfig, SampleMetrics};
@@ -391,6 +391,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             user,
             collate: collate.clone(),
             pool: pool.clone(),
+            host_pool: Pool::new(),
             stop: stop.clone(),
             metrics: metrics.clone(),
             user_metrics,

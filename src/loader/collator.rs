@@ -44,7 +44,10 @@ pub(crate) struct Collator<T: TokenId> {
     pub transform: TransformConfig,
     pub user: Vec<UserTransform<T>>,
     pub collate: CollateConfig,
+    /// The sink's staging memory (pinned memory for the CUDA sink).
     pub pool: Pool,
+    /// Heap memory for what stays on the host: the per-batch metric partials.
+    pub host_pool: Pool,
     pub stop: Arc<AtomicBool>,
     pub metrics: Option<MetricsConfig>,
     pub user_metrics: Vec<UserMetric<T>>,

@@ -109,10 +109,10 @@ pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
             .filter(|_| !collator.user_metrics.is_empty())
             .map(|c| Aggregator::new(c.clone()));
         let staged = collator.build(job, &mut current, scratch, &mut skips, user.as_mut())?;
-        let partial = collator
-            .metrics
-            .as_ref()
-            .map(|_| (BatchMetrics::of(&staged.docs, collator.names.len()), user));
+        let partial = collator.metrics.as_ref().map(|_| {
+            let counts = BatchMetrics::of(&staged.docs, collator.names.len(), &collator.host_pool);
+            (counts, user)
+        });
         let (rows, real, padded) = (
             staged.rows,
             staged.real_tokens(),

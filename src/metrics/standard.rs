@@ -11,36 +11,50 @@
 //! | `samples_failed` | SUM | samples skipped by the bad-sample policy |
 
 use super::aggregator::{Aggregator, Kind};
-use crate::collate::DocRef;
+use crate::collate::{DocRef, Pool, PooledBuf};
 use crate::error::Result;
 
 /// One dataset's share of a batch.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct DatasetCounts {
-    seen: bool,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct DatasetCounts {
+    /// 1 when the batch holds a piece of the dataset.
+    seen: u64,
     samples: u64,
     tokens: u64,
     truncated: u64,
     failed: u64,
     epoch: u64,
-    /// Lengths of the samples delivered.
-    lengths: Vec<u32>,
 }
 
 /// The standard metrics of one batch: a small partial, per dataset index, that a worker computes
-/// from the batch's document pieces and the caller folds into its aggregator in plan order.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// from the batch's document pieces and the caller folds into its aggregator in plan order. Its
+/// buffers come from the loader's pool, so a steady stream allocates none.
 pub struct BatchMetrics {
-    per: Vec<DatasetCounts>,
+    per: PooledBuf<DatasetCounts>,
+    /// (dataset, length) of every sample delivered, in row order.
+    lengths: PooledBuf<[u32; 2]>,
+}
+
+impl std::fmt::Debug for BatchMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchMetrics")
+            .field("per", &&self.per[..])
+            .field("lengths", &self.lengths.len())
+            .finish()
+    }
 }
 
 impl BatchMetrics {
-    /// The standard metrics of `docs` over `datasets` datasets.
-    pub fn of(docs: &[DocRef], datasets: usize) -> Self {
-        let mut per = vec![DatasetCounts::default(); datasets];
+    /// The standard metrics of `docs` over `datasets` datasets, in buffers from `pool`.
+    pub fn of(docs: &[DocRef], datasets: usize, pool: &Pool) -> Self {
+        let mut per = pool.take::<DatasetCounts>(datasets);
+        per.fill(DatasetCounts::default());
+        let mut lengths = pool.take::<[u32; 2]>(docs.len());
+        let mut n = 0;
         for d in docs {
             let acc = &mut per[d.dataset as usize];
-            acc.seen = true;
+            acc.seen = 1;
             acc.epoch = acc.epoch.max(d.epoch);
             acc.tokens += d.len as u64;
             if d.doc_offset != 0 {
@@ -55,10 +69,12 @@ impl BatchMetrics {
             }
             if d.flags & DocRef::DROPPED == 0 {
                 acc.samples += 1;
-                acc.lengths.push(d.doc_len);
+                lengths[n] = [d.dataset, d.doc_len];
+                n += 1;
             }
         }
-        BatchMetrics { per }
+        lengths.truncate(n);
+        BatchMetrics { per, lengths }
     }
 
     /// Adds these counts to `agg` (`names[d]` names dataset index d). Every metric is recorded
@@ -69,10 +85,14 @@ impl BatchMetrics {
     ///
     /// [`crate::Error::Metric`] if `agg` holds one of these names with another kind.
     pub fn merge_into(&self, agg: &mut Aggregator, names: &[String]) -> Result<()> {
-        for (acc, name) in self.per.iter().zip(names).filter(|(a, _)| a.seen) {
+        for (d, (acc, name)) in self.per.iter().zip(names).enumerate() {
+            if acc.seen == 0 {
+                continue;
+            }
+            let of_d = self.lengths.iter().filter(|l| l[0] as usize == d);
             agg.record(name, "samples_seen", Kind::Sum, acc.samples as f64)?;
             agg.record(name, "tokens_seen", Kind::Sum, acc.tokens as f64)?;
-            agg.record_all(name, "seq_len", acc.lengths.iter().map(|&l| l as f64))?;
+            agg.record_all(name, "seq_len", of_d.map(|l| l[1] as f64))?;
             agg.record(name, "epoch", Kind::Max, acc.epoch as f64)?;
             agg.record(name, "samples_truncated", Kind::Sum, acc.truncated as f64)?;
             agg.record(name, "samples_failed", Kind::Sum, acc.failed as f64)?;
@@ -88,7 +108,7 @@ impl BatchMetrics {
 ///
 /// As [`BatchMetrics::merge_into`].
 pub fn standard_metrics(docs: &[DocRef], names: &[String], agg: &mut Aggregator) -> Result<()> {
-    BatchMetrics::of(docs, names.len()).merge_into(agg, names)
+    BatchMetrics::of(docs, names.len(), &Pool::new()).merge_into(agg, names)
 }
 
 /// What a user metric function records for one sample: metrics of the sample's dataset.
