@@ -552,13 +552,11 @@ fn cold_runs(a: &BenchArgs, sources: &[Source], warm_rate: f64) -> Result<Vec<Co
             .build_host()?;
         let faults = measure::major_faults();
         let start = Instant::now();
-        let mut real = 0u64;
-        let mut batches = 0u64;
         for b in loader.by_ref().take(a.batches) {
-            let b = b?;
-            real += b.lengths.iter().map(|&l| l as u64).sum::<u64>();
-            batches += 1;
+            b?;
         }
+        let stats = loader.stats();
+        let (real, batches) = (stats.real_tokens, stats.batches);
         let rate = real as f64 / start.elapsed().as_secs_f64();
         out.push(ColdRun {
             shuffle: shuffle.to_string(),

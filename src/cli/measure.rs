@@ -58,16 +58,10 @@ pub fn memcpy_roofline(threads: usize) -> Bandwidth {
 pub fn memcpy_bandwidth(bytes: usize, threads: usize, runs: usize) -> Bandwidth {
     let threads = threads.max(1);
     let chunk = bytes.div_ceil(threads).max(4096);
-    // Every page written before timing: a zeroed allocation may map the shared zero page.
-    let src: Vec<Vec<u8>> = (0..threads)
-        .map(|t| (0..chunk).map(|i| (i ^ t) as u8).collect())
-        .collect();
-    let mut dst: Vec<Vec<u8>> = (0..threads).map(|_| vec![1u8; chunk]).collect();
-    for d in &mut dst {
-        for page in d.chunks_mut(4096) {
-            page[0] = 2;
-        }
-    }
+    // A non-zero fill writes every page before timing (a zeroed allocation may map the shared
+    // zero page and fault on first write).
+    let src: Vec<Vec<u8>> = (0..threads).map(|t| vec![t as u8 | 1; chunk]).collect();
+    let mut dst: Vec<Vec<u8>> = (0..threads).map(|_| vec![2u8; chunk]).collect();
     let mut rates: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let start = Instant::now();

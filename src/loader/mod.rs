@@ -84,7 +84,8 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         &self.sink
     }
 
-    /// The state after the batches the caller has received (not those prefetched).
+    /// The state after the batches the caller has received (not those prefetched). With a
+    /// metrics history, the history is flushed first and its last step on disk recorded.
     pub fn state(&self) -> LoaderState {
         let names = self.plan.names();
         LoaderState {
@@ -231,13 +232,13 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         self.position = info.after;
         self.shadow.skip_to(info.after.plan_step);
         #[cfg(feature = "history")]
-        if let Some(link) = &self.history {
-            let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = self.history.as_mut() {
+            // `&mut self`: no lock taken on the per-batch path.
+            let link = link.get_mut().unwrap_or_else(|e| e.into_inner());
             let step = self.position.batches;
             if let Err(e) =
                 link.after_batch(step, &info.skips, self.plan.names(), &mut self.metrics)
             {
-                drop(link);
                 return self.fail(e);
             }
         }
@@ -350,8 +351,8 @@ impl<T: TokenId, S: DeviceSink<T>> Drop for Loader<T, S> {
     fn drop(&mut self) {
         // What the history buffered goes to disk.
         #[cfg(feature = "history")]
-        if let Some(link) = &self.history {
-            let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = self.history.as_mut() {
+            let link = link.get_mut().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = link.writer.flush() {
                 tracing::warn!("history: rows of the last steps could not be written: {e}");
             }
