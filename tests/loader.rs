@@ -7,11 +7,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{lengths, mixture, token, write_dataset};
-use shardflow::Error;
 use shardflow::collate::{Batch, CollateConfig, DocRef, Padding};
 use shardflow::loader::{Loader, LoaderBuilder, LoaderState, Source};
 use shardflow::order::{MixtureMode, OrderConfig, Shuffle, StreamLimit};
 use shardflow::transform::{BadSamplePolicy, TransformConfig, TruncatePolicy};
+use shardflow::{Dataset, Dtype, Error, IndexedWriter};
 
 type HostLoader = Loader<i32>;
 
@@ -983,4 +983,91 @@ fn read_ahead_advice_never_changes_the_stream_in_any_shuffle_mode() {
     for s in &sources {
         s.data.evict().unwrap();
     }
+}
+
+/// The host sink's batches are written in place at a width planned from the index; a user
+/// transform (which may change lengths) makes the collator stage ragged and pad afterwards. Both
+/// must give the same bytes, in every padding mode, with BOS/EOS, truncation, dropping, and a
+/// sample that fails to decode (its row empty, the batch narrower than planned).
+#[test]
+fn padding_in_place_equals_staging_ragged_then_padding() {
+    let dir = tempfile::tempdir().unwrap();
+    // An i64 dataset whose sample 5, by far the longest, holds an id that does not fit i32.
+    let prefix = dir.path().join("wide");
+    let mut w = IndexedWriter::create(&prefix, Some(Dtype::I64)).unwrap();
+    for s in 0..12usize {
+        let len = if s == 5 { 28 } else { 3 + s };
+        let mut ids: Vec<i64> = (0..len).map(|j| token(3, s, j)).collect();
+        if s == 5 {
+            ids[len / 2] = 1 << 40;
+        }
+        w.add_sequence(&ids).unwrap();
+        w.end_document().unwrap();
+    }
+    w.finish().unwrap();
+    let wide = Source::new("wide", Dataset::open(&[&prefix]).unwrap(), 2.0);
+    let mut mixed = mixture(dir.path());
+    mixed.push(wide.clone());
+    let mut compared = 0;
+    let mut narrowed = 0;
+    for (sources, padding) in [
+        (vec![wide], Padding::Longest),
+        (mixed.clone(), Padding::Longest),
+        (mixed.clone(), Padding::Multiple(8)),
+        (mixed, Padding::Fixed),
+    ] {
+        for (truncate, bos, eos) in [
+            (TruncatePolicy::Truncate, Some(1), Some(2)),
+            (TruncatePolicy::Drop, None, Some(2)),
+            (TruncatePolicy::Truncate, None, None),
+        ] {
+            for workers in [0, 2] {
+                let make = |ragged: bool| {
+                    let order = OrderConfig {
+                        local_batch: 6,
+                        ..Default::default()
+                    };
+                    let collate = CollateConfig {
+                        pad_id: -1,
+                        ..collate(padding, false)
+                    };
+                    let mut b = builder(sources.clone(), order, collate)
+                        .with_transform(TransformConfig {
+                            truncate,
+                            bos,
+                            eos,
+                            bad_samples: BadSamplePolicy::Skip { max_per_epoch: 100 },
+                            ..Default::default()
+                        })
+                        .with_workers(workers);
+                    if ragged {
+                        b = b.with_user_transform(|_, _| Ok(()));
+                    }
+                    b.build_host().unwrap()
+                };
+                let (mut in_place, mut ragged) = (make(false), make(true));
+                let a = take(&mut in_place, 40);
+                assert_eq!(
+                    a,
+                    take(&mut ragged, 40),
+                    "{padding:?} {truncate:?} bos {bos:?} eos {eos:?} workers {workers}"
+                );
+                assert!(in_place.stats().skipped > 0, "the bad sample was met");
+                compared += a.len();
+                if sources.len() == 1 {
+                    // The batches holding the failed sample: planned 28 wide or more, built
+                    // narrower.
+                    let mut again = make(false);
+                    for b in again.by_ref().take(40).map(|b| b.unwrap()) {
+                        if b.docs.iter().any(|d| d.flags & DocRef::SKIPPED != 0) {
+                            assert!(b.width < 28, "width {}", b.width);
+                            narrowed += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 4 * 3 * 2 * 40);
+    assert!(narrowed > 0);
 }

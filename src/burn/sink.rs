@@ -169,7 +169,7 @@ impl BurnSink {
             field(config.labels),
             field(config.position_ids),
         );
-        let pad = T::try_from(config.pad_id).unwrap_or_default();
+        let pad = config.pad_value::<T>();
         let values = PadValues {
             id: |t: T| cast(t.into()),
             pad: cast(pad.into()),

@@ -2,7 +2,9 @@
 //! host reference padding that turns it into a [`Batch`].
 //!
 //! A staged batch holds only the real tokens, row after row (ragged), with row offsets: that is
-//! what crosses to a device. A [`Batch`] is the padded result every sink must produce exactly:
+//! what crosses to a device. For the host sink ([`Layout::Padded`]) the collator plans the width
+//! from the index and writes the ids in place, padding included, so no token is copied twice.
+//! A [`Batch`] is the padded result every sink must produce exactly:
 //!
 //! | field | shape | content |
 //! |---|---|---|
@@ -91,6 +93,11 @@ impl CollateConfig {
         Ok(())
     }
 
+    /// The padding id as a `T` (the loader checks that it fits).
+    pub(crate) fn pad_value<T: TokenId>(&self) -> T {
+        T::try_from(self.pad_id).unwrap_or_default()
+    }
+
     /// The padded width of a batch whose longest row holds `longest` tokens.
     pub fn width(&self, longest: usize) -> usize {
         if self.pack {
@@ -140,7 +147,19 @@ impl DocRef {
     pub const SKIPPED: u32 = 4;
 }
 
-/// A collated batch in host staging memory: real tokens only, ragged, ready to cross to a device.
+/// How a staged batch's tokens sit in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Real tokens only, row after row: row r is `tokens[offsets[r]..offsets[r + 1]]`. What
+    /// crosses to a device.
+    Ragged,
+    /// `[rows, width]` with the padding id after each row: row r starts at `r * width`. What the
+    /// host sink hands out as its ids, written once by the collator instead of staged and copied.
+    Padded,
+}
+
+/// A collated batch in host staging memory, ready to cross to a device (ragged) or to become a
+/// host batch (padded).
 #[derive(Debug)]
 pub struct StagedBatch<T: TokenId> {
     /// The step (global batch index) this batch belongs to.
@@ -149,25 +168,33 @@ pub struct StagedBatch<T: TokenId> {
     pub rows: usize,
     /// The padded width T of this batch.
     pub width: usize,
-    /// The real tokens, row after row.
+    /// The tokens, as `layout` says.
     pub tokens: PooledBuf<T>,
-    /// Row starts in `tokens`: `rows + 1` entries.
+    /// Real tokens before each row, cumulative: `rows + 1` entries (row starts in `tokens` when
+    /// ragged).
     pub offsets: PooledBuf<u32>,
     /// The document pieces, in row order.
     pub docs: PooledBuf<DocRef>,
     /// Whether the batch was packed.
     pub packed: bool,
+    /// How `tokens` is laid out.
+    pub layout: Layout,
 }
 
 impl<T: TokenId> StagedBatch<T> {
     /// Real tokens in the batch.
     pub fn real_tokens(&self) -> usize {
-        self.tokens.len()
+        self.offsets[self.rows] as usize
     }
 
     /// Row `r`'s real tokens.
     pub fn row(&self, r: usize) -> &[T] {
-        &self.tokens[self.offsets[r] as usize..self.offsets[r + 1] as usize]
+        let len = (self.offsets[r + 1] - self.offsets[r]) as usize;
+        let start = match self.layout {
+            Layout::Ragged => self.offsets[r] as usize,
+            Layout::Padded => r * self.width,
+        };
+        &self.tokens[start..start + len]
     }
 }
 
@@ -229,14 +256,13 @@ impl<T: TokenId> Batch<T> {
 
 /// Pads a staged batch on the host: the reference for every device sink.
 pub fn pad_host<T: TokenId>(
-    staged: StagedBatch<T>,
+    mut staged: StagedBatch<T>,
     config: &CollateConfig,
     pool: &Pool,
 ) -> Batch<T> {
     let (b, w) = (staged.rows, staged.width);
     // Every [B, T] buffer is taken within the batch's largest size, B x seq_len.
     let bound = b * config.seq_len.max(w);
-    let mut ids = pool.take_within::<T>(b * w, bound);
     let mut lengths = pool.take::<u32>(b);
     let mut attention_mask = config
         .attention_mask
@@ -245,12 +271,17 @@ pub fn pad_host<T: TokenId>(
     let mut position_ids = config
         .position_ids
         .then(|| pool.take_within::<T>(b * w, bound));
-    let pad = T::try_from(config.pad_id).unwrap_or_default();
+    let pad = config.pad_value::<T>();
     let ids_as = PadValues {
         id: |t: T| t,
         pad,
         ignore: T::IGNORE,
         position: T::from_usize,
+    };
+    let mut ids = match staged.layout {
+        // The collator wrote the ids in place, padding included: they become the batch's.
+        Layout::Padded => std::mem::replace(&mut staged.tokens, pool.take::<T>(0)),
+        Layout::Ragged => pool.take_within::<T>(b * w, bound),
     };
     fill_padded(
         &staged,
@@ -316,17 +347,21 @@ pub(crate) fn fill_padded<T: TokenId, E: Copy, M: Copy, F: Fn(T) -> E, P: Fn(usi
     out: PaddedFields<'_, E, M>,
 ) {
     let (b, w) = (staged.rows, staged.width);
-    for r in 0..b {
-        let row = staged.row(r);
-        let dst = &mut out.ids[r * w..(r + 1) * w];
-        for (d, &t) in dst.iter_mut().zip(row) {
-            *d = (values.id)(t);
+    let len = |r: usize| (staged.offsets[r + 1] - staged.offsets[r]) as usize;
+    // A padded layout's ids are already in `out.ids` (see `pad_host`).
+    if staged.layout == Layout::Ragged {
+        for r in 0..b {
+            let row = staged.row(r);
+            let dst = &mut out.ids[r * w..(r + 1) * w];
+            for (d, &t) in dst.iter_mut().zip(row) {
+                *d = (values.id)(t);
+            }
+            dst[row.len()..].fill(values.pad);
         }
-        dst[row.len()..].fill(values.pad);
     }
     if let Some(m) = out.attention_mask {
         for r in 0..b {
-            let len = staged.row(r).len();
+            let len = len(r);
             m[r * w..r * w + len].fill(one);
             m[r * w + len..(r + 1) * w].fill(zero);
         }

@@ -36,7 +36,7 @@ pub use self::ragged::{Field, FieldShape, RaggedBatch};
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
 
-use crate::collate::{Batch, CollateConfig, Pool, StagedBatch, pad_host};
+use crate::collate::{Batch, CollateConfig, Layout, Pool, StagedBatch, pad_host};
 use crate::error::Result;
 use crate::shard::TokenId;
 
@@ -72,6 +72,12 @@ pub trait DeviceSink<T: TokenId>: Send + Sync + 'static {
     /// The pool the collator takes staging memory from. Host memory by default.
     fn staging(&self) -> Pool {
         Pool::new()
+    }
+
+    /// How the collator lays out the staged tokens `prepare` receives: ragged by default (what
+    /// crosses a bus); [`Layout::Padded`] for a sink that hands the padded ids out as they are.
+    fn layout(&self) -> Layout {
+        Layout::Ragged
     }
 
     /// A new worker context.
@@ -122,6 +128,11 @@ impl<T: TokenId> DeviceSink<T> for HostSink {
 
     fn device(&self) -> String {
         "host".into()
+    }
+
+    /// The collator writes the ids in place, padding included: no staging copy.
+    fn layout(&self) -> Layout {
+        Layout::Padded
     }
 
     fn worker(&self) -> Result<()> {

@@ -82,7 +82,7 @@ impl<T: TokenId> RaggedBatch<T> {
     /// The bits of the pad id and the ignore id, as 4-byte kernels hold them, and the fields
     /// word (bit 0 the mask, bit 1 labels, bit 2 position ids).
     pub(crate) fn kernel_words(config: &CollateConfig) -> [u32; 3] {
-        let pad = T::try_from(config.pad_id).unwrap_or_default();
+        let pad = config.pad_value::<T>();
         let fields = config.attention_mask as u32
             | (config.labels as u32) << 1
             | (config.position_ids as u32) << 2;

@@ -391,6 +391,8 @@ impl<T: TokenId> LoaderBuilder<T> {
             user,
             collate: collate.clone(),
             pool: pool.clone(),
+            layout: sink.layout(),
+            pad_row: vec![collate.pad_value::<T>(); collate.width(collate.seq_len)],
             host_pool: Pool::new(),
             stop: stop.clone(),
             metrics: metrics.clone(),

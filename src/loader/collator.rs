@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::collate::{CollateConfig, DocRef, Pool, StagedBatch};
+use crate::collate::{CollateConfig, DocRef, Layout, Pool, StagedBatch};
 use crate::error::{Error, Result};
 use crate::metrics::{Aggregator, MetricsConfig, SampleMetrics};
 use crate::shard::{Dataset, TokenId, TokenSlice};
@@ -46,6 +46,11 @@ pub(crate) struct Collator<T: TokenId> {
     pub collate: CollateConfig,
     /// The sink's staging memory (pinned memory for the CUDA sink).
     pub pool: Pool,
+    /// The layout the sink takes padded batches in.
+    pub layout: Layout,
+    /// A row of padding ids as wide as any padded batch: padding is copied from it (a wide
+    /// `memcpy`) rather than stored element by element.
+    pub pad_row: Vec<T>,
     /// Heap memory for what stays on the host: the per-batch metric partials.
     pub host_pool: Pool,
     pub stop: Arc<AtomicBool>,
@@ -92,6 +97,42 @@ impl<T: TokenId> Collator<T> {
         Ok(staged)
     }
 
+    /// The length of a padded row's sample after the built-in transforms, from its index entry
+    /// alone (0 for a sample that will fail or be dropped).
+    fn planned_len(&self, p: &DocRef) -> usize {
+        let Some(slice) = self.dataset(p).get(p.sample as usize) else {
+            return 0;
+        };
+        match self.transform.shape(slice.len(), self.max_len()) {
+            Ok(Shape::Keep { content, .. }) => {
+                content + self.bos().is_some() as usize + self.eos().is_some() as usize
+            }
+            _ => 0,
+        }
+    }
+
+    /// The width of a padded batch, planned from the index before any token is read: known
+    /// exactly unless a user transform may change lengths (then `None`, and the batch is staged
+    /// ragged).
+    fn planned_width(&self, pieces: &[DocRef]) -> Option<usize> {
+        if self.layout != Layout::Padded || !self.user.is_empty() {
+            return None;
+        }
+        let mut longest = 0;
+        for (r, p) in pieces.iter().enumerate() {
+            if let Some(later) = pieces.get(r + 2 * PREFETCH_ROWS) {
+                self.dataset(later).prefetch_entry(later.sample as usize);
+            }
+            longest = longest.max(self.planned_len(p));
+        }
+        let width = self.collate.width(longest);
+        debug_assert!(
+            width <= self.pad_row.len(),
+            "the padding row covers every width"
+        );
+        Some(width)
+    }
+
     fn build_padded(
         &self,
         mut job: Job,
@@ -101,9 +142,15 @@ impl<T: TokenId> Collator<T> {
         mut partial: Option<&mut Aggregator>,
     ) -> Result<StagedBatch<T>> {
         let rows = job.rows;
-        // Every row fits `max_len`: the bound sizes the buffer without a pass over the lengths.
-        let bound = rows * self.max_len();
-        let mut tokens = self.pool.take::<T>(bound);
+        // Padded in place at the planned width (the host sink), else ragged: every row fits
+        // `max_len`, so that bound sizes the buffer without a pass over the lengths.
+        let stride = self.planned_width(&job.pieces);
+        let mut tokens = match stride {
+            Some(w) => self
+                .pool
+                .take_within::<T>(rows * w, rows * self.collate.seq_len.max(w)),
+            None => self.pool.take::<T>(rows * self.max_len()),
+        };
         let mut offsets = self.pool.take::<u32>(rows + 1);
         let mut pos = 0;
         let mut longest = 0;
@@ -125,7 +172,11 @@ impl<T: TokenId> Collator<T> {
             let piece = &mut job.pieces[r];
             *current = Some((piece.dataset, piece.sample));
             offsets[r] = pos as u32;
-            match self.fill_row(piece, &mut tokens[pos..], scratch) {
+            let row = match stride {
+                Some(w) => &mut tokens[r * w..(r + 1) * w],
+                None => &mut tokens[pos..],
+            };
+            let n = match self.fill_row(piece, row, scratch) {
                 Ok(n) => {
                     piece.len = n as u32;
                     piece.doc_len = n as u32;
@@ -140,18 +191,12 @@ impl<T: TokenId> Collator<T> {
                             epoch: piece.epoch,
                         };
                         for f in &self.user_metrics {
-                            f(
-                                &info,
-                                &tokens[pos..pos + n],
-                                &mut SampleMetrics::new(agg, name),
-                            )
-                            .map_err(|r| {
-                                self.sample_error(job.batch, piece, format!("metric: {r}"))
-                            })?;
+                            f(&info, &row[..n], &mut SampleMetrics::new(agg, name)).map_err(
+                                |r| self.sample_error(job.batch, piece, format!("metric: {r}")),
+                            )?;
                         }
                     }
-                    pos += n;
-                    longest = longest.max(n);
+                    n
                 }
                 Err(reason) => match self.transform.bad_samples {
                     BadSamplePolicy::Error => {
@@ -166,20 +211,45 @@ impl<T: TokenId> Collator<T> {
                             sample: piece.sample,
                             reason,
                         });
+                        0
                     }
                 },
+            };
+            if stride.is_some() {
+                let rest = row.len() - n;
+                row[n..].copy_from_slice(&self.pad_row[..rest]);
             }
+            pos += n;
+            longest = longest.max(n);
         }
         offsets[rows] = pos as u32;
-        tokens.truncate(pos);
+        let width = self.collate.width(longest);
+        let layout = match stride {
+            None => {
+                tokens.truncate(pos);
+                Layout::Ragged
+            }
+            Some(w) => {
+                // A skipped sample leaves the batch narrower than planned: close up the rows
+                // (each holds its tokens and padding within the first `width` columns).
+                if w != width {
+                    for r in 1..rows {
+                        tokens.copy_within(r * w..r * w + width, r * width);
+                    }
+                    tokens.truncate(rows * width);
+                }
+                Layout::Padded
+            }
+        };
         Ok(StagedBatch {
             step: job.batch,
             rows,
-            width: self.collate.width(longest),
+            width,
             tokens,
             offsets,
             docs: job.pieces,
             packed: false,
+            layout,
         })
     }
 
@@ -301,6 +371,7 @@ impl<T: TokenId> Collator<T> {
             offsets,
             docs: job.pieces,
             packed: true,
+            layout: Layout::Ragged,
         })
     }
 

@@ -315,13 +315,13 @@ fn check_state(state: &State, map: &Mapping) -> std::result::Result<(), String> 
             let range = map.min_index..=map.max_index;
             let mut total = sketch.zero as u128;
             for (side, buckets) in [("pos", &sketch.pos), ("neg", &sketch.neg)] {
-                if let Some(i) = buckets.keys().find(|i| !range.contains(i)) {
+                if let Some((i, _)) = buckets.iter().find(|(i, _)| !range.contains(i)) {
                     return Err(format!(
                         "{side} bucket {i} lies outside {}..={} for alpha {}",
                         map.min_index, map.max_index, map.alpha
                     ));
                 }
-                total += buckets.values().map(|&n| n as u128).sum::<u128>();
+                total += buckets.iter().map(|(_, n)| n as u128).sum::<u128>();
             }
             if total != sketch.count as u128 {
                 return Err(format!(

@@ -8,8 +8,6 @@
 //! `gamma = (1 + alpha) / (1 - alpha)`. A device computes the same index with the same few
 //! multiply-adds, so host and device sketches are identical.
 
-use std::collections::BTreeMap;
-
 /// The smallest magnitude with a bucket of its own; smaller values count as zero.
 pub const MIN_VALUE: f64 = 1e-9;
 /// The largest magnitude with a bucket of its own; larger values fall in the top bucket (min, max
@@ -132,29 +130,136 @@ pub struct Sketch {
     /// Values with magnitude below [`MIN_VALUE`].
     pub zero: u64,
     /// Positive values by bucket.
-    #[serde(with = "pairs")]
-    pub pos: BTreeMap<i32, u64>,
+    pub pos: Buckets,
     /// Negative values by bucket of their magnitude.
-    #[serde(with = "pairs")]
-    pub neg: BTreeMap<i32, u64>,
+    pub neg: Buckets,
 }
 
-/// Buckets as `[index, count]` pairs: JSON map keys are strings, which a tagged enum around the
-/// sketch could not turn back into integers.
-mod pairs {
-    use std::collections::BTreeMap;
+/// The widest span of bucket indices one side of a sketch may hold: what a mapping at the finest
+/// accuracy allowed spans over [`MIN_VALUE`]..[`MAX_VALUE`], with room. A deserialized sketch
+/// wider than this is refused rather than allocated.
+pub const MAX_SPAN: usize = 1 << 20;
 
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+/// Counts by bucket index over the span of indices seen, densely: adding a value is an index
+/// and an increment, not a tree walk. Two are equal when their non-zero counts are; serialized as
+/// `[index, count]` pairs of the non-zero counts, in index order.
+#[derive(Clone, Debug, Default)]
+pub struct Buckets {
+    /// The index of `counts[0]`.
+    lo: i32,
+    counts: Vec<u64>,
+}
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<i32, u64>, s: S) -> Result<S::Ok, S::Error> {
-        m.iter()
-            .map(|(i, n)| (*i, *n))
-            .collect::<Vec<_>>()
-            .serialize(s)
+impl Buckets {
+    /// Adds `n` to bucket `i`.
+    #[inline]
+    pub fn add(&mut self, i: i32, n: u64) {
+        let at = i.wrapping_sub(self.lo) as u32 as usize;
+        if let Some(c) = self.counts.get_mut(at) {
+            *c += n;
+            return;
+        }
+        self.grow(i);
+        self.counts[(i - self.lo) as usize] += n;
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<i32, u64>, D::Error> {
-        Ok(Vec::<(i32, u64)>::deserialize(d)?.into_iter().collect())
+    /// Widens the span to hold bucket `i`.
+    #[cold]
+    fn grow(&mut self, i: i32) {
+        if self.counts.is_empty() {
+            self.lo = i;
+            self.counts.push(0);
+        } else if i < self.lo {
+            let extra = (self.lo - i) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, extra));
+            self.lo = i;
+        } else {
+            self.counts.resize((i - self.lo) as usize + 1, 0);
+        }
+    }
+
+    /// The count of bucket `i`.
+    pub fn get(&self, i: i32) -> u64 {
+        let at = i.wrapping_sub(self.lo) as u32 as usize;
+        self.counts.get(at).copied().unwrap_or(0)
+    }
+
+    /// The non-zero buckets as `(index, count)`, in index order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (i32, u64)> + '_ {
+        let lo = self.lo;
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(move |(j, n)| (lo + j as i32, *n))
+    }
+
+    /// Whether every count is zero.
+    pub fn is_empty(&self) -> bool {
+        self.counts.iter().all(|&n| n == 0)
+    }
+
+    /// The lowest and highest non-zero bucket.
+    pub fn range(&self) -> Option<(i32, i32)> {
+        Some((self.iter().next()?.0, self.iter().next_back()?.0))
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &Buckets) {
+        if let Some(last) = other.counts.len().checked_sub(1) {
+            // Widen once to both ends of the other's span, then add element-wise.
+            self.grow_to(other.lo);
+            self.grow_to(other.lo + last as i32);
+            let shift = (other.lo - self.lo) as usize;
+            for (c, n) in self.counts[shift..].iter_mut().zip(&other.counts) {
+                *c += n;
+            }
+        }
+    }
+
+    fn grow_to(&mut self, i: i32) {
+        let at = i.wrapping_sub(self.lo) as u32 as usize;
+        if at >= self.counts.len() {
+            self.grow(i);
+        }
+    }
+}
+
+impl PartialEq for Buckets {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl FromIterator<(i32, u64)> for Buckets {
+    fn from_iter<I: IntoIterator<Item = (i32, u64)>>(iter: I) -> Self {
+        let mut b = Buckets::default();
+        for (i, n) in iter {
+            b.add(i, n);
+        }
+        b
+    }
+}
+
+impl serde::Serialize for Buckets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Buckets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<(i32, u64)>::deserialize(d)?;
+        let lo = pairs.iter().map(|p| p.0).min();
+        let hi = pairs.iter().map(|p| p.0).max();
+        if let (Some(lo), Some(hi)) = (lo, hi)
+            && (hi as i64 - lo as i64) as u64 >= MAX_SPAN as u64
+        {
+            return Err(serde::de::Error::custom(format!(
+                "sketch buckets {lo}..={hi} span more than {MAX_SPAN} indices"
+            )));
+        }
+        Ok(pairs.into_iter().collect())
     }
 }
 
@@ -166,8 +271,8 @@ impl Default for Sketch {
             min: None,
             max: None,
             zero: 0,
-            pos: BTreeMap::new(),
-            neg: BTreeMap::new(),
+            pos: Buckets::default(),
+            neg: Buckets::default(),
         }
     }
 }
@@ -187,13 +292,11 @@ impl Sketch {
             return;
         }
         let i = map.index(mag.min(MAX_VALUE));
-        *if v > 0.0 {
-            &mut self.pos
+        if v > 0.0 {
+            self.pos.add(i, 1);
         } else {
-            &mut self.neg
+            self.neg.add(i, 1);
         }
-        .entry(i)
-        .or_default() += 1;
     }
 
     /// Adds `other` into this sketch.
@@ -209,12 +312,8 @@ impl Sketch {
             (a, b) => a.or(b),
         };
         self.zero += other.zero;
-        for (i, n) in &other.pos {
-            *self.pos.entry(*i).or_default() += n;
-        }
-        for (i, n) in &other.neg {
-            *self.neg.entry(*i).or_default() += n;
-        }
+        self.pos.merge(&other.pos);
+        self.neg.merge(&other.neg);
     }
 
     /// The mean, or `None` while empty.
@@ -234,14 +333,59 @@ impl Sketch {
             .neg
             .iter()
             .rev()
-            .map(|(&i, &n)| (-map.value(i), n))
+            .map(|(i, n)| (-map.value(i), n))
             .chain(std::iter::once((0.0, self.zero)))
-            .chain(self.pos.iter().map(|(&i, &n)| (map.value(i), n)))
+            .chain(self.pos.iter().map(|(i, n)| (map.value(i), n)))
             .find(|&(_, n)| {
                 seen += n;
                 seen >= rank
             })
             .map(|(v, _)| v)?;
         Some(found.clamp(self.min?, self.max?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_grow_both_ways_and_merge_by_index() {
+        let mut a = Buckets::default();
+        for i in [5, 3, 9, 5, -2] {
+            a.add(i, 1);
+        }
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            [(-2, 1), (3, 1), (5, 2), (9, 1)]
+        );
+        assert_eq!(
+            (a.get(5), a.get(4), a.get(100), a.get(i32::MIN)),
+            (2, 0, 0, 0)
+        );
+        let b: Buckets = [(-7, 2), (5, 1), (12, 4)].into_iter().collect();
+        a.merge(&b);
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            [(-7, 2), (-2, 1), (3, 1), (5, 3), (9, 1), (12, 4)]
+        );
+        assert_eq!(a.range(), Some((-7, 12)));
+        // Zero counts neither show nor make two bucket sets differ.
+        let with_zero: Buckets = [(1, 0), (4, 2)].into_iter().collect();
+        let without: Buckets = [(4, 2)].into_iter().collect();
+        assert_eq!(with_zero, without);
+        let mut empty = Buckets::default();
+        empty.merge(&with_zero);
+        assert_eq!(empty, without);
+    }
+
+    #[test]
+    fn buckets_serialize_as_pairs_and_refuse_a_huge_span() {
+        let b: Buckets = [(3, 1), (-1, 2)].into_iter().collect();
+        let json = serde_json::to_string(&b).unwrap();
+        assert_eq!(json, "[[-1,2],[3,1]]");
+        assert_eq!(serde_json::from_str::<Buckets>(&json).unwrap(), b);
+        let err = serde_json::from_str::<Buckets>("[[-2000000000,1],[2000000000,1]]").unwrap_err();
+        assert!(err.to_string().contains("span more than"), "{err}");
     }
 }

@@ -98,11 +98,11 @@ impl Aggregator {
                     buf.extend([sketch.count as f64, sketch.sum, sketch.zero as f64]);
                     let at = buf.len();
                     buf.resize(at + 2 * nb, 0.0);
-                    for (i, n) in &sketch.neg {
-                        buf[at + (i - self.map.min_index) as usize] = *n as f64;
+                    for (i, n) in sketch.neg.iter() {
+                        buf[at + (i - self.map.min_index) as usize] = n as f64;
                     }
-                    for (i, n) in &sketch.pos {
-                        buf[at + nb + (i - self.map.min_index) as usize] = *n as f64;
+                    for (i, n) in sketch.pos.iter() {
+                        buf[at + nb + (i - self.map.min_index) as usize] = n as f64;
                     }
                 }
                 (Kind::Categorical, Some(State::Categorical { counts })) => {

@@ -115,6 +115,13 @@ impl Dataset {
         }
     }
 
+    /// Maps every shard's pages into this process now ([`Shard::populate`]).
+    pub fn populate(&self) {
+        for s in &self.shards {
+            s.populate();
+        }
+    }
+
     /// Drops every shard's token data from the page cache ([`Shard::evict`]).
     ///
     /// # Errors

@@ -120,6 +120,10 @@ impl Shard for FlatShard {
         }
     }
 
+    fn populate(&self) {
+        super::populate_map(&self.map);
+    }
+
     fn evict(&self) -> crate::Result<()> {
         super::evict_map(&self.map, &self.path)
     }

@@ -408,6 +408,11 @@ impl Shard for IndexedShard {
         }
     }
 
+    fn populate(&self) {
+        super::populate_map(&self.idx);
+        super::populate_map(&self.bin);
+    }
+
     fn evict(&self) -> Result<()> {
         super::evict_map(&self.bin, &self.bin_path)
     }

@@ -75,6 +75,12 @@ pub trait Shard: Send + Sync + std::fmt::Debug {
     /// (`MADV_WILLNEED`), so that a later read finds it there. Nothing by default.
     fn will_need(&self, _i: usize) {}
 
+    /// Maps every page of the shard's token data into this process now, reading what the page
+    /// cache lacks (`MADV_POPULATE_READ`, or a read of each page where the kernel lacks it), so
+    /// that timed reads measure the steady state rather than first-touch faults. Nothing by
+    /// default.
+    fn populate(&self) {}
+
     /// Drops the shard's token data from the page cache (for cold-cache measurements): this
     /// process's mapped pages, then the file's cached pages (`POSIX_FADV_DONTNEED`). Later
     /// reads fault it back in from disk.
@@ -113,6 +119,22 @@ pub(crate) fn advise_map(map: &memmap2::Mmap, access: Access) {
 pub(crate) fn will_need_range(map: &memmap2::Mmap, start: usize, len: usize) {
     if len > 0 {
         let _ = map.advise_range(memmap2::Advice::WillNeed, start, len);
+    }
+}
+
+/// [`Shard::populate`] for a whole map.
+pub(crate) fn populate_map(map: &memmap2::Mmap) {
+    #[cfg(target_os = "linux")]
+    let populated = map.advise(memmap2::Advice::PopulateRead).is_ok();
+    #[cfg(not(target_os = "linux"))]
+    let populated = false;
+    if !populated {
+        // A kernel before Linux 5.14, or another system: touch one byte per page instead.
+        let sum = map
+            .iter()
+            .step_by(4096)
+            .fold(0u8, |a, &b| a.wrapping_add(b));
+        std::hint::black_box(sum);
     }
 }
 

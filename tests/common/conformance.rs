@@ -6,7 +6,9 @@
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use shardflow::TokenId;
-use shardflow::collate::{Batch, CollateConfig, DocRef, Padding, Pool, StagedBatch, pad_host};
+use shardflow::collate::{
+    Batch, CollateConfig, DocRef, Layout, Padding, Pool, StagedBatch, pad_host,
+};
 
 /// Every combination the suite runs: paddings, packing, and field sets.
 pub fn configs() -> Vec<CollateConfig> {
@@ -117,6 +119,7 @@ pub fn staged<T: TokenId>(
         offsets,
         docs: pieces,
         packed: config.pack,
+        layout: Layout::Ragged,
     }
 }
 
