@@ -321,6 +321,31 @@ pub enum Error {
         partition: String,
     },
 
+    /// A range or stratified partition's input does not fit the dataset or the world.
+    #[error(
+        "dataset {dataset}{}: {reason}",
+        .rank.map(|r| format!(" rank {r}")).unwrap_or_default()
+    )]
+    BadPartition {
+        /// The dataset.
+        dataset: String,
+        /// The rank whose input is at fault, when one is.
+        rank: Option<usize>,
+        /// What is wrong, naming the range.
+        reason: String,
+    },
+
+    /// A class file is not one little-endian u32 per sequence.
+    #[error("{path} offset {offset}: {reason}", path = .path.display())]
+    BadClassFile {
+        /// The file.
+        path: PathBuf,
+        /// Where the fault starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A cursor cannot continue its stream under the new configuration.
     #[error("cannot resume: {0}")]
     Resume(String),

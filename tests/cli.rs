@@ -260,6 +260,119 @@ fn plan_reads_shard_sizes_and_reports_config_errors() {
 }
 
 #[test]
+fn plan_takes_range_files_and_class_files_and_summarizes_each_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let ranges = dir.path().join("ranges.json");
+    std::fs::write(
+        &ranges,
+        r#"{"datasets": {"a": [[[0, 6]], [[6, 10]]], "b": [[[0, 2]], [[2, 4]]]}}"#,
+    )
+    .unwrap();
+    let base = [
+        "plan", "--data", "a=10:3", "--data", "b=4:1", "--world", "2",
+    ];
+    let range = format!("range:{}", p(&ranges));
+    // Every row of rank 0 lies in its ranges.
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        &base[..],
+        &[
+            "--partition",
+            &range,
+            "--local-batch",
+            "3",
+            "--steps",
+            "4",
+            "--json",
+        ],
+    ]
+    .concat()))
+    .unwrap();
+    for step in json.as_array().unwrap() {
+        let rank = step["rank"].as_u64().unwrap();
+        for row in step["rows"].as_array().unwrap() {
+            let s = row["sample"].as_u64().unwrap();
+            let mine = match (row["dataset"].as_str().unwrap(), rank) {
+                ("a", 0) => s < 6,
+                ("a", _) => (6..10).contains(&s),
+                ("b", 0) => s < 2,
+                _ => (2..4).contains(&s),
+            };
+            assert!(mine, "{step}");
+        }
+    }
+    assert_eq!(
+        ok(&[&base[..], &["--partition", &range, "--summary"]].concat()),
+        "rank  dataset  samples  classes (class:samples)\n\
+         \x20  0  a  6  -\n\
+         \x20  0  b  2  -\n\
+         \x20  1  a  4  -\n\
+         \x20  1  b  2  -\n"
+    );
+    // Class files: one little-endian u32 per sequence.
+    let write = |name: &str, classes: &[u32]| {
+        let path = dir.path().join(name);
+        let bytes: Vec<u8> = classes.iter().flat_map(|c| c.to_le_bytes()).collect();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let a = write("a.classes", &[0, 0, 0, 1, 1, 2, 2, 2, 2, 2]);
+    let b = write("b.classes", &[5, 5, 6, 6]);
+    let strat = format!("stratified:a={},b={}", p(&a), p(&b));
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        &base[..],
+        &["--partition", &strat, "--summary", "--json"],
+    ]
+    .concat()))
+    .unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"rank": 0, "dataset": "a", "samples": 5, "classes": {"0": 2, "1": 1, "2": 2}},
+            {"rank": 0, "dataset": "b", "samples": 2, "classes": {"5": 1, "6": 1}},
+            {"rank": 1, "dataset": "a", "samples": 5, "classes": {"0": 1, "1": 1, "2": 3}},
+            {"rank": 1, "dataset": "b", "samples": 2, "classes": {"5": 1, "6": 1}},
+        ])
+    );
+    // Errors name what is wrong.
+    let err = |args: &[&str]| {
+        let out = shardflow(&[&base[..], args].concat());
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"datasets": {"a": [[[0, 6]], [[5, 10]]], "b": [[[0, 2]], [[2, 4]]]}}"#,
+    )
+    .unwrap();
+    let e = err(&["--partition", &format!("range:{}", p(&bad))]);
+    assert!(
+        e.contains(
+            "dataset a rank 1: range 5..10 overlaps samples 5..6 owned by rank 0 (0..6) too"
+        ),
+        "{e}"
+    );
+    std::fs::write(&bad, r#"{"datasets": {"a": [[[0, 10]], [[10, 10]]]}}"#).unwrap();
+    let e = err(&["--partition", &format!("range:{}", p(&bad))]);
+    assert!(e.contains("it lists no ranges for dataset b"), "{e}");
+    let e = err(&["--partition", "stratified"]);
+    assert!(e.contains("dataset a is given by size"), "{e}");
+    let e = err(&["--partition", &format!("stratified:{}", p(&a))]);
+    assert!(e.contains("names one class file for 2 datasets"), "{e}");
+    let short = write("short.classes", &[1, 2, 3]);
+    let e = err(&[
+        "--partition",
+        &format!("stratified:a={},b={}", p(&short), p(&b)),
+    ]);
+    assert!(
+        e.contains("dataset a: 3 classes given for 10 samples"),
+        "{e}"
+    );
+    let e = err(&["--partition", "range:"]);
+    assert!(e.contains("expected global, contiguous"), "{e}");
+}
+
+#[test]
 fn bench_reports_throughput_and_the_roofline() {
     let out = ok(&[
         "bench",
@@ -327,6 +440,14 @@ fn bench_reports_throughput_and_the_roofline() {
         r["stats"]["batches"], 30,
         "the stats cover the timed batches only"
     );
+    // The one worker's health, over the timed batches (the caller may build some itself).
+    let workers = r["stats"]["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{r}");
+    let w = &workers[0];
+    assert_eq!(w["index"], 0);
+    assert_eq!(w["status"], "healthy");
+    assert!(w["batches"].as_u64().unwrap() <= 30 + 4, "{w}");
+    assert!(w["tokens_per_s"].as_f64().unwrap() >= 0.0, "{w}");
     let bytes = r["output_bytes"].as_f64().unwrap();
     let implied = 4.0 * padded * r["seconds"].as_f64().unwrap();
     assert!(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{lengths, mixture, token, write_dataset};
 use shardflow::collate::{Batch, CollateConfig, DocRef, Padding};
-use shardflow::loader::{Loader, LoaderBuilder, LoaderState, Source};
+use shardflow::loader::{Loader, LoaderBuilder, LoaderState, Source, WorkerStatus};
 use shardflow::order::{MixtureMode, OrderConfig, Shuffle, StreamLimit};
 use shardflow::transform::{BadSamplePolicy, TransformConfig, TruncatePolicy};
 use shardflow::{Dataset, Dtype, Error, IndexedWriter};
@@ -1070,4 +1070,130 @@ fn padding_in_place_equals_staging_ragged_then_padding() {
     }
     assert_eq!(compared, 4 * 3 * 2 * 40);
     assert!(narrowed > 0);
+}
+
+/// `sleep` for `per_sample` on the worker thread named `shardflow-worker-{slow}`, for `other`
+/// elsewhere.
+fn slow_on(slow: usize, per_sample: Duration, other: Duration) -> impl Fn() + Send + Sync {
+    let name = format!("shardflow-worker-{slow}");
+    move || {
+        let here = std::thread::current().name() == Some(name.as_str());
+        std::thread::sleep(if here { per_sample } else { other });
+    }
+}
+
+#[test]
+fn a_slow_worker_is_reported_slow_and_the_order_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sleeps dominate the build times, so the rates compare what the test sets.
+    let make = |on_worker_1: Duration| {
+        let order = OrderConfig {
+            local_batch: 4,
+            ..Default::default()
+        };
+        let sleep = slow_on(1, on_worker_1, Duration::from_micros(300));
+        builder(mixture(dir.path()), order, collate(Padding::Longest, false))
+            .with_user_transform(move |_, _| {
+                sleep();
+                Ok(())
+            })
+            .with_workers(2)
+            .with_caller_builds(false)
+            .with_slow_factor(3.0)
+            .build_host()
+            .unwrap()
+    };
+    let (mut slowed, mut plain) = (
+        make(Duration::from_millis(4)),
+        make(Duration::from_micros(300)),
+    );
+    assert_eq!(
+        take(&mut slowed, 60),
+        take(&mut plain, 60),
+        "the order never changes"
+    );
+    let workers = slowed.stats().workers;
+    assert_eq!(workers.len(), 2);
+    assert!(workers.iter().all(|w| w.batches >= 3), "{workers:?}");
+    // The 60 taken and at most the prefetch depth (4) built ahead.
+    let built: u64 = workers.iter().map(|w| w.batches).sum();
+    assert!((60..=64).contains(&built), "{built}");
+    assert_eq!(workers[1].status, WorkerStatus::Slow, "{workers:?}");
+    assert_eq!(workers[0].status, WorkerStatus::Healthy, "{workers:?}");
+    assert!(workers[0].tokens_per_s > 3.0 * workers[1].tokens_per_s);
+    assert!(workers.iter().all(|w| w.since_last_batch.is_some()));
+    // Nobody is slow when both run alike.
+    let even = plain.stats().workers;
+    assert!(
+        even.iter().all(|w| w.status == WorkerStatus::Healthy),
+        "{even:?}"
+    );
+}
+
+#[test]
+fn a_worker_stuck_past_the_watchdog_is_reported_stalled_while_it_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let order = OrderConfig {
+        local_batch: 4,
+        ..Default::default()
+    };
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let mut loader = builder(mixture(dir.path()), order, collate(Padding::Longest, false))
+        .with_user_transform(move |_, _| {
+            let one = std::thread::current().name() == Some("shardflow-worker-1");
+            if one && first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(800));
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok(())
+        })
+        .with_workers(2)
+        .with_watchdog(Duration::from_millis(50))
+        .build_host()
+        .unwrap();
+    let health = loader.health();
+    let consumer = std::thread::spawn(move || {
+        let mut n = 0;
+        for b in loader.by_ref().take(40) {
+            b.unwrap();
+            n += 1;
+        }
+        (n, loader.stats().workers)
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stalled = None;
+    while stalled.is_none() && Instant::now() < deadline {
+        stalled = health
+            .workers()
+            .into_iter()
+            .find(|w| w.status == WorkerStatus::Stalled);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stalled = stalled.expect("worker 1 was seen stalled");
+    assert_eq!(stalled.index, 1);
+    assert!(stalled.building_for.unwrap() > Duration::from_millis(50));
+    let (n, after) = consumer.join().unwrap();
+    assert_eq!(n, 40);
+    assert!(
+        after.iter().all(|w| w.status != WorkerStatus::Stalled),
+        "recovered once the batch is built: {after:?}"
+    );
+}
+
+#[test]
+fn a_slow_factor_of_one_or_less_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [1.0, 0.5, f64::NAN] {
+        let e = builder(
+            mixture(dir.path()),
+            OrderConfig::default(),
+            collate(Padding::Longest, false),
+        )
+        .with_slow_factor(f)
+        .build_host()
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("slow factor"), "{e}");
+    }
 }

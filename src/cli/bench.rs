@@ -486,6 +486,16 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             report.roofline_ratio,
             report.output_bytes,
         )?;
+        for w in &report.stats.workers {
+            outln!(
+                out,
+                "worker {:<3} {:>7} batches, {:>8.1} M real tokens per busy second, {:?}",
+                w.index,
+                w.batches,
+                w.tokens_per_s / 1e6,
+                w.status
+            )?;
+        }
         for c in &report.cold {
             outln!(
                 out,

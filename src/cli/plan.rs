@@ -10,7 +10,8 @@ use clap::Args;
 
 use super::{Out, data, note};
 use crate::order::{
-    DatasetSpec, MixtureMode, OrderConfig, Partition, Plan, Planner, Row, Shuffle, StreamLimit,
+    Classes, DatasetSpec, MixtureMode, OrderConfig, Owners, Partition, Plan, Planner, RangeFile,
+    Row, Shuffle, StreamLimit,
 };
 use crate::{Error, Result};
 
@@ -42,9 +43,16 @@ pub struct PlanArgs {
     /// none, full, or block:N.
     #[arg(long, default_value = "full")]
     shuffle: String,
-    /// global, contiguous, strided or hashed.
+    /// global, contiguous, strided, hashed, range:FILE (a JSON range file: per dataset, every
+    /// rank's [start, end) ranges), stratified (the class files beside the shards: `web.idx`
+    /// has `web.classes`, one little-endian u32 per sequence) or stratified:[NAME=]FILE[,...]
+    /// (class files given).
     #[arg(long, default_value = "global")]
     partition: String,
+    /// Print each rank's share instead of rows: samples owned per dataset and, with the
+    /// stratified partition, per class.
+    #[arg(long)]
+    summary: bool,
     /// Draw each row's dataset at random (seeded) instead of by the deterministic
     /// earliest-deadline interleave.
     #[arg(long)]
@@ -68,10 +76,14 @@ impl PlanArgs {
     ///
     /// [`Error::Config`] for a bad `--data`, `--shuffle` or `--partition`; a shard's open error.
     pub fn config(&self) -> Result<(OrderConfig, Vec<DatasetSpec>)> {
-        let datasets = data::parse_all(&self.data, true)?
-            .iter()
-            .map(data::DataArg::spec)
-            .collect();
+        let args = data::parse_all(&self.data, true)?;
+        let (partition, input) = parse_partition(&self.partition)?;
+        let mut datasets: Vec<DatasetSpec> = args.iter().map(data::DataArg::spec).collect();
+        if let Some(input) = input {
+            for (spec, owners) in datasets.iter_mut().zip(input.owners(&args)?) {
+                spec.owners = Some(owners);
+            }
+        }
         let config = OrderConfig {
             seed: self.seed,
             shuffle: parse_shuffle(&self.shuffle)?,
@@ -80,7 +92,7 @@ impl PlanArgs {
             } else {
                 MixtureMode::Deterministic
             },
-            partition: parse_partition(&self.partition)?,
+            partition,
             world: self.world,
             rank: self.rank.unwrap_or(0),
             local_batch: self.local_batch,
@@ -114,6 +126,9 @@ impl PlanArgs {
                 "the stream ends after {steps} steps; nothing from step {} on",
                 self.start
             ));
+        }
+        if self.summary {
+            return print_summary(w, &plan, self.json);
         }
         let mut planner = Planner::new(Arc::clone(&plan));
         planner.skip_to(self.start);
@@ -264,21 +279,187 @@ pub fn parse_shuffle(s: &str) -> Result<Shuffle> {
     }
 }
 
-/// Parses `--partition`.
+/// What the range and stratified partitions read, as `--partition` names it.
+#[derive(Debug)]
+pub enum PartitionInput {
+    /// A range file.
+    Ranges(std::path::PathBuf),
+    /// Class files: beside the shards (empty), one for the only dataset (`None` name), or by
+    /// dataset name.
+    Classes(Vec<(Option<String>, std::path::PathBuf)>),
+}
+
+impl PartitionInput {
+    /// Each dataset's owners, in the order of `args`.
+    ///
+    /// # Errors
+    ///
+    /// The files' read errors; [`Error::Config`] for a range file that lists a dataset not
+    /// given or omits one given, a class file for a dataset not given, a dataset given by size
+    /// with no class file, or one unnamed class file for several datasets.
+    pub fn owners(&self, args: &[data::DataArg]) -> Result<Vec<Owners>> {
+        match self {
+            PartitionInput::Ranges(path) => {
+                let file = RangeFile::read(path)?;
+                if let Some(extra) = file
+                    .datasets
+                    .keys()
+                    .find(|n| !args.iter().any(|a| a.name() == n.as_str()))
+                {
+                    return Err(Error::Config(format!(
+                        "range file {}: it lists dataset {extra}, which no --data gives",
+                        path.display()
+                    )));
+                }
+                args.iter()
+                    .map(|a| {
+                        file.ranges(a.name()).map(Owners::Ranges).ok_or_else(|| {
+                            Error::Config(format!(
+                                "range file {}: it lists no ranges for dataset {}",
+                                path.display(),
+                                a.name()
+                            ))
+                        })
+                    })
+                    .collect()
+            }
+            PartitionInput::Classes(files) => {
+                if let [(None, _)] = files.as_slice()
+                    && args.len() > 1
+                {
+                    return Err(Error::Config(format!(
+                        "--partition stratified:FILE names one class file for {} datasets; \
+                         name each: stratified:NAME=FILE,NAME=FILE",
+                        args.len()
+                    )));
+                }
+                if let Some((Some(extra), _)) = files.iter().find(|(n, _)| {
+                    n.as_ref()
+                        .is_some_and(|n| !args.iter().any(|a| a.name() == n))
+                }) {
+                    return Err(Error::Config(format!(
+                        "--partition: a class file for dataset {extra}, which no --data gives"
+                    )));
+                }
+                args.iter()
+                    .map(|a| {
+                        let given = files
+                            .iter()
+                            .find(|(n, _)| n.as_deref().is_none_or(|n| n == a.name()));
+                        let classes = match (given, a.dataset()) {
+                            (Some((_, path)), _) => Classes::read(path)?,
+                            (None, Some(data)) => crate::loader::classes_beside(data)?,
+                            (None, None) => {
+                                return Err(Error::Config(format!(
+                                    "dataset {} is given by size, so no class file lies beside \
+                                     it; give one: --partition stratified:{}=FILE",
+                                    a.name(),
+                                    a.name()
+                                )));
+                            }
+                        };
+                        Ok(Owners::Classes(classes))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Parses `--partition`: the mode, and for range and stratified what they read.
 ///
 /// # Errors
 ///
 /// [`Error::Config`] naming the value.
-pub fn parse_partition(s: &str) -> Result<Partition> {
-    Ok(match s {
-        "global" => Partition::Global,
-        "contiguous" => Partition::Contiguous,
-        "strided" => Partition::Strided,
-        "hashed" => Partition::Hashed,
-        _ => {
-            return Err(Error::Config(format!(
-                "--partition {s}: expected global, contiguous, strided or hashed"
-            )));
+pub fn parse_partition(s: &str) -> Result<(Partition, Option<PartitionInput>)> {
+    let bad = || {
+        Error::Config(format!(
+            "--partition {s}: expected global, contiguous, strided, hashed, range:FILE, \
+             stratified or stratified:[NAME=]FILE[,NAME=FILE...]"
+        ))
+    };
+    if let Some(file) = s.strip_prefix("range:") {
+        if file.is_empty() {
+            return Err(bad());
         }
+        return Ok((Partition::Range, Some(PartitionInput::Ranges(file.into()))));
+    }
+    if let Some(files) = s.strip_prefix("stratified:") {
+        let files = files
+            .split(',')
+            .map(|f| match f.split_once('=') {
+                Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+                    Ok((Some(name.to_string()), path.into()))
+                }
+                None if !f.is_empty() => Ok((None, f.into())),
+                _ => Err(bad()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if files.len() > 1 && files.iter().any(|(n, _)| n.is_none()) {
+            return Err(bad());
+        }
+        return Ok((Partition::Stratified, Some(PartitionInput::Classes(files))));
+    }
+    Ok(match s {
+        "global" => (Partition::Global, None),
+        "contiguous" => (Partition::Contiguous, None),
+        "strided" => (Partition::Strided, None),
+        "hashed" => (Partition::Hashed, None),
+        "range" => return Err(bad()),
+        "stratified" => (
+            Partition::Stratified,
+            Some(PartitionInput::Classes(Vec::new())),
+        ),
+        _ => return Err(bad()),
     })
+}
+
+/// `plan --summary`: every rank's share of every dataset, and its class counts.
+fn print_summary(w: &mut dyn Write, plan: &Plan, json: bool) -> Result<()> {
+    let world = plan.config().world;
+    let mut lines = Vec::new();
+    if json {
+        lines.push("[".to_string());
+    } else {
+        lines.push("rank  dataset  samples  classes (class:samples)".to_string());
+    }
+    for rank in 0..world {
+        for (d, name) in plan.names().iter().enumerate() {
+            let samples = plan.share_len(d, rank);
+            let classes = plan.class_counts(d, rank);
+            let line = if json {
+                let sep = if lines.len() > 1 { "," } else { "" };
+                let mut obj = serde_json::json!({
+                    "rank": rank, "dataset": name, "samples": samples,
+                });
+                if let Some(c) = &classes {
+                    obj["classes"] = c
+                        .iter()
+                        .map(|(k, n)| (k.to_string(), serde_json::json!(n)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                }
+                format!("{sep}{obj}")
+            } else {
+                let counts = classes.map_or_else(
+                    || "-".to_string(),
+                    |c| {
+                        c.iter()
+                            .map(|(k, n)| format!("{k}:{n}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    },
+                );
+                format!("{rank:>4}  {name}  {samples}  {counts}")
+            };
+            lines.push(line);
+        }
+    }
+    if json {
+        lines.push("]".to_string());
+    }
+    for l in lines {
+        writeln!(w, "{l}").map_err(super::stdout_error)?;
+    }
+    w.flush().map_err(super::stdout_error)
 }

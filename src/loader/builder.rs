@@ -12,8 +12,10 @@ use super::{Loader, LoaderState, LoaderStats, Position, Scope};
 use crate::collate::{CollateConfig, Pool};
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
-use crate::metrics::{Aggregator, AggregatorState, MetricsConfig, SampleMetrics};
-use crate::order::{DatasetSpec, OrderConfig, Planner, ResumeOptions};
+use crate::metrics::{Aggregator, AggregatorState, ClassNames, MetricsConfig, SampleMetrics};
+use crate::order::{
+    Classes, DatasetSpec, OrderConfig, Owners, Partition, Planner, RankRanges, ResumeOptions,
+};
 use crate::shard::{Access, Dataset, TokenId};
 use crate::transform::{TransformConfig, UserTransform};
 
@@ -26,6 +28,9 @@ pub struct Source {
     pub data: Dataset,
     /// Mixture weight (finite, positive; normalized over the sources).
     pub weight: f64,
+    /// Each rank's ranges (the range partition) or each sample's class (the stratified
+    /// partition; with another partition, for the `class` metric alone).
+    pub owners: Option<Owners>,
 }
 
 impl Source {
@@ -35,7 +40,31 @@ impl Source {
             name: name.into(),
             data,
             weight,
+            owners: None,
         }
+    }
+
+    /// The same source with each rank's sample ranges, for [`Partition::Range`].
+    pub fn with_ranges(mut self, ranges: RankRanges) -> Self {
+        self.owners = Some(Owners::Ranges(ranges));
+        self
+    }
+
+    /// The same source with a class per sample, for [`Partition::Stratified`] and the standard
+    /// `class` metric.
+    pub fn with_classes(mut self, classes: Classes) -> Self {
+        self.owners = Some(Owners::Classes(classes));
+        self
+    }
+
+    /// The classes in the class files beside the source's shards ([`classes_beside`]). The
+    /// stratified partition reads them by itself when no classes are given.
+    ///
+    /// # Errors
+    ///
+    /// As [`classes_beside`].
+    pub fn classes_beside(&self) -> Result<Classes> {
+        classes_beside(&self.data)
     }
 
     /// The Megatron shard at `prefix` as a source named after the prefix's file name.
@@ -53,6 +82,35 @@ impl Source {
     }
 }
 
+/// The classes in the class files beside a dataset's shards: `web.idx` has `web.classes`, one
+/// little-endian u32 per sequence ([`Classes::read`]), concatenated in shard order.
+///
+/// # Errors
+///
+/// A missing or unreadable file, named; [`Error::BadClassFile`] for a file whose count of
+/// classes is not its shard's count of sequences.
+pub fn classes_beside(data: &Dataset) -> Result<Classes> {
+    let mut all = Vec::with_capacity(data.len());
+    for shard in data.shards() {
+        let path = shard.path().with_extension(Classes::EXTENSION);
+        let classes = Classes::read(&path)?;
+        if classes.len() != shard.len() as u64 {
+            return Err(Error::BadClassFile {
+                offset: 4 * classes.len().min(shard.len() as u64),
+                reason: format!(
+                    "{} classes for the {} sequences of {}",
+                    classes.len(),
+                    shard.len(),
+                    shard.path().display()
+                ),
+                path,
+            });
+        }
+        all.extend_from_slice(classes.as_slice());
+    }
+    Ok(Classes::new(all))
+}
+
 /// Builds a [`Loader`]: `LoaderBuilder::new(sources).with_workers(2).build_host()`.
 pub struct LoaderBuilder<T: TokenId> {
     sources: Vec<Source>,
@@ -65,6 +123,7 @@ pub struct LoaderBuilder<T: TokenId> {
     workers: usize,
     prefetch: usize,
     watchdog: Duration,
+    slow_factor: f64,
     caller_builds: bool,
     read_ahead: usize,
     resume: Option<(LoaderState, ResumeOptions)>,
@@ -88,6 +147,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             workers: 2,
             prefetch: 4,
             watchdog: Duration::from_secs(30),
+            slow_factor: 2.0,
             caller_builds: true,
             read_ahead: 0,
             resume: None,
@@ -211,6 +271,15 @@ impl<T: TokenId> LoaderBuilder<T> {
         self
     }
 
+    /// How much slower than the median of the other workers (in real tokens per busy second)
+    /// a worker must be to be reported slow (2 by default; more than 1). A worker building one
+    /// batch for longer than the watchdog interval is reported stalled. Reports only: see
+    /// [`super::WorkerStats`].
+    pub fn with_slow_factor(mut self, factor: f64) -> Self {
+        self.slow_factor = factor;
+        self
+    }
+
     /// Continues the stream that `state` was taken from; `None` starts it from the beginning,
     /// so that a training loop passes its optional checkpoint straight through.
     pub fn resume(self, state: impl Into<Option<LoaderState>>) -> Self {
@@ -262,6 +331,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             workers,
             prefetch,
             watchdog,
+            slow_factor,
             caller_builds,
             read_ahead,
             resume,
@@ -320,14 +390,36 @@ impl<T: TokenId> LoaderBuilder<T> {
                 "the prefetch depth {prefetch} must lie in 1..={MAX_PREFETCH}"
             )));
         }
+        if !(slow_factor.is_finite() && slow_factor > 1.0) {
+            return Err(Error::Config(format!(
+                "the slow factor {slow_factor} must be a finite number above 1"
+            )));
+        }
         if workers > MAX_WORKERS {
             return Err(Error::Config(format!(
                 "{workers} worker threads: at most {MAX_WORKERS}"
             )));
         }
+        // The stratified partition reads the class files beside the shards of a source given
+        // none.
+        let mut owners = Vec::with_capacity(sources.len());
+        for s in &sources {
+            owners.push(match (&s.owners, order.partition) {
+                (None, Partition::Stratified) => Some(Owners::Classes(s.classes_beside()?)),
+                (o, _) => o.clone(),
+            });
+        }
+        let classes: Vec<Option<ClassNames>> = owners
+            .iter()
+            .map(|o| match o {
+                Some(Owners::Classes(c)) => Some(ClassNames::new(c.clone())),
+                _ => None,
+            })
+            .collect();
         let specs = sources
             .iter()
-            .map(|s| DatasetSpec::new(&s.name, s.data.len() as u64, s.weight))
+            .zip(owners)
+            .map(|(s, o)| DatasetSpec::new(&s.name, s.data.len() as u64, s.weight).with_owners(o))
             .collect();
         let (rank, world) = (order.rank, order.world);
         let plan = Arc::new(order.init(specs)?);
@@ -391,6 +483,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             user,
             collate: collate.clone(),
             pool: pool.clone(),
+            classes,
             layout: sink.layout(),
             pad_row: vec![collate.pad_value::<T>(); collate.width(collate.seq_len)],
             host_pool: Pool::new(),
@@ -420,6 +513,7 @@ impl<T: TokenId> LoaderBuilder<T> {
         let sink = Arc::new(sink);
         let busy = Arc::new(AtomicU64::new(0));
         let planned = Arc::new(AtomicU64::new(position.batches));
+        let health = Arc::new(super::health::Health::new(workers, watchdog, slow_factor));
         let caller_worker = sink.worker()?;
         let mode = if workers == 0 {
             Mode::Inline {
@@ -428,9 +522,12 @@ impl<T: TokenId> LoaderBuilder<T> {
                 worker: sink.worker()?,
             }
         } else {
-            spawn(
-                scheduler, &collator, &sink, workers, prefetch, &busy, &planned,
-            )?
+            let meters = super::flow::Meters {
+                busy: busy.clone(),
+                planned: planned.clone(),
+                health: health.clone(),
+            };
+            spawn(scheduler, &collator, &sink, workers, prefetch, meters)?
         };
         #[cfg(feature = "history")]
         let history = history
@@ -447,6 +544,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             stats: LoaderStats::default(),
             busy,
             planned,
+            health,
             mode,
             done: false,
             watchdog,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::collate::{CollateConfig, DocRef, Layout, Pool, StagedBatch};
 use crate::error::{Error, Result};
-use crate::metrics::{Aggregator, MetricsConfig, SampleMetrics};
+use crate::metrics::{Aggregator, ClassNames, MetricsConfig, SampleMetrics};
 use crate::shard::{Dataset, TokenId, TokenSlice};
 use crate::transform::{
     BadSamplePolicy, SampleInfo, Shape, TransformConfig, TruncatePolicy, UserTransform,
@@ -46,6 +46,8 @@ pub(crate) struct Collator<T: TokenId> {
     pub collate: CollateConfig,
     /// The sink's staging memory (pinned memory for the CUDA sink).
     pub pool: Pool,
+    /// Each dataset's classes, for the standard `class` metric.
+    pub classes: Vec<Option<ClassNames>>,
     /// The layout the sink takes padded batches in.
     pub layout: Layout,
     /// A row of padding ids as wide as any padded batch: padding is copied from it (a wide

@@ -9,7 +9,7 @@ use crate::collate::CollateConfig;
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
 use crate::metrics::MetricsConfig;
-use crate::order::{OrderConfig, StreamLimit};
+use crate::order::{Classes, OrderConfig, RankRanges, StreamLimit};
 use crate::shard::{Dataset, TokenId, prefix_name, resolve_prefix};
 use crate::transform::{SampleInfo, TransformConfig, UserTransform};
 
@@ -26,6 +26,14 @@ pub struct DatasetConfig {
     /// The mixture weight (finite, positive; normalized over the datasets).
     #[serde(default = "one")]
     pub weight: f64,
+    /// Each rank's `[start, end)` sample ranges, for the range partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<RankRanges>,
+    /// A class file (one little-endian u32 per sequence), for the stratified partition and the
+    /// standard `class` metric. The stratified partition reads the files beside the shards
+    /// when none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<PathBuf>,
 }
 
 fn one() -> f64 {
@@ -39,6 +47,8 @@ impl DatasetConfig {
             name: None,
             paths: vec![path.into()],
             weight: 1.0,
+            ranges: None,
+            classes: None,
         }
     }
 
@@ -59,7 +69,7 @@ impl DatasetConfig {
     /// # Errors
     ///
     /// [`Error::Config`] for no path; the shards' open errors (a missing or damaged file, an
-    /// empty directory).
+    /// empty directory); the class file's read errors.
     pub fn open(&self) -> Result<Source> {
         let first = self.paths.first().ok_or_else(|| {
             Error::Config(format!(
@@ -79,7 +89,20 @@ impl DatasetConfig {
             Some(name) => name.clone(),
             None => default_name(first),
         };
-        Ok(Source::new(name, Dataset::open(&prefixes)?, self.weight))
+        if self.ranges.is_some() && self.classes.is_some() {
+            return Err(Error::Config(format!(
+                "the dataset {name} gives both ranges and classes: the range partition takes \
+                 ranges, the stratified one classes"
+            )));
+        }
+        let mut source = Source::new(name, Dataset::open(&prefixes)?, self.weight);
+        if let Some(ranges) = &self.ranges {
+            source = source.with_ranges(ranges.clone());
+        }
+        if let Some(path) = &self.classes {
+            source = source.with_classes(Classes::read(path)?);
+        }
+        Ok(source)
     }
 }
 

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::collator::{Collator, Current, Skip};
+use super::health::Health;
 use super::job::{Job, Scheduler};
 use super::state::Position;
 use crate::device::DeviceSink;
@@ -110,7 +111,12 @@ pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
             .map(|c| Aggregator::new(c.clone()));
         let staged = collator.build(job, &mut current, scratch, &mut skips, user.as_mut())?;
         let partial = collator.metrics.as_ref().map(|_| {
-            let counts = BatchMetrics::of(&staged.docs, collator.names.len(), &collator.host_pool);
+            let counts = BatchMetrics::of(
+                &staged.docs,
+                collator.names.len(),
+                &collator.classes,
+                &collator.host_pool,
+            );
             (counts, user)
         });
         let (rows, real, padded) = (
@@ -167,14 +173,20 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
+/// The counters a loader's threads add to: build time, batches planned, per-worker health.
+pub(super) struct Meters {
+    pub busy: Arc<AtomicU64>,
+    pub planned: Arc<AtomicU64>,
+    pub health: Arc<Health>,
+}
+
 pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
     scheduler: Scheduler,
     collator: &Arc<Collator<T>>,
     sink: &Arc<S>,
     workers: usize,
     prefetch: usize,
-    busy: &Arc<AtomicU64>,
-    planned: &Arc<AtomicU64>,
+    meters: Meters,
 ) -> Result<Mode<T, S>> {
     let delivered = scheduler.batch;
     let shared = Arc::new(Shared {
@@ -200,11 +212,24 @@ pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
     let mut threads = Vec::with_capacity(workers);
     for (w, mut context) in contexts.into_iter().enumerate() {
         let (shared2, collator, sink) = (shared.clone(), collator.clone(), sink.clone());
-        let (busy, planned) = (busy.clone(), planned.clone());
+        let (busy, planned, health) = (
+            meters.busy.clone(),
+            meters.planned.clone(),
+            meters.health.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name(format!("shardflow-worker-{w}"))
             .spawn(move || {
-                work(&shared2, &collator, &*sink, &mut context, &busy, &planned);
+                let me = (w, &*health);
+                work(
+                    &shared2,
+                    &collator,
+                    &*sink,
+                    &mut context,
+                    &busy,
+                    &planned,
+                    me,
+                );
                 shared2.lock().alive -= 1;
                 shared2.caller.notify_all();
             });
@@ -266,19 +291,29 @@ pub(super) fn plan_next<P>(flow: &mut Flow<P>, shared: &Shared<P>, planned: &Ato
     }
 }
 
-/// Builds `job` without the lock and files it as ready; returns the lock.
+/// Builds `job` without the lock and files it as ready; returns the lock. `worker` is the
+/// worker thread building it and the health it reports to (`None` for the caller's thread).
 pub(super) fn build_unlocked<'a, T: TokenId, S: DeviceSink<T>>(
     shared: &'a Shared<S::Prepared>,
     flow: MutexGuard<'a, Flow<S::Prepared>>,
     job: Job,
     kit: &mut Kit<'_, T, S>,
     busy: &AtomicU64,
+    worker: Option<(usize, &Health)>,
 ) -> MutexGuard<'a, Flow<S::Prepared>> {
     drop(flow);
     let batch = job.batch;
+    if let Some((w, health)) = worker {
+        health.begin(w);
+    }
     let start = Instant::now();
     let outcome = make(kit, job);
-    busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let took = start.elapsed();
+    busy.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    if let Some((w, health)) = worker {
+        let real = outcome.as_ref().map_or(0, |(_, info)| info.real as u64);
+        health.end(w, took, real);
+    }
     let mut flow = shared.lock();
     flow.ready.insert(batch, outcome);
     // Wake the caller only for the batch it waits for (a notify is a system call).
@@ -296,6 +331,7 @@ fn work<T: TokenId, S: DeviceSink<T>>(
     worker: &mut S::Worker,
     busy: &AtomicU64,
     planned: &AtomicU64,
+    me: (usize, &Health),
 ) {
     let mut scratch = Vec::new();
     let mut kit = Kit {
@@ -314,7 +350,7 @@ fn work<T: TokenId, S: DeviceSink<T>>(
                 flow.idle_workers -= 1;
             }
             Turn::Build(job) => {
-                flow = build_unlocked(shared, flow, job, &mut kit, busy);
+                flow = build_unlocked(shared, flow, job, &mut kit, busy, Some(me));
             }
         }
     }

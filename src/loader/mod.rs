@@ -19,6 +19,7 @@ mod builder;
 mod collator;
 mod config;
 mod flow;
+mod health;
 #[cfg(feature = "history")]
 mod history;
 mod job;
@@ -44,6 +45,8 @@ use crate::shard::TokenId;
 use crate::transform::BadSamplePolicy;
 use collator::Collator;
 use flow::{Kit, Mode, Outcome, Turn, build_unlocked, make, next_job, plan_next};
+use health::Health;
+pub use health::{WorkerHealth, WorkerStats, WorkerStatus};
 
 /// A stream of batches in plan order, ending when the plan's stream limit is reached.
 ///
@@ -59,6 +62,7 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     stats: LoaderStats,
     busy: Arc<AtomicU64>,
     planned: Arc<AtomicU64>,
+    health: Arc<Health>,
     mode: Mode<T, S>,
     done: bool,
     watchdog: Duration,
@@ -182,7 +186,13 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
             .load(Ordering::Relaxed)
             .saturating_sub(self.position.batches) as usize;
         s.pool = self.collator.pool.stats();
+        s.workers = self.health.snapshot();
         s
+    }
+
+    /// A handle on the workers' health that another thread can read while this loader runs.
+    pub fn health(&self) -> WorkerHealth {
+        WorkerHealth(Arc::clone(&self.health))
     }
 
     fn fail(&mut self, e: Error) -> Option<Result<S::Output>> {
@@ -223,7 +233,7 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         }
         if let Some((standard, user)) = &info.partial {
             let merged = standard
-                .merge_into(&mut self.metrics, self.plan.names())
+                .merge_into(&mut self.metrics, self.plan.names(), &self.collator.classes)
                 .and_then(|()| user.as_ref().map_or(Ok(()), |u| self.metrics.merge(u)));
             if let Err(e) = merged {
                 return self.fail(e);
@@ -313,7 +323,7 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
                             scratch: &mut self.scratch,
                         };
                         let t = Instant::now();
-                        flow = build_unlocked(shared, flow, job, &mut kit, &self.busy);
+                        flow = build_unlocked(shared, flow, job, &mut kit, &self.busy, None);
                         built += t.elapsed();
                         continue;
                     }
@@ -330,6 +340,8 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
                     flow = next;
                     flow.caller_waits = None;
                     if timeout.timed_out() {
+                        // Names a stalled or slow worker, if one is the cause.
+                        self.health.snapshot();
                         tracing::warn!(
                             batch = want,
                             waited_s = start.elapsed().as_secs_f64(),

@@ -204,11 +204,14 @@ pub struct LoaderStats {
     pub queue_depth: usize,
     /// The staging pool's counters.
     pub pool: PoolStats,
+    /// Each worker thread's health (empty with 0 workers).
+    pub workers: Vec<super::WorkerStats>,
 }
 
 impl LoaderStats {
     /// The counters since `earlier` (a snapshot of the same loader): counts and times
-    /// subtracted; the queue depth and the pool's counters are the current ones.
+    /// subtracted; the queue depth, the pool's counters and the workers' statuses are the
+    /// current ones.
     pub fn since(&self, earlier: &LoaderStats) -> LoaderStats {
         LoaderStats {
             batches: self.batches - earlier.batches,
@@ -221,6 +224,21 @@ impl LoaderStats {
             worker_busy: self.worker_busy.saturating_sub(earlier.worker_busy),
             queue_depth: self.queue_depth,
             pool: self.pool,
+            workers: self
+                .workers
+                .iter()
+                .map(|w| {
+                    let before = earlier.workers.iter().find(|e| e.index == w.index);
+                    let mut w = w.clone();
+                    if let Some(e) = before {
+                        w.batches -= e.batches;
+                        w.real_tokens -= e.real_tokens;
+                        w.busy = w.busy.saturating_sub(e.busy);
+                        w.tokens_per_s = w.real_tokens as f64 / w.busy.as_secs_f64().max(1e-9);
+                    }
+                    w
+                })
+                .collect(),
         }
     }
 }

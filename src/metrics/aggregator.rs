@@ -408,7 +408,7 @@ impl Aggregator {
         self.entries.is_empty()
     }
 
-    fn slot(&mut self, dataset: &str, metric: &str, kind: Kind) -> Result<&mut State> {
+    pub(super) fn slot(&mut self, dataset: &str, metric: &str, kind: Kind) -> Result<&mut State> {
         if !self.entries.contains_key(dataset) {
             self.entries.insert(dataset.to_string(), BTreeMap::new());
         }

@@ -9,10 +9,46 @@
 //! | `epoch` | MAX | the dataset epoch reached |
 //! | `samples_truncated` | SUM | samples cut or dropped for length |
 //! | `samples_failed` | SUM | samples skipped by the bad-sample policy |
+//! | `class` | CATEGORICAL | delivered samples per class, for a dataset with classes ([`Classes`]: the stratified partition's, or given for the metric alone) |
 
 use super::aggregator::{Aggregator, Kind};
 use crate::collate::{DocRef, Pool, PooledBuf};
 use crate::error::Result;
+use crate::order::Classes;
+
+/// A dataset's classes with each class's category name, for the standard `class` metric.
+#[derive(Clone, Debug)]
+pub struct ClassNames {
+    classes: Classes,
+    /// (class, its decimal name), by class.
+    names: Vec<(u32, String)>,
+}
+
+impl ClassNames {
+    /// The names of `classes`' classes.
+    pub fn new(classes: Classes) -> Self {
+        let names = classes
+            .counts()
+            .into_iter()
+            .map(|(c, _)| (c, c.to_string()))
+            .collect();
+        ClassNames { classes, names }
+    }
+
+    /// The class of `sample`.
+    fn of(&self, sample: u64) -> u32 {
+        self.classes.as_slice()[sample as usize]
+    }
+
+    /// The category name of `class`.
+    fn name(&self, class: u32) -> &str {
+        let k = self
+            .names
+            .binary_search_by_key(&class, |n| n.0)
+            .expect("a sample's class is one of its dataset's classes");
+        &self.names[k].1
+    }
+}
 
 /// One dataset's share of a batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
@@ -32,8 +68,8 @@ struct DatasetCounts {
 /// buffers come from the loader's pool, so a steady stream allocates none.
 pub struct BatchMetrics {
     per: PooledBuf<DatasetCounts>,
-    /// (dataset, length) of every sample delivered, in row order.
-    lengths: PooledBuf<[u32; 2]>,
+    /// (dataset, length, class or 0) of every sample delivered, in row order.
+    lengths: PooledBuf<[u32; 3]>,
 }
 
 impl std::fmt::Debug for BatchMetrics {
@@ -46,11 +82,17 @@ impl std::fmt::Debug for BatchMetrics {
 }
 
 impl BatchMetrics {
-    /// The standard metrics of `docs` over `datasets` datasets, in buffers from `pool`.
-    pub fn of(docs: &[DocRef], datasets: usize, pool: &Pool) -> Self {
+    /// The standard metrics of `docs` over `datasets` datasets (`classes[d]`: dataset d's
+    /// classes, if any), in buffers from `pool`.
+    pub fn of(
+        docs: &[DocRef],
+        datasets: usize,
+        classes: &[Option<ClassNames>],
+        pool: &Pool,
+    ) -> Self {
         let mut per = pool.take::<DatasetCounts>(datasets);
         per.fill(DatasetCounts::default());
-        let mut lengths = pool.take::<[u32; 2]>(docs.len());
+        let mut lengths = pool.take::<[u32; 3]>(docs.len());
         let mut n = 0;
         for d in docs {
             let acc = &mut per[d.dataset as usize];
@@ -69,7 +111,11 @@ impl BatchMetrics {
             }
             if d.flags & DocRef::DROPPED == 0 {
                 acc.samples += 1;
-                lengths[n] = [d.dataset, d.doc_len];
+                let class = classes
+                    .get(d.dataset as usize)
+                    .and_then(Option::as_ref)
+                    .map_or(0, |c| c.of(d.sample));
+                lengths[n] = [d.dataset, d.doc_len, class];
                 n += 1;
             }
         }
@@ -77,14 +123,20 @@ impl BatchMetrics {
         BatchMetrics { per, lengths }
     }
 
-    /// Adds these counts to `agg` (`names[d]` names dataset index d). Every metric is recorded
-    /// for every dataset present, zeros included, so the set of names is stable from the first
-    /// batch on and cross-rank reduces need no name exchange.
+    /// Adds these counts to `agg` (`names[d]` names dataset index d, `classes[d]` its classes
+    /// as given to [`BatchMetrics::of`]). Every metric is recorded for every dataset present,
+    /// zeros included, so the set of names is stable from the first batch on and cross-rank
+    /// reduces need no name exchange (the `class` categories are exchanged by the reduce).
     ///
     /// # Errors
     ///
     /// [`crate::Error::Metric`] if `agg` holds one of these names with another kind.
-    pub fn merge_into(&self, agg: &mut Aggregator, names: &[String]) -> Result<()> {
+    pub fn merge_into(
+        &self,
+        agg: &mut Aggregator,
+        names: &[String],
+        classes: &[Option<ClassNames>],
+    ) -> Result<()> {
         for (d, (acc, name)) in self.per.iter().zip(names).enumerate() {
             if acc.seen == 0 {
                 continue;
@@ -96,6 +148,14 @@ impl BatchMetrics {
             agg.record(name, "epoch", Kind::Max, acc.epoch as f64)?;
             agg.record(name, "samples_truncated", Kind::Sum, acc.truncated as f64)?;
             agg.record(name, "samples_failed", Kind::Sum, acc.failed as f64)?;
+            if let Some(c) = classes.get(d).and_then(Option::as_ref) {
+                // The metric exists once the dataset is present, even before a sample of it
+                // is delivered.
+                agg.slot(name, "class", Kind::Categorical)?;
+                for l in self.lengths.iter().filter(|l| l[0] as usize == d) {
+                    agg.record_category(name, "class", c.name(l[2]))?;
+                }
+            }
         }
         Ok(())
     }
@@ -108,7 +168,7 @@ impl BatchMetrics {
 ///
 /// As [`BatchMetrics::merge_into`].
 pub fn standard_metrics(docs: &[DocRef], names: &[String], agg: &mut Aggregator) -> Result<()> {
-    BatchMetrics::of(docs, names.len(), &Pool::new()).merge_into(agg, names)
+    BatchMetrics::of(docs, names.len(), &[], &Pool::new()).merge_into(agg, names, &[])
 }
 
 /// What a user metric function records for one sample: metrics of the sample's dataset.

@@ -36,6 +36,9 @@ pub struct Cursor {
     pub global_batch: u64,
     /// World size when the cursor was taken.
     pub world: usize,
+    /// The range or stratified partition's input digest ([`Plan::partition_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_digest: Option<u64>,
 }
 
 /// One dataset's state in a [`Cursor`].
@@ -161,7 +164,7 @@ impl Planner {
     /// whose mixture counts are not the schedule's at its position;
     /// [`Error::Resume`] saying why the stream cannot continue: another seed, shuffle, mixture
     /// mode or partition; another global batch size; another world size in an ownership
-    /// partition; a dataset whose size changed; datasets added or removed without
+    /// partition; other ranges or classes in the range or stratified partition; a dataset whose size changed; datasets added or removed without
     /// [`ResumeOptions::allow_dataset_changes`]; a cursor whose counts do not add up.
     pub fn resume(plan: Arc<Plan>, cursor: &Cursor, options: ResumeOptions) -> Result<Self> {
         cursor.check()?;
@@ -210,6 +213,18 @@ impl Planner {
                 "the {} partition gives each rank fixed samples, so the world size cannot change \
                  (was {}, is {}); use the global partition for elastic resume",
                 c.partition, cursor.world, c.world
+            )));
+        }
+        if cursor.partition_digest != plan.partition_digest() {
+            let what = if c.partition == Partition::Range {
+                "ranks' sample ranges"
+            } else {
+                "samples' classes"
+            };
+            return Err(Error::Resume(format!(
+                "the {what} of the {} partition differ from those the cursor was taken with; \
+                 each rank would own other samples",
+                c.partition
             )));
         }
         let names = plan.names();

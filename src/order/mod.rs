@@ -10,8 +10,9 @@
 //!   or a seeded, stratified random one. Both repeat their counts every 2^20 rows, so the state
 //!   at any position is computed from at most one period ([`mixture`]).
 //! - [`Partition`]: every rank takes rows `r*B .. (r+1)*B` of the global batch of `W*B` rows
-//!   (global, elastic), or owns a fixed subset (contiguous, strided, hashed), each rank's share
-//!   computed in O(1).
+//!   (global, elastic), or owns a fixed subset (contiguous, strided, hashed, each rank's share
+//!   computed in O(1); range, from the ranges the user gives; stratified, each class in its
+//!   global proportion). The strategies are compared in [`Partition`]'s module table.
 //! - [`Cursor`]: a step, a position and per-dataset consumed counts. [`Planner::resume`]
 //!   continues from it, checking it first, also with another world size when the global batch
 //!   size is unchanged, and with new weights from the cursor on.
@@ -57,6 +58,6 @@ mod shuffle;
 
 pub use cursor::*;
 pub use mixture::{MixtureMode, RESOLUTION};
-pub use partition::Partition;
+pub use partition::{Classes, Owners, Partition, RangeFile, RankRanges};
 pub use plan::*;
 pub use shuffle::{EpochOrder, Permutation, Shuffle, fnv1a, mix64};

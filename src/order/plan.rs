@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::cursor::{Cursor, DatasetCursor};
 use super::mixture::{MixState, MixtureMode, RESOLUTION, quantize};
-use super::partition::{Partition, Split, View};
+use super::partition::{Owners, Partition, Split, View};
 use super::shuffle::{EpochOrder, Shuffle, fnv1a, mix64};
 use crate::error::{Error, Result};
 
@@ -23,6 +23,10 @@ pub struct DatasetSpec {
     pub len: u64,
     /// Mixture weight: finite and positive; weights are normalized to sum to 1.
     pub weight: f64,
+    /// The range or stratified partition's input for this dataset (not serialized: a checkpoint
+    /// keeps a digest of it).
+    #[serde(skip)]
+    pub owners: Option<Owners>,
 }
 
 impl DatasetSpec {
@@ -32,7 +36,14 @@ impl DatasetSpec {
             name: name.into(),
             len,
             weight,
+            owners: None,
         }
+    }
+
+    /// The same dataset with the range or stratified partition's input.
+    pub fn with_owners(mut self, owners: Option<Owners>) -> Self {
+        self.owners = owners;
+        self
     }
 }
 
@@ -100,7 +111,9 @@ impl OrderConfig {
     /// [`Error::NoDatasets`], [`Error::DuplicateDatasets`] (listing the names),
     /// [`Error::BadWeight`] (also for a weight below the mixture's resolution, 2^-20 of the
     /// total), [`Error::EmptyDataset`], [`Error::EmptyPartition`] (naming the dataset, its size
-    /// and the world size), and [`Error::Config`] for an empty dataset name, a zero world or
+    /// and the world size), [`Error::BadPartition`] for range or class input that does not fit
+    /// (naming the dataset, the rank and the range), and [`Error::Config`] for a range or
+    /// stratified partition without its input, an empty dataset name, a zero world or
     /// batch, a global batch over [`MAX_GLOBAL_BATCH`] rows, a rank outside the world, a zero
     /// block size or a bad limit.
     pub fn init(self, datasets: Vec<DatasetSpec>) -> Result<Plan> {
@@ -207,7 +220,7 @@ impl Plan {
         let splits = datasets
             .iter()
             .zip(&streams)
-            .map(|(d, &s)| Split::new(c.partition, &d.name, s, d.len, c.world))
+            .map(|(d, &s)| Split::new(c.partition, &d.name, s, d.len, c.world, d.owners.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let ownership = c.partition != Partition::Global;
         let rows_per_step = if ownership {
@@ -317,6 +330,32 @@ impl Plan {
         (0..v.len()).map(move |j| v.sample(j))
     }
 
+    /// How many samples of dataset `dataset` rank `rank` draws from (all of them in the
+    /// global mode).
+    pub fn share_len(&self, dataset: usize, rank: usize) -> u64 {
+        self.splits[dataset].share_len(rank)
+    }
+
+    /// Rank `rank`'s count of each class of dataset `dataset`, by class (the stratified
+    /// partition only).
+    pub fn class_counts(&self, dataset: usize, rank: usize) -> Option<Vec<(u32, u64)>> {
+        self.splits[dataset].class_counts(rank)
+    }
+
+    /// A digest of the range or stratified partition's input (`None` for the other modes): a
+    /// cursor carries it, and a resume with other ranges or classes is refused.
+    pub fn partition_digest(&self) -> Option<u64> {
+        matches!(
+            self.config.partition,
+            Partition::Range | Partition::Stratified
+        )
+        .then(|| {
+            self.splits
+                .iter()
+                .fold(0, |h, s| super::shuffle::mix64(h ^ s.digest()))
+        })
+    }
+
     /// The integer mixture shares, summing to [`RESOLUTION`].
     pub(crate) fn shares(&self) -> &[u64] {
         &self.shares
@@ -399,6 +438,7 @@ impl Planner {
             partition: c.partition,
             global_batch: p.global_batch(),
             world: c.world,
+            partition_digest: p.partition_digest(),
         }
     }
 
