@@ -489,7 +489,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         for w in &report.stats.workers {
             outln!(
                 out,
-                "worker {:<3} {:>7} batches, {:>8.1} M real tokens per busy second, {:?}",
+                "worker {:<3} {:>7} batches, {:>8.1} M real tokens per busy second, {}",
                 w.index,
                 w.batches,
                 w.tokens_per_s / 1e6,

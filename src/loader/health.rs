@@ -24,6 +24,16 @@ pub enum WorkerStatus {
     Stalled,
 }
 
+impl std::fmt::Display for WorkerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerStatus::Healthy => "healthy",
+            WorkerStatus::Slow => "slow",
+            WorkerStatus::Stalled => "stalled",
+        })
+    }
+}
+
 /// One worker's health.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct WorkerStats {
