@@ -347,10 +347,13 @@ proptest! {
         world in 1usize..6,
         shuffle in prop_oneof![Just(Shuffle::None), Just(Shuffle::Full), (1u64..8).prop_map(Shuffle::Block)],
         salt in any::<u64>(),
+        large_ids in any::<bool>(),
     ) {
-        // Classes interleaved by a salted order, class ids spread out.
+        // Classes interleaved by a salted order, class ids spread out (beyond the dense tables'
+        // range with `large_ids`).
+        let id = |c: usize| c as u32 * 1000 + 3 + if large_ids { 1 << 30 } else { 0 };
         let mut classes: Vec<u32> = sizes.iter().enumerate()
-            .flat_map(|(c, &n)| std::iter::repeat_n(c as u32 * 1000 + 3, n)).collect();
+            .flat_map(|(c, &n)| std::iter::repeat_n(id(c), n)).collect();
         let n = classes.len();
         prop_assume!(n >= world);
         for i in (1..n).rev() {
@@ -369,7 +372,7 @@ proptest! {
                 seen[s as usize] += 1;
             }
             for (c, &size) in sizes.iter().enumerate() {
-                let class = c as u32 * 1000 + 3;
+                let class = id(c);
                 let got = counts.get(&class).copied().unwrap_or(0) as f64;
                 let want = size as f64 / world as f64;
                 prop_assert!((got - want).abs() < 1.0, "class {class}: {got} vs {want}");

@@ -249,13 +249,39 @@ impl Classes {
 
     /// Every class with its number of samples, by class.
     pub fn counts(&self) -> Vec<(u32, u64)> {
-        let mut counts = std::collections::BTreeMap::<u32, u64>::new();
-        for &c in self.0.iter() {
-            *counts.entry(c).or_default() += 1;
+        match self.dense_max() {
+            Some(max) => {
+                let mut dense = vec![0u64; max as usize + 1];
+                for &c in self.0.iter() {
+                    dense[c as usize] += 1;
+                }
+                dense
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(c, n)| (c as u32, n))
+                    .collect()
+            }
+            None => {
+                let mut counts = std::collections::BTreeMap::<u32, u64>::new();
+                for &c in self.0.iter() {
+                    *counts.entry(c).or_default() += 1;
+                }
+                counts.into_iter().collect()
+            }
         }
-        counts.into_iter().collect()
+    }
+
+    /// The largest class when every class is below [`DENSE_CLASSES`] (so per-class tables can
+    /// be indexed by class), else `None`.
+    fn dense_max(&self) -> Option<u32> {
+        let max = self.0.iter().copied().max().unwrap_or(0);
+        ((max as usize) < DENSE_CLASSES).then_some(max)
     }
 }
+
+/// Class ids below this are counted in tables indexed by class; larger ids are looked up.
+const DENSE_CLASSES: usize = 1 << 20;
 
 /// What a range or stratified partition of one dataset is computed from.
 #[derive(Clone, Debug, PartialEq)]
@@ -314,15 +340,27 @@ impl Strata {
         self.lists[rank]
             .get_or_init(|| {
                 let w = self.lists.len() as u64;
-                let mut seen = vec![0u64; self.table.len()];
+                // Each class's next place in the class-sorted order, indexed by class when the
+                // ids are small, else found by binary search in the table.
+                let mut next: Vec<u64> = self.table.iter().map(|t| t.2).collect();
+                let dense: Option<Vec<u32>> = self.classes.dense_max().map(|max| {
+                    let mut slot = vec![u32::MAX; max as usize + 1];
+                    for (k, t) in self.table.iter().enumerate() {
+                        slot[t.0 as usize] = k as u32;
+                    }
+                    slot
+                });
                 let mut out = Vec::with_capacity((self.classes.len() / w + 1) as usize);
-                for (i, c) in self.classes.as_slice().iter().enumerate() {
-                    let k = self
-                        .table
-                        .binary_search_by_key(c, |t| t.0)
-                        .expect("every class is in the table");
-                    let place = self.table[k].2 + seen[k];
-                    seen[k] += 1;
+                for (i, &c) in self.classes.as_slice().iter().enumerate() {
+                    let k = match &dense {
+                        Some(slot) => slot[c as usize] as usize,
+                        None => self
+                            .table
+                            .binary_search_by_key(&c, |t| t.0)
+                            .expect("every class is in the table"),
+                    };
+                    let place = next[k];
+                    next[k] += 1;
                     if place % w == rank as u64 {
                         out.push(i as u64);
                     }
