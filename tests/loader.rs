@@ -1122,6 +1122,11 @@ fn a_slow_worker_is_reported_slow_and_the_order_is_unchanged() {
     assert_eq!(workers[0].status, WorkerStatus::Healthy, "{workers:?}");
     assert!(workers[0].tokens_per_s > 3.0 * workers[1].tokens_per_s);
     assert!(workers.iter().all(|w| w.since_last_batch.is_some()));
+    // Worker 1's last batch took at least its 4 rows' sleeps.
+    assert!(
+        workers[1].last_build.unwrap() >= Duration::from_millis(16),
+        "{workers:?}"
+    );
     // Nobody is slow when both run alike.
     let even = plain.stats().workers;
     assert!(

@@ -47,6 +47,8 @@ pub struct WorkerStats {
     pub busy: Duration,
     /// Time since it last finished a batch; `None` before its first.
     pub since_last_batch: Option<Duration>,
+    /// How long its last batch took to build; `None` before its first.
+    pub last_build: Option<Duration>,
     /// How long the batch it is building has taken so far; `None` while idle.
     pub building_for: Option<Duration>,
     /// Real tokens per second of busy time.
@@ -61,6 +63,8 @@ struct Counters {
     batches: AtomicU64,
     real_tokens: AtomicU64,
     busy_ns: AtomicU64,
+    /// Nanoseconds its last build took.
+    last_build_ns: AtomicU64,
     /// Nanoseconds after the loader's start when it last finished a batch, plus one (0: never).
     last_done: AtomicU64,
     /// Nanoseconds after the loader's start when the build under way began, plus one (0: idle).
@@ -105,6 +109,8 @@ impl Health {
         c.real_tokens.fetch_add(real, Ordering::Relaxed);
         c.busy_ns
             .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+        c.last_build_ns
+            .store(busy.as_nanos() as u64, Ordering::Relaxed);
         c.last_done.store(self.now(), Ordering::Relaxed);
         c.building_since.store(0, Ordering::Relaxed);
     }
@@ -122,12 +128,15 @@ impl Health {
                 let real_tokens = c.real_tokens.load(Ordering::Relaxed);
                 let ago = |at: u64| (at > 0).then(|| Duration::from_nanos(now.saturating_sub(at)));
                 let building_for = ago(c.building_since.load(Ordering::Relaxed));
+                let batches = c.batches.load(Ordering::Relaxed);
                 WorkerStats {
                     index,
-                    batches: c.batches.load(Ordering::Relaxed),
+                    batches,
                     real_tokens,
                     busy,
                     since_last_batch: ago(c.last_done.load(Ordering::Relaxed)),
+                    last_build: (batches > 0)
+                        .then(|| Duration::from_nanos(c.last_build_ns.load(Ordering::Relaxed))),
                     building_for,
                     tokens_per_s: real_tokens as f64 / busy.as_secs_f64().max(1e-9),
                     status: if building_for.is_some_and(|t| t > self.watchdog) {
