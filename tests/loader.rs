@@ -1091,7 +1091,7 @@ fn a_slow_worker_is_reported_slow_and_the_order_is_unchanged() {
             local_batch: 4,
             ..Default::default()
         };
-        let sleep = slow_on(1, on_worker_1, Duration::from_micros(300));
+        let sleep = slow_on(1, on_worker_1, Duration::from_millis(1));
         builder(mixture(dir.path()), order, collate(Padding::Longest, false))
             .with_user_transform(move |_, _| {
                 sleep();
@@ -1104,8 +1104,8 @@ fn a_slow_worker_is_reported_slow_and_the_order_is_unchanged() {
             .unwrap()
     };
     let (mut slowed, mut plain) = (
-        make(Duration::from_millis(4)),
-        make(Duration::from_micros(300)),
+        make(Duration::from_millis(12)),
+        make(Duration::from_millis(1)),
     );
     assert_eq!(
         take(&mut slowed, 60),
