@@ -416,19 +416,18 @@ pub fn parse_partition(s: &str) -> Result<(Partition, Option<PartitionInput>)> {
 
 /// `plan --summary`: every rank's share of every dataset, and its class counts.
 fn print_summary(w: &mut dyn Write, plan: &Plan, json: bool) -> Result<()> {
-    let world = plan.config().world;
-    let mut lines = Vec::new();
-    if json {
-        lines.push("[".to_string());
+    let mut emit = |line: &str| writeln!(w, "{line}").map_err(super::stdout_error);
+    emit(if json {
+        "["
     } else {
-        lines.push("rank  dataset  samples  classes (class:samples)".to_string());
-    }
-    for rank in 0..world {
+        "rank  dataset  samples  classes (class:samples)"
+    })?;
+    let mut first = true;
+    for rank in 0..plan.config().world {
         for (d, name) in plan.names().iter().enumerate() {
             let samples = plan.share_len(d, rank);
             let classes = plan.class_counts(d, rank);
             let line = if json {
-                let sep = if lines.len() > 1 { "," } else { "" };
                 let mut obj = serde_json::json!({
                     "rank": rank, "dataset": name, "samples": samples,
                 });
@@ -439,7 +438,7 @@ fn print_summary(w: &mut dyn Write, plan: &Plan, json: bool) -> Result<()> {
                         .collect::<serde_json::Map<_, _>>()
                         .into();
                 }
-                format!("{sep}{obj}")
+                format!("{}{obj}", if first { "" } else { "," })
             } else {
                 let counts = classes.map_or_else(
                     || "-".to_string(),
@@ -452,14 +451,12 @@ fn print_summary(w: &mut dyn Write, plan: &Plan, json: bool) -> Result<()> {
                 );
                 format!("{rank:>4}  {name}  {samples}  {counts}")
             };
-            lines.push(line);
+            emit(&line)?;
+            first = false;
         }
     }
     if json {
-        lines.push("]".to_string());
-    }
-    for l in lines {
-        writeln!(w, "{l}").map_err(super::stdout_error)?;
+        emit("]")?;
     }
     w.flush().map_err(super::stdout_error)
 }

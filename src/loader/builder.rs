@@ -57,16 +57,6 @@ impl Source {
         self
     }
 
-    /// The classes in the class files beside the source's shards ([`classes_beside`]). The
-    /// stratified partition reads them by itself when no classes are given.
-    ///
-    /// # Errors
-    ///
-    /// As [`classes_beside`].
-    pub fn classes_beside(&self) -> Result<Classes> {
-        classes_beside(&self.data)
-    }
-
     /// The Megatron shard at `prefix` as a source named after the prefix's file name.
     ///
     /// # Errors
@@ -405,7 +395,7 @@ impl<T: TokenId> LoaderBuilder<T> {
         let mut owners = Vec::with_capacity(sources.len());
         for s in &sources {
             owners.push(match (&s.owners, order.partition) {
-                (None, Partition::Stratified) => Some(Owners::Classes(s.classes_beside()?)),
+                (None, Partition::Stratified) => Some(Owners::Classes(classes_beside(&s.data)?)),
                 (o, _) => o.clone(),
             });
         }

@@ -102,13 +102,11 @@ impl<T: TokenId> Collator<T> {
     /// The length of a padded row's sample after the built-in transforms, from its index entry
     /// alone (0 for a sample that will fail or be dropped).
     fn planned_len(&self, p: &DocRef) -> usize {
-        let Some(slice) = self.dataset(p).get(p.sample as usize) else {
+        let Some(raw) = self.dataset(p).sequence_len(p.sample as usize) else {
             return 0;
         };
-        match self.transform.shape(slice.len(), self.max_len()) {
-            Ok(Shape::Keep { content, .. }) => {
-                content + self.bos().is_some() as usize + self.eos().is_some() as usize
-            }
+        match self.transform.shape(raw, self.max_len()) {
+            Ok(Shape::Keep { content, .. }) => content + self.transform.extra(),
             _ => 0,
         }
     }
@@ -163,7 +161,10 @@ impl<T: TokenId> Collator<T> {
             if self.stop.load(Ordering::Relaxed) {
                 return Err(Error::Config("the loader was dropped".into()));
             }
-            if let Some(later) = job.pieces.get(r + 2 * PREFETCH_ROWS) {
+            // Planning the width read the index entries already.
+            if stride.is_none()
+                && let Some(later) = job.pieces.get(r + 2 * PREFETCH_ROWS)
+            {
                 self.dataset(later).prefetch_entry(later.sample as usize);
             }
             if let Some(next) = job.pieces.get(r + PREFETCH_ROWS)

@@ -408,7 +408,7 @@ impl Aggregator {
         self.entries.is_empty()
     }
 
-    pub(super) fn slot(&mut self, dataset: &str, metric: &str, kind: Kind) -> Result<&mut State> {
+    fn slot(&mut self, dataset: &str, metric: &str, kind: Kind) -> Result<&mut State> {
         if !self.entries.contains_key(dataset) {
             self.entries.insert(dataset.to_string(), BTreeMap::new());
         }
@@ -465,11 +465,28 @@ impl Aggregator {
     ///
     /// [`Error::Metric`] when the metric was recorded with another kind before.
     pub fn record_category(&mut self, dataset: &str, metric: &str, category: &str) -> Result<()> {
+        self.record_categories(dataset, metric, std::iter::once(category))
+    }
+
+    /// Counts one occurrence of each of `categories`, looking the metric up once. With none,
+    /// the metric still exists from then on (with no counts).
+    ///
+    /// # Errors
+    ///
+    /// As [`Aggregator::record_category`].
+    pub fn record_categories<'c>(
+        &mut self,
+        dataset: &str,
+        metric: &str,
+        categories: impl Iterator<Item = &'c str>,
+    ) -> Result<()> {
         if let State::Categorical { counts } = self.slot(dataset, metric, Kind::Categorical)? {
-            match counts.get_mut(category) {
-                Some(n) => *n += 1,
-                None => {
-                    counts.insert(category.to_string(), 1);
+            for category in categories {
+                match counts.get_mut(category) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counts.insert(category.to_string(), 1);
+                    }
                 }
             }
         }

@@ -154,13 +154,23 @@ impl Buckets {
     /// Adds `n` to bucket `i`.
     #[inline]
     pub fn add(&mut self, i: i32, n: u64) {
-        let at = i.wrapping_sub(self.lo) as u32 as usize;
-        if let Some(c) = self.counts.get_mut(at) {
-            *c += n;
-            return;
+        self.grow_to(i);
+        let at = self.slot(i);
+        self.counts[at] += n;
+    }
+
+    /// Where bucket `i` sits in `counts` (past its end when outside the span).
+    #[inline]
+    fn slot(&self, i: i32) -> usize {
+        i.wrapping_sub(self.lo) as u32 as usize
+    }
+
+    /// Widens the span to hold bucket `i`, if it does not yet.
+    #[inline]
+    fn grow_to(&mut self, i: i32) {
+        if self.slot(i) >= self.counts.len() {
+            self.grow(i);
         }
-        self.grow(i);
-        self.counts[(i - self.lo) as usize] += n;
     }
 
     /// Widens the span to hold bucket `i`.
@@ -180,8 +190,7 @@ impl Buckets {
 
     /// The count of bucket `i`.
     pub fn get(&self, i: i32) -> u64 {
-        let at = i.wrapping_sub(self.lo) as u32 as usize;
-        self.counts.get(at).copied().unwrap_or(0)
+        self.counts.get(self.slot(i)).copied().unwrap_or(0)
     }
 
     /// The non-zero buckets as `(index, count)`, in index order.
@@ -214,13 +223,6 @@ impl Buckets {
             for (c, n) in self.counts[shift..].iter_mut().zip(&other.counts) {
                 *c += n;
             }
-        }
-    }
-
-    fn grow_to(&mut self, i: i32) {
-        let at = i.wrapping_sub(self.lo) as u32 as usize;
-        if at >= self.counts.len() {
-            self.grow(i);
         }
     }
 }

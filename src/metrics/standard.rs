@@ -144,17 +144,14 @@ impl BatchMetrics {
             let of_d = self.lengths.iter().filter(|l| l[0] as usize == d);
             agg.record(name, "samples_seen", Kind::Sum, acc.samples as f64)?;
             agg.record(name, "tokens_seen", Kind::Sum, acc.tokens as f64)?;
-            agg.record_all(name, "seq_len", of_d.map(|l| l[1] as f64))?;
+            agg.record_all(name, "seq_len", of_d.clone().map(|l| l[1] as f64))?;
             agg.record(name, "epoch", Kind::Max, acc.epoch as f64)?;
             agg.record(name, "samples_truncated", Kind::Sum, acc.truncated as f64)?;
             agg.record(name, "samples_failed", Kind::Sum, acc.failed as f64)?;
+            // The metric exists once the dataset is present, even before a sample of it is
+            // delivered.
             if let Some(c) = classes.get(d).and_then(Option::as_ref) {
-                // The metric exists once the dataset is present, even before a sample of it
-                // is delivered.
-                agg.slot(name, "class", Kind::Categorical)?;
-                for l in self.lengths.iter().filter(|l| l[0] as usize == d) {
-                    agg.record_category(name, "class", c.name(l[2]))?;
-                }
+                agg.record_categories(name, "class", of_d.map(|l| c.name(l[2])))?;
             }
         }
         Ok(())

@@ -388,12 +388,23 @@ pub(crate) struct Split {
     partition: Partition,
     n: u64,
     world: u64,
-    /// The hashed mode's permutation.
-    perm: Option<Permutation>,
-    ranges: Option<RangeShares>,
-    strata: Option<Strata>,
+    /// What the views are computed from beyond (N, W, r).
+    input: Input,
     /// A digest of the range or class input (0 for the other modes): a resume checks it.
     digest: u64,
+}
+
+/// What a split's views are computed from beyond (N, W, r).
+#[derive(Clone, Debug)]
+enum Input {
+    /// Global, contiguous and strided: nothing.
+    None,
+    /// Hashed: the keyed permutation.
+    Permutation(Permutation),
+    /// Range: the checked ranges.
+    Ranges(RangeShares),
+    /// Stratified: the classes and the lists made from them.
+    Strata(Strata),
 }
 
 /// The salt of the hashed partition's permutation (epoch and seed play no part: ownership is
@@ -423,10 +434,12 @@ impl Split {
             partition,
             n,
             world: w,
-            perm: (partition == Partition::Hashed)
-                .then(|| Permutation::keyed(n, 0, stream, 0, OWNER_SALT)),
-            ranges: None,
-            strata: None,
+            input: match partition {
+                Partition::Hashed => {
+                    Input::Permutation(Permutation::keyed(n, 0, stream, 0, OWNER_SALT))
+                }
+                _ => Input::None,
+            },
             digest: 0,
         };
         let empty = |rank: usize| Error::EmptyPartition {
@@ -438,7 +451,7 @@ impl Split {
         };
         match (partition, owners) {
             (Partition::Range, Some(Owners::Ranges(r))) => {
-                split.ranges = Some(check_ranges(dataset, n, world, r)?);
+                split.input = Input::Ranges(check_ranges(dataset, n, world, r)?);
                 split.digest = ranges_digest(r);
             }
             (_, Some(Owners::Classes(c))) if c.len() != n => {
@@ -456,7 +469,7 @@ impl Split {
                     return Err(empty(n as usize));
                 }
                 split.digest = classes_digest(c);
-                split.strata = Some(Strata::new(c.clone(), world));
+                split.input = Input::Strata(Strata::new(c.clone(), world));
             }
             (Partition::Range | Partition::Stratified, _) => {
                 let what = if partition == Partition::Range {
@@ -500,65 +513,49 @@ impl Split {
             let (a, b) = ((r * n / w) as u64, ((r + 1) * n / w) as u64);
             (a, b - a)
         };
-        match self.partition {
-            Partition::Global => View::Range {
-                start: 0,
-                len: self.n,
-            },
-            Partition::Contiguous => {
-                let (start, len) = share();
-                View::Range { start, len }
-            }
-            Partition::Strided => View::Strided {
-                first: rank as u64,
-                stride: self.world,
-                len: (n.saturating_sub(r)).div_ceil(w) as u64,
-            },
-            Partition::Hashed => {
+        match (self.partition, &self.input) {
+            (Partition::Hashed, Input::Permutation(perm)) => {
                 let (start, len) = share();
                 View::Permuted {
-                    perm: self
-                        .perm
-                        .clone()
-                        .expect("a hashed split holds its permutation"),
+                    perm: perm.clone(),
                     start,
                     len,
                 }
             }
-            Partition::Range => {
-                let share = &self
-                    .ranges
-                    .as_ref()
-                    .expect("a range split holds its ranges")
-                    .ranks[rank];
+            (Partition::Range, Input::Ranges(shares)) => {
+                let share = &shares.ranks[rank];
                 View::Ranges {
                     ranges: Arc::clone(&share.ranges),
                     ends: Arc::clone(&share.ends),
                 }
             }
-            Partition::Stratified => View::List(
-                self.strata
-                    .as_ref()
-                    .expect("a stratified split holds its classes")
-                    .list(rank),
-            ),
+            (Partition::Stratified, Input::Strata(strata)) => View::List(strata.list(rank)),
+            (Partition::Contiguous, _) => {
+                let (start, len) = share();
+                View::Range { start, len }
+            }
+            (Partition::Strided, _) => View::Strided {
+                first: rank as u64,
+                stride: self.world,
+                len: (n.saturating_sub(r)).div_ceil(w) as u64,
+            },
+            // Global, and no other pairing is built by `Split::new`.
+            _ => View::Range {
+                start: 0,
+                len: self.n,
+            },
         }
     }
 
     /// The smallest share any rank has.
     pub fn min_len(&self) -> u64 {
-        match self.partition {
-            Partition::Global => self.n,
-            Partition::Range => self
-                .ranges
-                .as_ref()
-                .map(|r| {
-                    r.ranks
-                        .iter()
-                        .map(|share| share.ends.last().copied().unwrap_or(0))
-                        .min()
-                        .unwrap_or(0)
-                })
+        match (self.partition, &self.input) {
+            (Partition::Global, _) => self.n,
+            (_, Input::Ranges(shares)) => shares
+                .ranks
+                .iter()
+                .map(|share| share.ends.last().copied().unwrap_or(0))
+                .min()
                 .unwrap_or(0),
             _ => self.n / self.world,
         }
@@ -566,17 +563,18 @@ impl Split {
 
     /// How many samples rank `rank` draws from, without listing a stratified share.
     pub fn share_len(&self, rank: usize) -> u64 {
-        match &self.strata {
-            Some(s) if self.partition == Partition::Stratified => {
-                s.counts(rank).iter().map(|c| c.1).sum()
-            }
-            _ => self.view(rank).len(),
+        match self.class_counts(rank) {
+            Some(counts) => counts.iter().map(|c| c.1).sum(),
+            None => self.view(rank).len(),
         }
     }
 
     /// Rank `rank`'s count of each class (stratified only).
     pub fn class_counts(&self, rank: usize) -> Option<Vec<(u32, u64)>> {
-        self.strata.as_ref().map(|s| s.counts(rank))
+        match &self.input {
+            Input::Strata(strata) => Some(strata.counts(rank)),
+            _ => None,
+        }
     }
 
     /// A digest of the range or class input; 0 for the modes without input.
