@@ -6,10 +6,14 @@
 //! - [`commit_pair`]: two files that only make sense together (a shard's `.bin` and `.idx`). The
 //!   old pair is moved aside first, so at no moment does an old file sit beside a new one: a
 //!   reader sees the old pair, the new pair, or a missing file, which it reports.
+//! - [`recover_pair`]: puts back the pair that a killed [`commit_pair`] left apart (the old pair
+//!   rolled back, or the new one rolled forward), by renames only; readers and writers call it
+//!   when they find a shard's second file missing.
 //! - Temporary files are named `.NAME.XXXXXX.tmp` beside their destination and held under an
-//!   exclusive lock while their writer lives, so [`remove_stale`] can tell the leftovers of a
-//!   killed write (unlocked) from a write in progress (locked). Every new write to a
-//!   destination removes the leftovers first.
+//!   exclusive lock while their writer lives, so [`find_stale`] can tell the leftovers of a
+//!   killed write (unlocked) from a write in progress (locked). A write removes the leftovers
+//!   of earlier writes only once its own file (or pair) is in place: until then they may be
+//!   all that is left of the old version.
 //! - [`interrupt`] removes every temporary file of this process (the command calls it on Ctrl-C
 //!   and SIGTERM); a commit in progress finishes first, so nothing is left half renamed.
 
@@ -168,8 +172,6 @@ impl AtomicFile {
     pub fn create(dest: impl AsRef<Path>) -> Result<Self> {
         let dest = dest.as_ref().to_path_buf();
         check_destination(&dest)?;
-        // Leftovers of killed writes to the same file go (live writers keep theirs).
-        remove_stale(&dest)?;
         let dir = parent_dir(&dest);
         let prefix = format!(".{}.", file_name(&dest));
         let mut builder = tempfile::Builder::new();
@@ -178,12 +180,25 @@ impl AtomicFile {
         // owner-only mode of a temporary file.
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let tmp = builder
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, "create a temporary file in", e))?;
-        // The lock tells a later write that this file's writer still lives. A file system
-        // without locks only loses that distinction.
-        let _ = tmp.as_file().try_lock();
+        // The lock tells a later write that this file's writer still lives. Between creating
+        // the file and locking it, another write's cleanup may find it unlocked and remove it
+        // (it holds the lock while it removes): then the path no longer names this file, and a
+        // new one is made. A file system without locks only loses that distinction.
+        let mut attempts = 0;
+        let tmp = loop {
+            // The directory exists (checked above): a "not found" here means the file system
+            // takes no new files (`/proc`), not a missing path, so it is reported as it is.
+            let tmp = builder.tempfile_in(dir).map_err(|e| Error::Io {
+                path: dir.to_path_buf(),
+                action: "create a new file here",
+                error: e,
+            })?;
+            let locked = tmp.as_file().lock().is_ok();
+            attempts += 1;
+            if !locked || still_named(&tmp) || attempts == 8 {
+                break tmp;
+            }
+        };
         Ok(AtomicFile {
             _reg: Registered::file(tmp.path(), &dest)?,
             out: BufWriter::with_capacity(1 << 20, tmp),
@@ -251,7 +266,9 @@ impl AtomicFile {
         let commit = begin_commit(&dest)?;
         synced.rename()?;
         drop(commit);
-        sync_dir(&dest)
+        sync_dir(&dest)?;
+        // The new file is in place: what killed writes to it left behind can go now.
+        remove_stale(&dest).map(drop)
     }
 }
 
@@ -293,32 +310,39 @@ pub fn write_atomic(dest: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
 /// Commits two files that belong together, `first` then `second` (a shard's `.bin`, then its
 /// `.idx`), so that no moment shows an old file beside a new one:
 ///
-/// 1. both temporary files are fsynced;
-/// 2. the old `second`, then the old `first`, are renamed aside (hidden `.NAME.XXXXXX.old`
-///    files), and the directory is fsynced: from here a reader finds `second` missing;
+/// 1. both temporary files are fsynced (complete on disk under their hidden `.tmp` names);
+/// 2. the old `second`, then the old `first`, are renamed aside (hidden `.NAME.TAG.old` files,
+///    one tag for both), and the directory is fsynced: from here a reader finds `second` missing;
 /// 3. the new `first` is renamed into place, the directory fsynced; `second` is still missing;
 /// 4. the new `second` is renamed into place, the directory fsynced: the new pair;
-/// 5. the old files are removed.
+/// 5. the old files, and what earlier killed writes left, are removed.
 ///
-/// A crash at any step leaves the old pair, the new pair, or a pair with `second` missing (and
-/// the old files under their hidden names, which the next write removes). A failed step restores
-/// the old pair before returning its error. [`interrupt`] waits until the commit is over.
+/// Steps 2 to 4 run under a lock on the directory, which [`recover_pair`] takes too, so a reader
+/// never repairs a pair that a live writer is committing. A crash at any step leaves the old
+/// pair, the new pair, or `second` missing with the old files aside (and the new `second`
+/// complete under its temporary name): [`recover_pair`] rolls that back to the old pair, or
+/// forward to the new one, by renames alone. A failed step restores the old pair before
+/// returning its error. [`interrupt`] waits until the commit is over.
 ///
 /// # Errors
 ///
-/// [`Error::Io`] naming the file and the step; the old pair is back in place.
+/// [`Error::Io`] naming the file and the step; the old pair is back in place unless the error
+/// came after step 4 (an fsync or a removal), when the new pair is.
 pub fn commit_pair(first: AtomicFile, second: AtomicFile) -> Result<()> {
     let first = first.sync()?;
     let second = second.sync()?;
     let commit = begin_commit(&second.dest)?;
     let dir = parent_dir(&second.dest).to_path_buf();
     let first_dest = first.dest.clone();
+    let second_dest = second.dest.clone();
+    let lock = DirLock::new(&dir);
+    let tag = aside_tag();
     let mut aside: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut first_placed = false;
     let result = (|| -> Result<()> {
         for dest in [&second.dest, &first.dest] {
             if std::fs::symlink_metadata(dest).is_ok() {
-                let old = aside_name(dest);
+                let old = aside_name(dest, &tag);
                 fault("move an old file aside")
                     .and_then(|()| std::fs::rename(dest, &old))
                     .map_err(|e| Error::io(dest, "move the old file aside", e))?;
@@ -350,18 +374,16 @@ pub fn commit_pair(first: AtomicFile, second: AtomicFile) -> Result<()> {
         }
         return Err(e);
     }
+    drop(lock);
     drop(commit);
-    // The new pair is in place. Remove the old files even when an fsync fails, then report the
-    // first error.
+    // The new pair is in place. Remove the old files and the leftovers of earlier killed writes
+    // even when an fsync fails, then report the first error.
     let mut first_error = sync_dir_path(&dir)
         .map_err(|e| Error::io(&dir, "fsync the directory", e))
         .err();
-    for (_, old) in &aside {
-        match fault("remove an old file").and_then(|()| std::fs::remove_file(old)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                first_error.get_or_insert(Error::io(old, "remove the replaced file", e));
-            }
-            _ => {}
+    for dest in [&second_dest, &first_dest] {
+        if let Err(e) = remove_stale(dest) {
+            first_error.get_or_insert(e);
         }
     }
     if !aside.is_empty()
@@ -370,6 +392,140 @@ pub fn commit_pair(first: AtomicFile, second: AtomicFile) -> Result<()> {
         first_error.get_or_insert(Error::io(&dir, "fsync the directory", e));
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// What [`recover_pair`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// `second` was in place (or nothing could be paired): nothing was renamed.
+    Untouched,
+    /// The old pair, moved aside by an interrupted commit, is back in place.
+    RolledBack,
+    /// The new pair of an interrupted commit (its `second` complete under a temporary name) is
+    /// in place.
+    RolledForward,
+}
+
+/// Repairs a pair that a [`commit_pair`] killed between its steps 2 and 4 left apart: `second`
+/// missing, the old files aside under `.NAME.TAG.old`, perhaps the new `first` in place and the
+/// new `second` complete under `.NAME.XXXXXX.tmp`. `pairs(first, second)` says whether two files
+/// belong together (for a shard: the `.idx` validates against the `.bin`, trailer included).
+///
+/// Tried in order, under the directory lock that commits hold: a file for `second` (moved aside,
+/// or the temporary of a dead writer) that pairs with the `first` in place is renamed into place
+/// (rolling forward when it is the new one, back when the old `first` was never moved); else a
+/// moved-aside `first` and `second` that pair are renamed back, `first` then `second`. Only
+/// renames: nothing is deleted, so a crash here too leaves a state this function repairs. The
+/// leftovers are removed by the next successful write. Does nothing when `second` exists.
+///
+/// # Errors
+///
+/// [`Error::Io`] when a rename fails (a read-only directory, say), naming the file.
+pub fn recover_pair(
+    first: &Path,
+    second: &Path,
+    pairs: &dyn Fn(&Path, &Path) -> bool,
+) -> Result<Recovery> {
+    if std::fs::symlink_metadata(second).is_ok() {
+        return Ok(Recovery::Untouched);
+    }
+    let dir = parent_dir(second);
+    let _lock = DirLock::new(dir);
+    if std::fs::symlink_metadata(second).is_ok() {
+        // A commit finished while this waited for the lock.
+        return Ok(Recovery::Untouched);
+    }
+    let old_seconds = leftovers(second, OLD_SUFFIX)?;
+    let old_firsts = leftovers(first, OLD_SUFFIX)?;
+    let restore = |from: &Path, to: &Path| -> Result<()> {
+        fault("rename a file back into place")
+            .and_then(|()| std::fs::rename(from, to))
+            .map_err(|e| Error::io(to, "restore (from an interrupted write)", e))?;
+        sync_dir(to)
+    };
+    if std::fs::metadata(first).is_ok_and(|m| m.is_file()) {
+        if let Some(old) = old_seconds.iter().find(|s| pairs(first, s)) {
+            restore(old, second)?;
+            tracing::warn!(file = %second.display(), "rolled back an interrupted write: the old pair is in place");
+            return Ok(Recovery::RolledBack);
+        }
+        let dead_temporaries: Vec<PathBuf> = leftovers(second, TMP_SUFFIX)?
+            .into_iter()
+            .filter(|t| unlocked(t))
+            .collect();
+        if let Some(new) = dead_temporaries.iter().find(|s| pairs(first, s)) {
+            restore(new, second)?;
+            tracing::warn!(file = %second.display(), "rolled an interrupted write forward: the new pair is in place");
+            return Ok(Recovery::RolledForward);
+        }
+    }
+    // The old pair, both aside; files of one commit share a tag, so try those first.
+    let mut candidates: Vec<(&PathBuf, &PathBuf)> = Vec::new();
+    for s in &old_seconds {
+        for f in &old_firsts {
+            candidates.push((f, s));
+        }
+    }
+    candidates.sort_by_key(|(f, s)| tag_of(f) != tag_of(s));
+    if let Some((old_first, old_second)) = candidates.into_iter().find(|(f, s)| pairs(f, s)) {
+        restore(old_first, first)?;
+        restore(old_second, second)?;
+        tracing::warn!(file = %second.display(), "rolled back an interrupted write: the old pair is in place");
+        return Ok(Recovery::RolledBack);
+    }
+    Ok(Recovery::Untouched)
+}
+
+/// Whether an interrupted pair commit left files for `second` aside (`.NAME.TAG.old`), or a
+/// dead writer's temporary beside an existing `first`: the signs that [`recover_pair`] may
+/// restore a pair whose `second` is missing.
+pub(crate) fn interrupted_pair(first: &Path, second: &Path) -> bool {
+    let old = leftovers(second, OLD_SUFFIX).is_ok_and(|o| !o.is_empty());
+    old || (first.is_file()
+        && leftovers(second, TMP_SUFFIX).is_ok_and(|t| t.iter().any(|p| unlocked(p))))
+}
+
+/// The hidden files `.NAME.XXXXXX{suffix}` beside `dest`, sorted.
+fn leftovers(dest: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
+    let dir = parent_dir(dest);
+    let stem = format!(".{}.", file_name(dest));
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, "list", e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // `.NAME.XXXXXX.tmp` only: `.NAME.idx.XXXXXX.tmp` belongs to another destination.
+        let random = name
+            .strip_prefix(&stem)
+            .and_then(|middle| middle.strip_suffix(suffix));
+        if random.is_some_and(|r| !r.is_empty() && !r.contains('.')) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Whether nobody holds `path`'s lock (its writer is gone). A file that cannot be opened or
+/// locked counts as held: it is left alone.
+fn unlocked(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| f.try_lock().is_ok())
+}
+
+/// An exclusive lock on a directory, held while a pair is committed or recovered there. A file
+/// system without locks only loses the exclusion between processes (a commit in this process
+/// still excludes others through `COMMIT`).
+struct DirLock(#[allow(dead_code)] Option<File>);
+
+impl DirLock {
+    fn new(dir: &Path) -> Self {
+        DirLock(File::open(dir).ok().filter(|d| d.lock().is_ok()))
+    }
 }
 
 /// The leftovers of earlier writes to one destination.
@@ -381,49 +537,38 @@ pub struct Stale {
     pub busy: Vec<PathBuf>,
 }
 
-/// Removes the temporary and moved-aside files that killed writes to `dest` left behind
+/// Removes the temporary and moved-aside files that earlier, killed writes to `dest` left behind
 /// (`.NAME.XXXXXX.tmp`, `.NAME.XXXXXX.old` whose lock nobody holds), and lists those still held
-/// by a live writer.
+/// by a live writer. Writers call it once their own file is in place, never before: until then a
+/// moved-aside file may be all that is left of the old version.
 ///
 /// # Errors
 ///
 /// [`Error::Io`] when the directory cannot be listed or a stale file cannot be removed.
 pub fn remove_stale(dest: &Path) -> Result<Stale> {
-    let dir = parent_dir(dest);
-    let stem = format!(".{}.", file_name(dest));
     let mut stale = Stale::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stale),
-        Err(e) => return Err(Error::io(dir, "list", e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let Some(middle) = name.strip_prefix(&stem) else {
-            continue;
-        };
-        // `.NAME.XXXXXX.tmp` only: `.NAME.idx.XXXXXX.tmp` belongs to another destination.
-        let Some(random) = middle
-            .strip_suffix(TMP_SUFFIX)
-            .or_else(|| middle.strip_suffix(OLD_SUFFIX))
-        else {
-            continue;
-        };
-        if random.contains('.') {
-            continue;
-        }
-        let path = entry.path();
+    let mut found = leftovers(dest, TMP_SUFFIX)?;
+    found.extend(leftovers(dest, OLD_SUFFIX)?);
+    for path in found {
         let Ok(file) = File::open(&path) else {
             continue;
         };
         match file.try_lock() {
             Ok(()) => {
+                // Removed while this holds the lock: a writer that created the file a moment
+                // ago and locks it now finds its path gone and makes another (`still_named`).
                 let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                std::fs::remove_file(&path)
-                    .map_err(|e| Error::io(&path, "remove the stale temporary file", e))?;
-                tracing::warn!(file = %path.display(), bytes = len, "removed a stale temporary file of an interrupted write");
+                match fault("remove a leftover file").and_then(|()| std::fs::remove_file(&path)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(
+                            &path,
+                            "remove the leftover of an interrupted write",
+                            e,
+                        ));
+                    }
+                    _ => {}
+                }
+                tracing::debug!(file = %path.display(), bytes = len, "removed the leftover of an earlier write");
                 stale.removed.push((path, len));
             }
             Err(std::fs::TryLockError::WouldBlock) => stale.busy.push(path),
@@ -435,20 +580,78 @@ pub fn remove_stale(dest: &Path) -> Result<Stale> {
     Ok(stale)
 }
 
-/// A hidden, unique name beside `dest` for the file it replaces.
-fn aside_name(dest: &Path) -> PathBuf {
+/// Whether the temporary file's path still names the file it was created as (a cleanup of
+/// another write may have removed it before it was locked).
+fn still_named(tmp: &NamedTempFile) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(by_path), Ok(open)) = (std::fs::metadata(tmp.path()), tmp.as_file().metadata())
+        else {
+            return false;
+        };
+        by_path.dev() == open.dev() && by_path.ino() == open.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        tmp.path().exists()
+    }
+}
+
+/// Lists what [`remove_stale`] would remove (in [`Stale::removed`]) and the temporary files of
+/// live writers, without removing anything.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the directory cannot be listed.
+pub fn find_stale(dest: &Path) -> Result<Stale> {
+    let mut stale = Stale::default();
+    let mut found = leftovers(dest, TMP_SUFFIX)?;
+    found.extend(leftovers(dest, OLD_SUFFIX)?);
+    for path in found {
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                stale.removed.push((path, len));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => stale.busy.push(path),
+            Err(std::fs::TryLockError::Error(_)) => {}
+        }
+    }
+    stale.removed.sort();
+    stale.busy.sort();
+    Ok(stale)
+}
+
+/// A tag for the files one pair commit moves aside: unique in this process and across processes
+/// (pid, clock, sequence).
+fn aside_tag() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let tag = format!(
+    format!(
         "{:x}{:x}{:x}",
         std::process::id(),
         nanos,
         SEQ.fetch_add(1, Ordering::Relaxed)
-    );
+    )
+}
+
+/// The hidden name beside `dest` for the file it replaces: `.NAME.TAG.old`.
+fn aside_name(dest: &Path, tag: &str) -> PathBuf {
     parent_dir(dest).join(format!(".{}.{tag}{OLD_SUFFIX}", file_name(dest)))
+}
+
+/// The tag of a moved-aside file's name (`.NAME.TAG.old`).
+fn tag_of(aside: &Path) -> Option<String> {
+    let name = aside.file_name()?.to_string_lossy().into_owned();
+    let rest = name.strip_suffix(OLD_SUFFIX)?;
+    Some(rest.rsplit_once('.')?.1.to_owned())
 }
 
 /// Checks that `dest` can be written: it names a file, its directory exists, and it is not

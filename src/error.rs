@@ -292,6 +292,22 @@ pub enum Error {
         weight: f64,
     },
 
+    /// A mixture weight too small a part of the total for the mixture's resolution: its share
+    /// of rows rounds to none.
+    #[error(
+        "dataset {dataset}: weight {weight} is {share:.2e} of the total weight, below the \
+         mixture's resolution of 2^-20 (about 9.5e-7) of the rows, so it would draw none; raise \
+         it or leave the dataset out"
+    )]
+    WeightBelowResolution {
+        /// The dataset.
+        dataset: String,
+        /// The weight given.
+        weight: f64,
+        /// The weight over the total of the weights.
+        share: f64,
+    },
+
     /// A mixture with no dataset.
     #[error("no datasets: a plan needs at least one")]
     NoDatasets,

@@ -60,6 +60,7 @@
 //! The tests run with all of them.
 
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod atomic;
 #[cfg(feature = "burn")]

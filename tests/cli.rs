@@ -160,15 +160,174 @@ fn demo_writes_and_inspects_the_builtin_corpus() {
         "{said}"
     );
     assert!(dir.path().join("checkpoint-rank1.json").is_file());
-    // Deterministic: the same seed writes the same bytes.
-    let again = tempfile::tempdir().unwrap();
-    ok(&["demo", "--dir", p(again.path())]);
-    for f in ["web.bin", "web.idx", "books.idx"] {
-        assert_eq!(
-            std::fs::read(dir.path().join(f)).unwrap(),
-            std::fs::read(again.path().join(f)).unwrap()
-        );
+    // A second run in the same directory starts afresh (the demo owns it: its corpus,
+    // checkpoints and history are replaced, other files left alone), and is deterministic: the
+    // same seed writes the same bytes.
+    let first: Vec<Vec<u8>> = ["web.bin", "web.idx", "books.idx"]
+        .iter()
+        .map(|f| std::fs::read(dir.path().join(f)).unwrap())
+        .collect();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let again = ok(&["demo", "--dir", p(dir.path())]);
+    assert!(again.contains("compared 500 batches: identical"), "{again}");
+    for (f, bytes) in ["web.bin", "web.idx", "books.idx"].iter().zip(&first) {
+        assert_eq!(&std::fs::read(dir.path().join(f)).unwrap(), bytes, "{f}");
     }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn demo_refuses_a_directory_of_files_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.idx"), "mine").unwrap();
+    let out = shardflow(&["demo", "--dir", p(dir.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err,
+        format!(
+            "error: invalid configuration: demo --dir {}: the directory holds files that the \
+             demo did not write (web.idx); give a new or empty directory (a directory of an \
+             earlier demo run is started afresh)\n",
+            dir.path().display()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("web.idx")).unwrap(),
+        "mine"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+/// Runs `shardflow ARGS`; returns its status code and stderr.
+fn status_and_stderr(args: &[&str]) -> (Option<i32>, String) {
+    let out = shardflow(args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn values_malformed_on_their_own_are_usage_errors_with_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.txt");
+    std::fs::write(&input, "x\n\ny\n").unwrap();
+    let prefix = dir.path().join("a");
+    ok(&["write", "--input", p(&input), "--output", p(&prefix)]);
+    let (code, err) = status_and_stderr(&["cat", p(&prefix), "--range", "2..1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.starts_with("error: invalid value '2..1' for '--range <RANGE>': A=2 is after B=1\n"),
+        "{err}"
+    );
+    let (code, err) = status_and_stderr(&["plan", "--data", "a=5", "--shuffle", "random"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.starts_with(
+            "error: invalid value 'random' for '--shuffle <SHUFFLE>': expected none, full or \
+             block:N with N >= 1\n"
+        ),
+        "{err}"
+    );
+    let (code, err) = status_and_stderr(&["plan", "--data", "a=5", "--shuffle", "block:0"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        ok(&[
+            "plan",
+            "--data",
+            "a=3",
+            "--shuffle",
+            "block:2",
+            "--local-batch",
+            "3"
+        ])
+        .lines()
+        .count(),
+        2
+    );
+    // A range past the end depends on the shard, not on the value: a runtime error.
+    let (code, err) = status_and_stderr(&["cat", p(&prefix), "--range", "1..5"]);
+    assert_eq!(code, Some(1), "{err}");
+}
+
+#[test]
+fn help_to_a_full_disk_is_an_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardflow"))
+        .arg("--help")
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: <stdout>: cannot write to: No space left on device (os error 28)\n"
+    );
+    let help = ok(&["--help"]);
+    assert!(help.contains("Usage: shardflow"), "{help}");
+}
+
+#[test]
+fn data_values_name_what_is_wrong() {
+    let (code, err) = status_and_stderr(&["plan", "--data", "s3://bucket/web"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        "error: invalid configuration: --data s3://bucket/web: s3:// URLs are not supported; \
+         give a local shard prefix or directory (copy the shards to a local or mounted file \
+         system first)\n"
+    );
+    let (_, err) = status_and_stderr(&["plan", "--data", "web=https://host/web:2"]);
+    assert!(err.contains("https:// URLs are not supported"), "{err}");
+    let (code, err) = status_and_stderr(&["plan", "--data", "a=10:1:2"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        "error: invalid configuration: --data a=10:1:2: 10:1 is neither a size nor a shard or \
+         directory; a dataset takes one weight: [NAME=]PATH[:WEIGHT] or NAME=SIZE[:WEIGHT]\n"
+    );
+    // One weight still parses.
+    assert!(ok(&["plan", "--data", "a=10:2"]).contains("a:"));
+}
+
+#[test]
+fn cat_takes_a_directory_of_shards_as_inspect_and_plan_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dir.path().join("out");
+    std::fs::create_dir(&shards).unwrap();
+    for (name, text) in [("b", "bb\n\nb\n"), ("a", "a\n")] {
+        let input = dir.path().join(format!("{name}.txt"));
+        std::fs::write(&input, text).unwrap();
+        ok(&[
+            "write",
+            "--input",
+            p(&input),
+            "--output",
+            p(&shards.join(name)),
+        ]);
+    }
+    // The shards in name order, numbered as `plan` numbers the dataset's samples.
+    assert_eq!(
+        ok(&["cat", p(&shards)]),
+        format!("{}\n{}\n{}\n", ids("a"), ids("bb"), ids("b"))
+    );
+    assert_eq!(
+        ok(&["cat", p(&shards), "--range", "2.."]),
+        format!("{}\n", ids("b"))
+    );
+    let (code, err) = status_and_stderr(&["cat", p(&shards), "--range", "0..4"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "error: invalid configuration: --range 0..4: B=4 is past the end: the 2 shards in \
+             {} hold 3 sequences (0..3)\n",
+            shards.display()
+        )
+    );
 }
 
 /// The tiny plan of the `order` module docs, without its step count.

@@ -472,3 +472,303 @@ fn bench_on_cuda_without_a_driver_is_an_error_naming_what_is_missing() {
         assert!(err.contains("built without the cuda feature"), "{err}");
     }
 }
+
+/// `shardflow ARGS`'s stderr; it must have been refused as a usage error (status 2), in clap's
+/// words.
+fn refused(args: &[&str]) -> String {
+    let out = shardflow(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(
+        err.contains("error:") && !err.contains("panicked"),
+        "{args:?}: {err}"
+    );
+    err
+}
+
+#[test]
+fn bench_refuses_argument_values_out_of_range_before_any_work() {
+    let max = u64::MAX.to_string();
+    for (args, message) in [
+        // A multiple no batch can hold: a panic (capacity overflow) and an abort before.
+        (
+            &["bench", "--pad-multiple", &max][..],
+            format!(
+                "invalid value '{max}' for '--pad-multiple <PAD_MULTIPLE>': {max} is not in 1..=268435456"
+            ),
+        ),
+        (
+            &["bench", "--pad-multiple", "4294967296"],
+            "4294967296 is not in 1..=268435456".to_string(),
+        ),
+        // A read-ahead that never finished planning.
+        (
+            &["bench", "--read-ahead", &max],
+            format!(
+                "invalid value '{max}' for '--read-ahead <READ_AHEAD>': {max} is not in 0..=4096"
+            ),
+        ),
+        // Nothing timed: NaN rates.
+        (
+            &["bench", "--batches", "0"],
+            "invalid value '0' for '--batches <BATCHES>'".to_string(),
+        ),
+        (
+            &["bench", "--rounds", "0"],
+            "invalid value '0' for '--rounds <ROUNDS>'".to_string(),
+        ),
+        // An empty corpus, generated as 170 tokens.
+        (
+            &["bench", "--tokens", "0"],
+            "invalid value '0' for '--tokens <TOKENS>': 0 is not in 1..".to_string(),
+        ),
+        // A negative id, and one the i32 ids cannot hold.
+        (
+            &["bench", "--eos", "-1"],
+            "invalid value '-1' for '--eos <EOS>': -1 is not in 0..=2147483647".to_string(),
+        ),
+        (
+            &["bench", "--eos", "2147483648"],
+            "is not in 0..=2147483647".to_string(),
+        ),
+        // --mixture generates a corpus; with --data it was silently ignored.
+        (
+            &["bench", "--mixture", "--data", "x"],
+            "the argument '--mixture' cannot be used with '--data <DATA>'".to_string(),
+        ),
+        (
+            &["bench", "--roofline-mib", "0"],
+            "invalid value '0' for '--roofline-mib <ROOFLINE_MIB>'".to_string(),
+        ),
+    ] {
+        let err = refused(args);
+        assert!(err.contains(&message), "{args:?}: {err}");
+    }
+
+    // A multiple the batch can hold, but not a divisor of the sequence length: rows would be
+    // padded past --seq-len (to 10^8 tokens: 16.8 GB resident and status 0 before).
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = shard(dir.path(), "s");
+    let err = fails(&["bench", "--data", p(&prefix), "--pad-multiple", "100000000"]);
+    assert!(
+        err.contains(
+            "--pad-multiple 100000000: --seq-len 2048 is not a multiple of it, so rows would be \
+             padded past --seq-len (to 100000000)"
+        ),
+        "{err}"
+    );
+    let err = fails(&[
+        "bench",
+        "--data",
+        p(&prefix),
+        "--pad-multiple",
+        "48",
+        "--seq-len",
+        "100",
+    ]);
+    assert!(err.contains("padded past --seq-len (to 144)"), "{err}");
+}
+
+#[test]
+fn the_loader_checks_the_widest_padded_row_and_the_read_ahead_against_their_limits() {
+    use shardflow::collate::{CollateConfig, Padding};
+    use shardflow::loader::{LoaderBuilder, MAX_READ_AHEAD, Source};
+    use shardflow::order::OrderConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = shardflow::Dataset::open(&[shard(dir.path(), "s")]).unwrap();
+    let build = |padding: Padding, read_ahead: usize| {
+        LoaderBuilder::<i32>::new(vec![Source::new("s", data.clone(), 1.0)])
+            .with_order(OrderConfig {
+                local_batch: 32,
+                ..Default::default()
+            })
+            .with_collate(CollateConfig {
+                seq_len: 2048,
+                padding,
+                ..Default::default()
+            })
+            .with_workers(0)
+            .with_read_ahead(read_ahead)
+            .build_host()
+    };
+    // 32 rows of 2048 tokens rounded up to 2^24 exceed the 2^28-token batch; so does a multiple
+    // whose rounding overflows.
+    for (m, shown) in [
+        (1 << 24, "16777216"),
+        (usize::MAX, &*usize::MAX.to_string()),
+    ] {
+        let e = build(Padding::Multiple(m), 0).err().expect("refused");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid configuration: local batch 32 x sequence length 2048 rounded up to the padding multiple {shown} \
+                 exceeds the largest batch, 268435456 tokens"
+            )
+        );
+    }
+    // Within the limit, a row is padded to the multiple (past the sequence length, by less
+    // than the multiple).
+    let mut loader = build(Padding::Multiple(3000), 0).unwrap();
+    assert_eq!(loader.next().unwrap().unwrap().width, 3000);
+
+    let e = build(Padding::Longest, MAX_READ_AHEAD + 1)
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string().starts_with(
+            "invalid configuration: the read-ahead of 4097 steps exceeds the most, 4096 steps"
+        ),
+        "{e}"
+    );
+    // The most read-ahead costs what the least does: the advisor works its way ahead.
+    let start = Instant::now();
+    let mut loader = build(Padding::Longest, MAX_READ_AHEAD).unwrap();
+    assert_eq!(loader.next().unwrap().unwrap().rows, 32);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn bench_caps_its_roofline_buffers() {
+    let bytes = |extra: &[&str]| {
+        let args = [
+            &[
+                "bench",
+                "--tokens",
+                "20000",
+                "--batches",
+                "2",
+                "--rounds",
+                "1",
+                "--json",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let r: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        r["memcpy"]["bytes"].as_u64().unwrap()
+    };
+    // 256 MiB by default, whatever the last-level cache (4x a 480 MiB one was 1.9 GiB each).
+    assert_eq!(bytes(&[]), 256 << 20);
+    assert_eq!(bytes(&["--roofline-mib", "8"]), 8 << 20);
+}
+
+#[test]
+fn plan_says_where_the_stream_ends() {
+    let run = |args: &[&str]| {
+        let out = shardflow(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        (text, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // An endless stream of 2 rows per step ends after 2^64 - 1 rows: the step 2^63 - 1 holds
+    // one row, and is the last.
+    let (text, err) = run(&[
+        "plan",
+        "--data",
+        "a=10",
+        "--local-batch",
+        "2",
+        "--start",
+        "9223372036854775807",
+        "--steps",
+        "3",
+    ]);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert_eq!(
+        err,
+        "the stream ends after 9223372036854775808 steps (an endless stream ends after 2^64 - 1 \
+         rows, where stream positions stop fitting 64 bits); printed steps \
+         9223372036854775807..9223372036854775808, 1 of the 3 asked for\n"
+    );
+    let max = u64::MAX.to_string();
+    let (text, err) = run(&["plan", "--data", "a=10", "--start", &max]);
+    assert_eq!(text.lines().count(), 1, "only the header: {text}");
+    assert!(
+        err.ends_with("; nothing from step 18446744073709551615 on\n"),
+        "{err}"
+    );
+    // A finite stream too.
+    let (text, err) = run(&[
+        "plan",
+        "--data",
+        "a=5",
+        "--samples",
+        "5",
+        "--local-batch",
+        "2",
+        "--steps",
+        "10",
+    ]);
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert_eq!(
+        err,
+        "the stream ends after 3 steps; printed steps 0..3, 3 of the 10 asked for\n"
+    );
+    // Within the stream, nothing is said.
+    let (_, err) = run(&[
+        "plan",
+        "--data",
+        "a=5",
+        "--samples",
+        "6",
+        "--local-batch",
+        "2",
+        "--steps",
+        "3",
+    ]);
+    assert_eq!(err, "");
+}
+
+#[test]
+fn a_weight_below_the_mixture_resolution_is_named_as_such() {
+    let err = fails(&["plan", "--data", "a=10", "--data", "b=10:1e-7"]);
+    assert!(
+        err.contains(
+            "dataset b: weight 0.0000001 is 1.00e-7 of the total weight, below the mixture's \
+             resolution of 2^-20 (about 9.5e-7) of the rows, so it would draw none"
+        ),
+        "{err}"
+    );
+    // Large weights: the small one is what is too small.
+    let err = fails(&["plan", "--data", "a=10:1e300", "--data", "b=10:1"]);
+    assert!(
+        err.contains("dataset b: weight 1 is 1.00e-300 of the total weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_stratified_summary_lists_only_the_classes_a_rank_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let classes = dir.path().join("a.classes");
+    let ids: Vec<u8> = [0u32, 0, 0, 0, 7, 9]
+        .iter()
+        .flat_map(|c| c.to_le_bytes())
+        .collect();
+    std::fs::write(&classes, ids).unwrap();
+    let partition = format!("stratified:a={}", p(&classes));
+    let args = [
+        "plan",
+        "--data",
+        "a=6",
+        "--world",
+        "2",
+        "--partition",
+        &partition,
+        "--summary",
+    ];
+    assert_eq!(
+        ok(&args),
+        "rank  dataset  samples  classes (class:samples)\n\
+         \x20  0  a  3  0:2 7:1\n\
+         \x20  1  a  3  0:2 9:1\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&[&args[..], &["--json"]].concat())).unwrap();
+    assert_eq!(json[1]["classes"], serde_json::json!({"0": 2, "9": 1}));
+}

@@ -560,3 +560,225 @@ fn the_history_command_summarizes_compacts_and_names_a_missing_directory() {
         "{err}"
     );
 }
+
+#[cfg(feature = "cli")]
+#[test]
+fn the_history_command_refuses_a_directory_that_is_not_a_history_saying_what_it_expected() {
+    use common::cmd::{p, run};
+    let fails = |args: &[&str]| {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let none = "not a metrics history: it holds no steps/ or samples/ directory of part files";
+    let root = tempfile::tempdir().unwrap();
+    let history = root.path().join("run");
+    let mut w = HistoryWriter::create(config(&history, 40)).unwrap();
+    write_run(&mut w, 0..3, 4);
+    w.flush().unwrap();
+    // Its parent, naming the history inside.
+    assert_eq!(
+        fails(&["history", p(root.path())]),
+        format!(
+            "error: history {}: {none}; histories inside it: {}\n",
+            root.path().display(),
+            history.display()
+        )
+    );
+    // One of its tables, naming the history.
+    let steps = history.join("steps");
+    assert_eq!(
+        fails(&["history", p(&steps)]),
+        format!(
+            "error: history {}: {none}; it is the steps table of the history {}: give that \
+             directory\n",
+            steps.display(),
+            history.display()
+        )
+    );
+    // An empty directory, and `/`.
+    let empty = root.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_eq!(
+        fails(&["history", p(&empty)]),
+        format!("error: history {}: {none}\n", empty.display())
+    );
+    assert!(
+        fails(&["history", "/"]).starts_with(&format!("error: history /: {none}")),
+        "/"
+    );
+    // Compaction refuses it too, and writes nothing there.
+    assert_eq!(
+        fails(&["history", "compact", p(&empty)]),
+        format!("error: history {}: {none}\n", empty.display())
+    );
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    // The merged files only: read them with --merged.
+    let merged = root.path().join("merged");
+    std::fs::create_dir(&merged).unwrap();
+    compact(&history).unwrap();
+    for table in ["steps", "samples"] {
+        let name = format!("{table}.parquet");
+        std::fs::copy(history.join(&name), merged.join(&name)).unwrap();
+    }
+    assert_eq!(
+        fails(&["history", p(&merged)]),
+        format!(
+            "error: history {}: {none}; it holds merged files only: read them with --merged\n",
+            merged.display()
+        )
+    );
+    let text = common::cmd::ok(&["history", p(&merged), "--merged"]);
+    assert!(text.contains(": 3 steps"), "{text}");
+    // --merged where there are parts only.
+    for table in ["steps", "samples"] {
+        std::fs::remove_file(history.join(format!("{table}.parquet"))).unwrap();
+    }
+    assert_eq!(
+        fails(&["history", p(&history), "--merged"]),
+        format!(
+            "error: history {0}: holds no merged history (steps.parquet, samples.parquet); merge \
+             its parts with `shardflow history compact {0}` or read them without --merged\n",
+            history.display()
+        )
+    );
+    // A history whose writer has not flushed yet is one: 0 steps.
+    let fresh = root.path().join("fresh");
+    let _w = HistoryWriter::create(config(&fresh, 40)).unwrap();
+    let text = common::cmd::ok(&["history", p(&fresh)]);
+    assert!(text.contains(": 0 steps (0 rows), 0 samples"), "{text}");
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn top_by_an_unknown_name_lists_the_names_the_history_holds() {
+    use common::cmd::{p, run};
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = HistoryWriter::create(config(dir.path(), 40)).unwrap();
+    write_run(&mut w, 0..3, 4);
+    let of = SampleOf {
+        dataset: "code",
+        sample: 1,
+        epoch: 0,
+    };
+    w.record_sample(2, &of, "grad_norm", Some(0.5), SampleStatus::Ok)
+        .unwrap();
+    w.flush().unwrap();
+    let out = run(&["history", p(dir.path()), "--top", "3", "--by", "los"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: history {}: no per-sample value is named \"los\"; the names it holds: \
+             grad_norm, loss\n",
+            dir.path().display()
+        )
+    );
+    // With no per-sample values at all.
+    let bare = tempfile::tempdir().unwrap();
+    let mut w = HistoryWriter::create(config(bare.path(), 40)).unwrap();
+    w.record_report(0, None, &report(0)).unwrap();
+    w.flush().unwrap();
+    let e = summarize(bare.path(), Source::Parts, Some((3, "loss"))).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "history {}: no per-sample value is named \"loss\"; it holds no per-sample values",
+            bare.path().display()
+        )
+    );
+}
+
+#[test]
+fn compactions_at_once_all_succeed_with_every_row() {
+    // Ranks finishing together, or `history compact` beside a run's `finish`: each compaction
+    // writes both merged files, and none may fail or tear the other's.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = HistoryWriter::create(config(dir.path(), 3)).unwrap();
+    write_run(&mut w, 0..6, 2);
+    w.flush().unwrap();
+    let want = read_samples(dir.path(), Source::Parts).unwrap();
+    let (threads, rounds) = (4, 30);
+    let barrier = std::sync::Barrier::new(threads);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    for round in 0..rounds {
+                        barrier.wait();
+                        let c =
+                            compact(dir.path()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+                        assert_eq!(c.samples_rows, want.len() as u64);
+                    }
+                })
+            })
+            .collect();
+        for r in runs {
+            r.join().unwrap();
+        }
+    });
+    assert_eq!(read_samples(dir.path(), Source::Merged).unwrap(), want);
+}
+
+#[test]
+fn a_compaction_waits_for_the_one_in_progress() {
+    // Compactions take turns on DIR/.compact.lock: one started while another holds it writes
+    // nothing until that one is done.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = HistoryWriter::create(config(dir.path(), 5)).unwrap();
+    write_run(&mut w, 0..4, 3);
+    w.flush().unwrap();
+    let held = std::fs::File::create(dir.path().join(shardflow::history::COMPACT_LOCK)).unwrap();
+    held.lock().unwrap();
+    std::thread::scope(|s| {
+        let second = s.spawn(|| compact(dir.path()));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(!second.is_finished(), "it waits for the lock");
+        assert!(!dir.path().join("samples.parquet").exists());
+        drop(held);
+        let c = second.join().unwrap().unwrap();
+        assert_eq!(c.samples_rows, 12);
+    });
+    assert_eq!(
+        read_samples(dir.path(), Source::Merged).unwrap(),
+        read_samples(dir.path(), Source::Parts).unwrap()
+    );
+}
+
+#[test]
+fn a_reader_tolerates_parts_dropped_while_it_reads() {
+    // A resumed writer drops the parts after its checkpoint and writes the steps again, over
+    // and over; a reader meanwhile always succeeds, and always sees the rows up to the
+    // checkpoint exactly once.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = HistoryWriter::create(config(dir.path(), 4)).unwrap();
+    write_run(&mut w, 0..12, 4);
+    w.flush().unwrap();
+    drop(w);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let kept = |rows: &[SampleRow]| rows.iter().filter(|r| r.step <= 3).count();
+    let want = kept(&read_samples(dir.path(), Source::Parts).unwrap());
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            for _ in 0..60 {
+                let mut w = HistoryWriter::resume(config(dir.path(), 4), Some(3)).unwrap();
+                write_run(&mut w, 4..12, 4);
+                w.flush().unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut reads = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let rows = read_samples(dir.path(), Source::Parts)
+                .unwrap_or_else(|e| panic!("read {reads}: {e}"));
+            assert_eq!(kept(&rows), want, "read {reads}");
+            summarize(dir.path(), Source::Parts, Some((3, "loss")))
+                .unwrap_or_else(|e| panic!("summary {reads}: {e}"));
+            reads += 1;
+        }
+        writer.join().unwrap();
+        assert!(reads > 0);
+    });
+}

@@ -669,3 +669,113 @@ fn a_sample_limit_ends_with_a_partial_global_batch_for_the_first_ranks() {
         std::iter::from_fn(|| rank2.next_rows(&mut rows).then_some(rows.len())).collect();
     assert_eq!(sizes, [2, 2, 0]);
 }
+
+#[test]
+fn drop_last_gives_every_rank_the_same_full_steps_and_is_checkpointed() {
+    // The case: 5 samples, one epoch, 2 ranks of 2 rows. Without drop_last rank 1's
+    // second step is empty; with it the stream ends after the one full global batch.
+    let data = vec![DatasetSpec::new("a", 5, 1.0)];
+    let cfg = |rank, drop_last| OrderConfig {
+        shuffle: Shuffle::None,
+        world: 2,
+        rank,
+        local_batch: 2,
+        limit: StreamLimit::Epochs(1.0),
+        drop_last,
+        ..Default::default()
+    };
+    let sizes = |rank, drop_last| -> Vec<usize> {
+        let mut planner = Planner::new(plan(cfg(rank, drop_last), data.clone()));
+        let mut rows = Vec::new();
+        std::iter::from_fn(|| planner.next_rows(&mut rows).then_some(rows.len())).collect()
+    };
+    assert_eq!(sizes(0, false), [2, 1]);
+    assert_eq!(sizes(1, false), [2, 0]);
+    assert_eq!(sizes(0, true), [2]);
+    assert_eq!(sizes(1, true), [2]);
+    assert_eq!(plan(cfg(0, true), data.clone()).steps(), Some(1));
+    assert_eq!(plan(cfg(0, false), data.clone()).steps(), Some(2));
+    // A sample budget too: 14 rows in global batches of 4 keep 3 full steps (12 rows).
+    let samples = OrderConfig {
+        limit: StreamLimit::Samples(14),
+        ..cfg(0, true)
+    };
+    assert_eq!(plan(samples, data.clone()).steps(), Some(3));
+    // An endless stream has no last batch to drop.
+    let endless = OrderConfig {
+        limit: StreamLimit::Endless,
+        ..cfg(0, true)
+    };
+    assert_eq!(plan(endless, data.clone()).steps(), None);
+
+    // The cursor records it; a resume that changes it is refused, one that keeps it continues.
+    let cursor = taken_at(&cfg(0, true), &data, 1);
+    assert!(cursor.drop_last);
+    let json = serde_json::to_string(&cursor).unwrap();
+    let back: Cursor = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, cursor);
+    let msg = resume_err(cfg(0, false), data.clone(), &cursor);
+    assert!(msg.contains("drop_last setting was true"), "{msg}");
+    let mut resumed = Planner::resume(
+        plan(cfg(0, true), data.clone()),
+        &cursor,
+        ResumeOptions::default(),
+    )
+    .unwrap();
+    let mut rows = Vec::new();
+    assert!(
+        !resumed.next_rows(&mut rows),
+        "the dropped last batch stays dropped"
+    );
+    // A checkpoint written before drop_last existed reads as false.
+    let mut old: serde_json::Value =
+        serde_json::to_value(taken_at(&cfg(0, false), &data, 1)).unwrap();
+    old.as_object_mut().unwrap().remove("drop_last");
+    let old: Cursor = serde_json::from_value(old).unwrap();
+    assert!(!old.drop_last);
+}
+
+#[test]
+fn plan_drop_last_flag() {
+    let plan = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardflow"))
+            .args([
+                "plan",
+                "--data",
+                "a=5",
+                "--epochs",
+                "1",
+                "--local-batch",
+                "2",
+            ])
+            .args([
+                "--world",
+                "2",
+                "--shuffle",
+                "none",
+                "--steps",
+                "10",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        rows.iter()
+            .map(|r| {
+                (
+                    r["step"].as_u64().unwrap(),
+                    r["rank"].as_u64().unwrap(),
+                    r["rows"].as_array().unwrap().len(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(plan(&[]), [(0, 0, 2), (0, 1, 2), (1, 0, 1), (1, 1, 0)]);
+    assert_eq!(plan(&["--drop-last"]), [(0, 0, 2), (0, 1, 2)]);
+}

@@ -50,6 +50,84 @@ fn write(input: &Path, prefix: &Path, fault: Option<(u64, &str)>) -> Output {
     cmd.output().unwrap()
 }
 
+/// Runs `shardflow ARGS` with a fault injected at point `at` (crash or error), or none.
+#[cfg(feature = "fault-injection")]
+fn faulted(args: &[&str], fault: Option<(u64, &str)>) -> (Output, bool) {
+    let mut cmd = shardflow();
+    cmd.args(args).env("SHARDFLOW_FAULT_TRACE", "1");
+    if let Some((at, mode)) = fault {
+        cmd.env("SHARDFLOW_FAULT_AT", at.to_string())
+            .env("SHARDFLOW_FAULT_MODE", mode);
+    }
+    let out = cmd.output().unwrap();
+    let hit = String::from_utf8_lossy(&out.stderr).contains("fault injected");
+    (out, hit)
+}
+
+/// Every file of `dir` with its bytes (to put a crash state back between runs).
+#[cfg(feature = "fault-injection")]
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[cfg(feature = "fault-injection")]
+fn restore(dir: &Path, files: &[(PathBuf, Vec<u8>)]) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    for (p, bytes) in files {
+        std::fs::write(p, bytes).unwrap();
+    }
+}
+
+/// What a reader may find after a write was stopped: for an overwrite the old or the new pair,
+/// always (an interrupted commit is rolled back or forward); for a first write the new pair or
+/// nothing, named. Returns the version read, if any.
+#[cfg(feature = "fault-injection")]
+fn readable_version(
+    prefix: &Path,
+    overwrite: bool,
+    old: &[Vec<i64>],
+    new: &[Vec<i64>],
+    case: &str,
+) -> Option<Vec<Vec<i64>>> {
+    match read(prefix) {
+        Ok(tokens) => {
+            assert!(
+                tokens == new || (overwrite && tokens == old),
+                "tokens of neither version; {case}"
+            );
+            Some(tokens)
+        }
+        Err(e) => {
+            assert!(
+                !overwrite,
+                "an interrupted overwrite is recovered: {e}; {case}"
+            );
+            let named = matches!(&e, Error::UnpairedShard { .. } | Error::MissingFile { .. });
+            assert!(named, "{e}; {case}");
+            assert!(e.to_string().contains("shard.idx"), "{e}; {case}");
+            None
+        }
+    }
+}
+
+/// The crash states of a pair write (README, "A pair that can never mix"), each reached by
+/// stopping `write` at every rename, fsync and removal, by a kill and by a failed call:
+/// afterwards a reader gets the old or the new pair (an interrupted commit is rolled back or
+/// forward by the next reader or writer, by renames, before anything is deleted); a following
+/// write that fails on bad input leaves that version in place; a reader's own recovery,
+/// stopped at each of its steps, leaves a state the next one recovers; the next good write
+/// succeeds and leaves no hidden file.
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_write_stopped_at_any_step_leaves_the_old_pair_the_new_pair_or_an_error() {
@@ -59,9 +137,13 @@ fn a_write_stopped_at_any_step_leaves_the_old_pair_the_new_pair_or_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let old_input = dir.path().join("old.txt");
     let new_input = dir.path().join("new.txt");
+    let bad_input = dir.path().join("bad.jsonl");
     std::fs::write(&old_input, old_text.join("\n\n")).unwrap();
     std::fs::write(&new_input, new_text.join("\n\n")).unwrap();
+    std::fs::write(&bad_input, "{\"text\": \"fine\"}\n{not json\n").unwrap();
     let mut points_seen = 0;
+    let mut recovery_points = 0;
+    let mut states = std::collections::BTreeSet::new();
     for overwrite in [true, false] {
         for mode in ["crash", "error"] {
             for at in 0.. {
@@ -72,48 +154,62 @@ fn a_write_stopped_at_any_step_leaves_the_old_pair_the_new_pair_or_an_error() {
                 }
                 let run = write(&new_input, &prefix, Some((at, mode)));
                 let stderr = String::from_utf8_lossy(&run.stderr).to_string();
-                let hit = stderr.contains("fault injected");
                 let case = format!("{mode} at point {at} (overwrite: {overwrite}): {stderr}");
-                if !hit {
+                if !stderr.contains("fault injected") {
                     // Past the last fault point: the write went through.
                     assert!(run.status.success(), "{case}");
                     assert_eq!(read(&prefix).unwrap(), new, "{case}");
+                    assert_eq!(hidden(out_dir.path()), Vec::<String>::new(), "{case}");
                     points_seen = points_seen.max(at);
                     break;
                 }
                 assert!(!run.status.success(), "{case}");
-                match read(&prefix) {
-                    Ok(tokens) => {
-                        let fresh_failure = !overwrite && mode == "error" && tokens != new;
-                        assert!(
-                            tokens == new || (overwrite && tokens == old),
-                            "tokens of neither version; {case}"
-                        );
-                        assert!(!fresh_failure, "{case}");
-                    }
-                    Err(e) => {
-                        // A crash may leave the .idx missing; a failed call restores the old pair
-                        // (or, for a fresh write, leaves nothing).
-                        let named =
-                            matches!(&e, Error::UnpairedShard { .. } | Error::MissingFile { .. });
-                        assert!(named, "{e}; {case}");
-                        assert!(e.to_string().contains("shard.idx"), "{e}; {case}");
-                        if mode == "error" {
-                            assert!(
-                                !overwrite,
-                                "a failed overwrite restores the old pair: {case}"
-                            );
-                            assert!(
-                                !prefix.with_extension("bin").exists(),
-                                "a failed fresh write leaves no .bin: {case}"
-                            );
-                        }
-                    }
-                }
-                if mode == "error" && !stderr.contains("remove an old file") {
+                let mut state = hidden(out_dir.path());
+                state.iter_mut().for_each(|n| {
+                    *n = n
+                        .split('.')
+                        .filter(|p| !p.is_empty())
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(".")
+                        + if n.ends_with(".old") { ".old" } else { ".tmp" }
+                });
+                state.sort();
+                states.insert((prefix.with_extension("idx").exists(), state));
+                if mode == "error" && !stderr.contains("remove a leftover file") {
+                    // A failed call cleans up after itself at once.
                     assert_eq!(hidden(out_dir.path()), Vec::<String>::new(), "{case}");
                 }
-                // The next write to the prefix cleans up and succeeds.
+                let crashed = snapshot(out_dir.path());
+
+                // (a) A reader first: it recovers; a failing write then changes nothing.
+                let version = readable_version(&prefix, overwrite, &old, &new, &case);
+                let bad = write(&bad_input, &prefix, None);
+                assert!(!bad.status.success(), "{case}");
+                let after = readable_version(&prefix, overwrite, &old, &new, &case);
+                assert_eq!(after, version, "a failed write changed the shard; {case}");
+
+                // (b) A failing write first: it recovers the pair before anything is deleted.
+                restore(out_dir.path(), &crashed);
+                let bad = write(&bad_input, &prefix, None);
+                assert!(!bad.status.success(), "{case}");
+                let after = readable_version(&prefix, overwrite, &old, &new, &case);
+                assert_eq!(after, version, "the failed write lost a version; {case}");
+
+                // (c) The reader's recovery stopped at each of its own steps.
+                for rat in 0.. {
+                    restore(out_dir.path(), &crashed);
+                    let (_, hit) = faulted(&["inspect", p(&prefix)], Some((rat, mode)));
+                    let rcase = format!("recovery {mode} at {rat}; {case}");
+                    let got = readable_version(&prefix, overwrite, &old, &new, &rcase);
+                    assert_eq!(got, version, "{rcase}");
+                    if !hit {
+                        recovery_points = recovery_points.max(rat);
+                        break;
+                    }
+                }
+
+                // The next good write cleans up and succeeds.
                 let again = write(&new_input, &prefix, None);
                 assert!(again.status.success(), "{case}");
                 assert_eq!(read(&prefix).unwrap(), new, "{case}");
@@ -125,6 +221,13 @@ fn a_write_stopped_at_any_step_leaves_the_old_pair_the_new_pair_or_an_error() {
         points_seen >= 9,
         "an overwrite passes every rename, fsync and removal: {points_seen} points"
     );
+    // Recovery renames the .bin and the .idx back (each followed by a directory fsync).
+    assert!(recovery_points >= 2, "{recovery_points} recovery points");
+    // The states the README lists: the .idx missing with the old pair aside, with the new .bin
+    // in place and the new .idx complete under its temporary name, and the new pair with the
+    // old files still aside.
+    let apart = states.iter().filter(|(idx, _)| !idx).count();
+    assert!(apart >= 3, "{states:?}");
 }
 
 #[test]
@@ -232,6 +335,9 @@ fn stale_temporaries_are_removed_and_a_live_write_is_refused() {
     let mut removed: Vec<(PathBuf, u64)> = w.removed_stale().to_vec();
     removed.sort();
     assert_eq!(removed, vec![(stale.clone(), 1000), (aside.clone(), 3)]);
+    // Nothing is removed before this write's own pair is complete: the moved-aside file may be
+    // all that is left of an earlier version.
+    assert!(stale.exists() && aside.exists());
     assert!(other.exists());
     w.add_sequence(&[1u32, 2]).unwrap();
 
@@ -240,6 +346,11 @@ fn stale_temporaries_are_removed_and_a_live_write_is_refused() {
     assert!(e.to_string().contains("another write to"), "{e}");
     w.finish().unwrap();
     assert_eq!(read(&prefix).unwrap(), vec![vec![1, 2]]);
+    assert!(
+        !stale.exists() && !aside.exists(),
+        "removed once the pair is in place"
+    );
+    assert!(other.exists());
 
     // Shard files get the mode any new file gets (0666 less the umask), not a temporary
     // file's owner-only 0600.
@@ -264,8 +375,24 @@ fn bad_output_prefixes_fail_before_anything_is_written() {
         String::from_utf8_lossy(&out.stderr).to_string()
     };
 
-    let msg = err(write(&input, &dir.path().join("missing/x"), None));
-    assert!(msg.contains("missing: directory not found"), "{msg}");
+    // A missing output directory is created, as `demo` and `launch` create theirs.
+    let made = write(&input, &dir.path().join("missing/deeper/x"), None);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    assert_eq!(read(&dir.path().join("missing/deeper/x")).unwrap().len(), 1);
+
+    // A directory that exists but takes no new files: the system's reason, not "not found".
+    if Path::new("/proc/self").exists() {
+        let msg = err(write(&input, Path::new("/proc/o1"), None));
+        assert!(
+            msg.contains("/proc: cannot create a new file here"),
+            "{msg}"
+        );
+        assert!(!msg.contains("file not found"), "{msg}");
+    }
 
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();

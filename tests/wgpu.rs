@@ -152,3 +152,85 @@ fn storage(ctx: &shardflow::gpu::WgpuContext, data: &[u32]) -> wgpu::Buffer {
             usage: wgpu::BufferUsages::STORAGE,
         })
 }
+
+#[test]
+fn a_batch_past_the_devices_limits_is_one_line_naming_the_limit() {
+    use shardflow::collate::{CollateConfig, Padding};
+    use shardflow::loader::LoaderBuilder;
+    use shardflow::order::OrderConfig;
+    let Some(ctx) = wgpu() else { return };
+    // The largest batch `bench` documents: 8192 rows padded to a multiple of 8192. On lavapipe
+    // its [B, T] buffers (256 MiB each) pass the storage binding limit; on any device its
+    // dispatch passes the workgroup limit.
+    let limits = ctx.device().limits();
+    let cells: u64 = 8192 * 8192;
+    let limit = if 4 * cells > limits.max_buffer_size {
+        format!("max_buffer_size of {} bytes", limits.max_buffer_size)
+    } else if 4 * cells > limits.max_storage_buffer_binding_size {
+        format!(
+            "max_storage_buffer_binding_size of {} bytes",
+            limits.max_storage_buffer_binding_size
+        )
+    } else {
+        format!(
+            "max_compute_workgroups_per_dimension of {}",
+            limits.max_compute_workgroups_per_dimension
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut loader = LoaderBuilder::<u32>::new(common::mixture(dir.path()))
+        .with_order(OrderConfig {
+            local_batch: 8192,
+            ..Default::default()
+        })
+        .with_collate(CollateConfig {
+            seq_len: 8192,
+            padding: Padding::Multiple(8192),
+            ..Default::default()
+        })
+        .with_workers(1)
+        .with_prefetch(1)
+        .build(WgpuSink::new(ctx.clone()).unwrap())
+        .unwrap();
+    let e = loader.next().unwrap().unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, shardflow::Error::Device { .. }), "{text}");
+    assert!(!text.contains('\n'), "one line: {text}");
+    assert!(text.contains(&limit), "names {limit}: {text}");
+    assert!(
+        text.starts_with(&format!(
+            "device {}: cannot collate batches of 8192 rows and up to 67108864 tokens: ",
+            ctx.name()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("use a smaller batch size or sequence length"),
+        "{text}"
+    );
+    // The loader does not count a batch that never arrived.
+    assert_eq!(loader.stats().batches, 0);
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn opening_the_adapter_without_xdg_runtime_dir_prints_nothing_on_stderr() {
+    // Mesa's device-select layer asks libwayland for a compositor, which complains on stderr
+    // when XDG_RUNTIME_DIR is unset; the command gives the variable a value first.
+    let Some(ctx) = wgpu() else { return };
+    let out = common::cmd::shardflow()
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with(&format!("wgpu: {} (f64 in shaders: ", ctx.name())),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+}

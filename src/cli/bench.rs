@@ -11,7 +11,7 @@ use super::{Out, data, measure, note, outln};
 use crate::atomic::TempDir;
 use crate::collate::{CollateConfig, Padding};
 use crate::device::DeviceSink;
-use crate::loader::{Loader, LoaderBuilder, LoaderStats, Source};
+use crate::loader::{Loader, LoaderBuilder, LoaderStats, MAX_BATCH_TOKENS, MAX_READ_AHEAD, Source};
 use crate::order::{OrderConfig, Shuffle};
 use crate::shard::synthetic::SyntheticCorpus;
 use crate::transform::TransformConfig;
@@ -24,25 +24,28 @@ pub struct BenchArgs {
     /// lengths, median 300, u16 ids) is written to a temporary directory first.
     #[arg(long = "data")]
     data: Vec<String>,
-    /// Tokens of the generated corpus (at most 10^10; the disk must hold 2 bytes per token).
-    #[arg(long, default_value_t = 50_000_000)]
+    /// Tokens of the generated corpus (1 to 10^10, rounded up to whole documents; the disk must
+    /// hold 2 bytes per token).
+    #[arg(long, default_value_t = 50_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     tokens: u64,
     /// Write the generated corpus to this directory and keep it (a later run reads it with
     /// `--data DIR`, or `--data web=DIR/web ...` for a mixture) instead of a temporary one.
     #[arg(long, conflicts_with = "data")]
     keep: Option<PathBuf>,
     /// Generate three datasets (medians 300, 600 and 150 tokens) and mix them 0.5 / 0.3 / 0.2
-    /// instead of one dataset.
-    #[arg(long)]
+    /// instead of one dataset (not with `--data`: give its datasets and weights there).
+    #[arg(long, conflicts_with = "data")]
     mixture: bool,
-    /// Append this end-of-sequence id to every sample (a per-sample transform).
-    #[arg(long)]
+    /// Append this end-of-sequence id to every sample (a per-sample transform; 0 to 2^31 - 1,
+    /// the ids are i32).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..=i64::from(i32::MAX)))]
     eos: Option<i64>,
     /// Rows per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// Pad each batch to a multiple of this (1: to the longest row).
-    #[arg(long, default_value_t = 8)]
+    /// Pad each batch to a multiple of this (1: to the longest row); `--seq-len` must be a
+    /// multiple of it, so that no row is padded past `--seq-len`.
+    #[arg(long, default_value_t = 8, value_parser = ranged::<usize>(1, MAX_BATCH_TOKENS))]
     pad_multiple: usize,
     /// The longest row.
     #[arg(long, default_value_t = 2048)]
@@ -53,11 +56,11 @@ pub struct BenchArgs {
     /// Loader worker threads (0: on the caller's thread).
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Batches to time per round (after a warm-up round of as many).
-    #[arg(long, default_value_t = 2000)]
+    /// Batches to time per round (after a warm-up round of as many); at least 1.
+    #[arg(long, default_value_t = 2000, value_parser = ranged::<usize>(1, u64::MAX))]
     batches: usize,
-    /// Rounds of `--batches` batches; the figures are the median round's.
-    #[arg(long, default_value_t = 5)]
+    /// Rounds of `--batches` batches; the figures are the median round's. At least 1.
+    #[arg(long, default_value_t = 5, value_parser = ranged::<usize>(1, u64::MAX))]
     rounds: usize,
     /// The seed.
     #[arg(long, default_value_t = 0)]
@@ -73,9 +76,15 @@ pub struct BenchArgs {
     #[arg(long)]
     cold: bool,
     /// Steps of plan-driven prefetch (`MADV_WILLNEED` on the samples of the batch this many
-    /// steps ahead; 0: off) in the main run; `--cold` compares 0 with `--read-ahead` (16 if 0).
-    #[arg(long, default_value_t = 0)]
+    /// steps ahead; 0: off; at most 4096) in the main run; `--cold` compares 0 with
+    /// `--read-ahead` (16 if 0).
+    #[arg(long, default_value_t = 0, value_parser = ranged::<usize>(0, MAX_READ_AHEAD as u64))]
     read_ahead: usize,
+    /// MiB of each of the two buffers the memcpy roofline copies between (1 to 65536). The copy
+    /// measures memory bandwidth only when they are well above the cache the copying cores
+    /// share; the default suits a small machine.
+    #[arg(long, default_value_t = 256, value_parser = ranged::<usize>(1, 1 << 16))]
+    roofline_mib: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -94,9 +103,19 @@ pub enum Device {
 
 /// The most tokens `bench` generates.
 pub const MAX_TOKENS: u64 = 10_000_000_000;
+
 /// Batches run before timing starts, at least: the warm-up is one round (`--batches`), so that
 /// the first touch of every mapped page (a minor fault each) is not timed.
 const WARMUP: usize = 20;
+
+/// A value parser for a `T` in `min..=max` (a usage error, status 2, names the range).
+fn ranged<T>(min: u64, max: u64) -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    clap::builder::RangedU64ValueParser::new().range(min..=max)
+}
 
 /// What one bench run measured; every count covers the timed batches only.
 #[derive(Debug, serde::Serialize)]
@@ -256,9 +275,33 @@ impl BenchArgs {
     ///
     /// # Errors
     ///
-    /// The builder's configuration errors ([`LoaderBuilder::build`]).
+    /// As [`BenchArgs::check`]; the builder's configuration errors ([`LoaderBuilder::build`]).
     pub fn loader(&self, sources: Vec<Source>) -> Result<Loader<i32>> {
+        self.check()?;
         self.builder(sources).build_host()
+    }
+
+    /// Checks the arguments against each other (clap checks each on its own).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a `--seq-len` that is not a multiple of `--pad-multiple` (when
+    /// padding): rows would be padded past `--seq-len`.
+    pub fn check(&self) -> Result<()> {
+        let m = self.pad_multiple;
+        if !self.pack && m > 1 && !self.seq_len.is_multiple_of(m) {
+            return Err(Error::Config(format!(
+                "--pad-multiple {m}: --seq-len {} is not a multiple of it, so rows would be \
+                 padded past --seq-len (to {}); give a --seq-len that is a multiple of \
+                 --pad-multiple",
+                self.seq_len,
+                self.seq_len
+                    .div_ceil(m)
+                    .checked_mul(m)
+                    .map_or_else(|| "more than 2^64".to_string(), |w| w.to_string())
+            )));
+        }
+        Ok(())
     }
 
     /// The loader's builder these arguments describe.
@@ -364,7 +407,8 @@ impl BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
-    // A missing device fails now, not after the corpus and the host run.
+    // Bad arguments and a missing device fail now, not after the corpus and the host run.
+    a.check()?;
     if a.device == Device::Cuda {
         cuda_available()?;
     }
@@ -424,7 +468,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     // The roofline: copying the bytes the loader hands out (i32 ids, padding included) at the
     // memcpy bandwidth of as many threads as the loader has workers.
     let output_bytes = padded as u64 * 4;
-    let memcpy = measure::memcpy_roofline(a.workers.max(1));
+    let memcpy = measure::memcpy_roofline_within(a.workers.max(1), a.roofline_mib << 20);
     // The median copy, like the median round: on a machine shared with other work the fastest
     // copy is an outlier that runs do not reproduce.
     let bandwidth = memcpy.median;

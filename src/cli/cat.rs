@@ -1,21 +1,103 @@
-//! `shardflow cat`: sequences as JSON arrays of token ids, one per line.
+//! `shardflow cat`: sequences as JSON arrays of token ids, one per line, of one shard or of a
+//! directory of shards (one dataset over all of them, in name order, as `plan` numbers them).
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
 use super::Out;
-use crate::{Error, IndexedShard, Result, Shard};
+use crate::{Dataset, Error, Result};
 
-pub fn run(prefix: &Path, range: &str) -> Result<ExitCode> {
-    let shard = IndexedShard::open(prefix)?;
-    let (a, b) = parse_range(range, shard.len())?;
+/// `--range A..B` or `A..`, checked for its form while the arguments are parsed; against the
+/// shard's length once it is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    start: usize,
+    /// `None`: to the end.
+    end: Option<usize>,
+}
+
+/// Parses `--range` (a clap value parser, so a malformed range is a usage error, status 2).
+///
+/// # Errors
+///
+/// What is wrong with the value: not `A..B` or `A..`, a bound that is not a whole number, or
+/// `A` after `B`.
+pub fn parse_range(range: &str) -> std::result::Result<SeqRange, String> {
+    let (a, b) = range
+        .split_once("..")
+        .ok_or_else(|| "expected A..B or A..".to_string())?;
+    let a = a.trim();
+    let start: usize = a
+        .parse()
+        .map_err(|_| format!("A={a} is not a whole number"))?;
+    let end = match b.trim() {
+        "" => None,
+        b => Some(
+            b.parse()
+                .map_err(|_| format!("B={b} is not a whole number"))?,
+        ),
+    };
+    if let Some(end) = end
+        && start > end
+    {
+        return Err(format!("A={start} is after B={end}"));
+    }
+    Ok(SeqRange { start, end })
+}
+
+impl SeqRange {
+    /// The range as given (`1..5`, `3..`).
+    fn shown(&self) -> String {
+        match self.end {
+            Some(end) => format!("{}..{end}", self.start),
+            None => format!("{}..", self.start),
+        }
+    }
+
+    /// The bounds within `len` sequences; `what` says who holds them ("the shard holds", "the 2
+    /// shards in DIR hold").
+    fn within(&self, len: usize, what: &str) -> Result<(usize, usize)> {
+        let end = self.end.unwrap_or(len);
+        if self.start > len || end > len {
+            let bound = if self.start > len {
+                format!("A={}", self.start)
+            } else {
+                format!("B={end}")
+            };
+            return Err(Error::Config(format!(
+                "--range {}: {bound} is past the end: {what} {len} sequences (0..{len})",
+                self.shown()
+            )));
+        }
+        Ok((self.start, end))
+    }
+}
+
+/// Prints sequences `range` of the shard at `prefix`, or of the shards in directory `prefix`.
+///
+/// # Errors
+///
+/// The shards' open errors; [`Error::Config`] for a range past the end; a write error on
+/// stdout.
+pub fn run(prefix: &Path, range: SeqRange) -> Result<ExitCode> {
+    let (data, what) = if prefix.is_dir() {
+        let data = Dataset::open_dir(prefix)?;
+        let what = match data.shards().len() {
+            1 => format!("the shard in {} holds", prefix.display()),
+            n => format!("the {n} shards in {} hold", prefix.display()),
+        };
+        (data, what)
+    } else {
+        (Dataset::open(&[prefix])?, "the shard holds".to_string())
+    };
+    let (a, b) = range.within(data.len(), &what)?;
     let mut out = Out::new();
     let mut line = String::new();
     for i in a..b {
-        let seq = shard
+        let seq = data
             .get(i)
-            .expect("the range was checked against the shard length");
+            .expect("the range was checked against the dataset length");
         line.clear();
         line.push('[');
         for (j, t) in seq.iter().enumerate() {
@@ -29,36 +111,4 @@ pub fn run(prefix: &Path, range: &str) -> Result<ExitCode> {
     }
     out.finish()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Parses `A..B` or `A..` against a shard of `len` sequences.
-fn parse_range(range: &str, len: usize) -> Result<(usize, usize)> {
-    let bad = |why: String| Error::Config(format!("--range {range}: {why}"));
-    let (a, b) = range
-        .split_once("..")
-        .ok_or_else(|| bad("expected A..B or A..".into()))?;
-    let a: usize = a
-        .trim()
-        .parse()
-        .map_err(|_| bad(format!("A={} is not a whole number", a.trim())))?;
-    let b: usize = match b.trim() {
-        "" => len,
-        b => b
-            .parse()
-            .map_err(|_| bad(format!("B={b} is not a whole number")))?,
-    };
-    if a > len || b > len {
-        return Err(bad(format!(
-            "{} is past the end: the shard holds {len} sequences (0..{len})",
-            if a > len {
-                format!("A={a}")
-            } else {
-                format!("B={b}")
-            }
-        )));
-    }
-    if a > b {
-        return Err(bad(format!("A={a} is after B={b}")));
-    }
-    Ok((a, b))
 }

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::order::DatasetSpec;
+use crate::order::{DatasetSpec, Shuffle};
 use crate::shard::{Dataset, prefix_name, resolve_prefix};
 use crate::{Error, Result};
 
@@ -35,7 +35,7 @@ enum Target {
 /// # Errors
 ///
 /// [`Error::Config`] naming the value for an empty name, a size without a name or too large,
-/// a weight that is not a number; a shard's open error.
+/// a weight that is not a number, two weights, a URL; a shard's open error.
 pub fn parse_all(specs: &[String], sizes: bool) -> Result<Vec<DataArg>> {
     let mut args = specs
         .iter()
@@ -84,8 +84,48 @@ impl DataArg {
     }
 }
 
+/// The `--shuffle` value parser of `plan`: `none`, `full` or `block:N` (N >= 1), checked while
+/// the arguments are parsed, so a bad value is a usage error (status 2) in clap's words.
+///
+/// # Errors
+///
+/// What the value should be.
+pub fn shuffle_arg(s: &str) -> std::result::Result<Shuffle, String> {
+    match s {
+        "none" => Ok(Shuffle::None),
+        "full" => Ok(Shuffle::Full),
+        _ => s
+            .strip_prefix("block:")
+            .and_then(|n| n.parse().ok())
+            .filter(|&n: &u64| n > 0)
+            .map(Shuffle::Block)
+            .ok_or_else(|| "expected none, full or block:N with N >= 1".into()),
+    }
+}
+
+/// The URL scheme `spec` starts with (after an optional `NAME=`), as in `s3://bucket/web`.
+fn url_scheme(spec: &str) -> Option<&str> {
+    let (head, _) = spec.split_once("://")?;
+    let scheme = match head.split_once('=') {
+        Some((name, scheme)) if !name.contains(['/', '\\']) => scheme,
+        _ => head,
+    };
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
+}
+
 fn parse(spec: &str, sizes: bool) -> Result<DataArg> {
     let bad = |why: String| Error::Config(format!("--data {spec}: {why}"));
+    if let Some(scheme) = url_scheme(spec)
+        && !Path::new(spec).exists()
+    {
+        return Err(bad(format!(
+            "{scheme}:// URLs are not supported; give a local shard prefix or directory (copy \
+             the shards to a local or mounted file system first)"
+        )));
+    }
     let (body, weight) = match spec.rsplit_once(':') {
         Some((body, w)) => match w.trim().parse::<f64>() {
             Ok(w) => (body, w),
@@ -126,6 +166,18 @@ fn parse(spec: &str, sizes: bool) -> Result<DataArg> {
         });
     }
     let path = PathBuf::from(rest);
+    if rest.contains(':') && !path.exists() && !shard_exists(&path) {
+        // `a=10:1:2`: two weights, or a size or path with a stray colon.
+        let forms = if sizes {
+            "[NAME=]PATH[:WEIGHT] or NAME=SIZE[:WEIGHT]"
+        } else {
+            "[NAME=]PATH[:WEIGHT]"
+        };
+        return Err(bad(format!(
+            "{rest} is {} a shard or directory; a dataset takes one weight: {forms}",
+            if sizes { "neither a size nor" } else { "not" }
+        )));
+    }
     let (data, default_name, path_name) = if path.is_dir() {
         let trimmed = rest.trim_end_matches(['/', '\\']);
         let dir_name = Path::new(trimmed)

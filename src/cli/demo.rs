@@ -32,16 +32,97 @@ const WEIGHTS: [f64; 3] = [0.5, 0.3, 0.2];
 /// Steps between the metrics written to the history.
 const HISTORY_EVERY: u64 = 50;
 
+/// The file that marks a directory as the demo's: a later run there starts afresh.
+const MARKER: &str = ".shardflow-demo";
+
 /// Where the demo's metrics history goes.
 fn history_dir(dir: &Path) -> PathBuf {
     dir.join("history")
 }
 
+/// The files the demo writes in its directory, besides the history and the marker: the corpus's
+/// shards and every rank's checkpoint.
+fn demo_files(dir: &Path) -> Vec<PathBuf> {
+    let corpus = SyntheticCorpus::demo();
+    let mut files = Vec::new();
+    for spec in &corpus.datasets {
+        let (idx, bin) = crate::shard::shard_paths(&corpus.prefix(dir, spec));
+        files.extend([idx, bin]);
+    }
+    files.extend((0..WORLD).map(|rank| checkpoint_path(dir, rank)));
+    files
+}
+
+/// Rank `rank`'s checkpoint.
+fn checkpoint_path(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(format!("checkpoint-rank{rank}.json"))
+}
+
+/// Makes `dir` the demo's for a fresh run: creates it, or where an earlier demo run left it
+/// (its marker), removes what that run wrote (corpus, checkpoints, history) and nothing else.
+///
+/// # Errors
+///
+/// [`Error::Config`] for a directory that holds files and no marker: the demo would overwrite
+/// or mix with them, so it names them and asks for a new or empty directory. [`Error::Io`]
+/// naming what cannot be created, listed or removed.
+fn prepare(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+    let marker = dir.join(MARKER);
+    if marker.is_file() {
+        for file in demo_files(dir) {
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&file, "remove", e));
+                }
+                _ => {}
+            }
+        }
+        let history = history_dir(dir);
+        match std::fs::remove_dir_all(&history) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(&history, "remove", e));
+            }
+            _ => {}
+        }
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, "list", e))? {
+        let entry = entry.map_err(|e| Error::io(dir, "list", e))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    if !names.is_empty() {
+        names.sort();
+        let shown = match names.len() {
+            n if n > 3 => format!("{}, and {} more", names[..3].join(", "), n - 3),
+            _ => names.join(", "),
+        };
+        return Err(Error::Config(format!(
+            "demo --dir {}: the directory holds files that the demo did not write ({shown}); \
+             give a new or empty directory (a directory of an earlier demo run is started \
+             afresh)",
+            dir.display()
+        )));
+    }
+    crate::atomic::write_atomic(
+        &marker,
+        b"Written by `shardflow demo --dir`: a later run here removes the demo's corpus, \
+          checkpoints and history and starts afresh; other files are left alone.\n",
+    )
+}
+
+/// Runs the demo in `dir` (a temporary directory when `None`).
+///
+/// # Errors
+///
+/// As [`prepare`]; the corpus writer's, the loaders' and the history's errors; a write error on
+/// stdout.
 pub fn run(dir: Option<PathBuf>) -> Result<ExitCode> {
     let tmp;
     let dir = match dir {
         Some(d) => {
-            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, "create", e))?;
+            prepare(&d)?;
             d
         }
         None => {
@@ -338,7 +419,7 @@ impl Run<'_> {
         docs: fn(&S::Output) -> &[DocRef],
     ) -> Result<RankRun> {
         let (sources, rank, bar) = (self.sources, self.rank, self.bar);
-        let ckpt = self.dir.join(format!("checkpoint-rank{rank}.json"));
+        let ckpt = checkpoint_path(self.dir, rank);
         let history = HistoryOptions::new(history_dir(self.dir), HISTORY_EVERY)
             .run("demo")
             .reduced_over(self.world.clone());

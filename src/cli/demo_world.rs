@@ -4,13 +4,18 @@
 //! global batches, and publishes a digest of the rows it received. Rank 0 plans every rank's
 //! rows on its own and checks each digest: a rank that loaded anything else fails the job.
 //!
+//! The job id is the launcher's ([`JobId::from_env`]), `demo` when none gives one; the ranks
+//! join a fresh run of it ([`Rendezvous`]), so an earlier run's records are never read as this
+//! run's. While a rank waits for others, a line on stderr names the ranks not yet arrived.
+//!
 //! Metrics are not reduced here: across processes they go through MPI or NCCL, never the file
 //! store.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::collate::{CollateConfig, Padding};
-use crate::collective::{FileStore, RunSpec, World, agree};
+use crate::collective::{JobId, Rendezvous, RunSpec, World, agree};
 use crate::loader::{DatasetConfig, LoaderConfig};
 use crate::order::{DatasetSpec, Planner, Row, StreamLimit};
 use crate::shard::synthetic::SyntheticCorpus;
@@ -18,8 +23,7 @@ use crate::shard::trailer::xxh64;
 use crate::transform::TransformConfig;
 use crate::{Error, Result};
 
-use super::launch::JOB_ENV;
-use super::{Out, outln};
+use super::{Out, note, outln};
 
 /// Steps each rank loads.
 const STEPS: u64 = 60;
@@ -70,8 +74,13 @@ fn config(dir: &std::path::Path, world: usize) -> LoaderConfig {
 
 pub fn run() -> Result<ExitCode> {
     let world = World::from_env()?;
-    let job = std::env::var(JOB_ENV).unwrap_or_else(|_| "demo".into());
-    let store = FileStore::from_env(&job, world.rank, world.size)?;
+    let job = JobId::from_env().map_or_else(|| "demo".to_string(), |j| j.id);
+    let rendezvous = Rendezvous::from_env(&job, world.rank, world.size)?;
+    // A line every 10 s of the default 300 s, more often under a short deadline.
+    let every = (rendezvous.deadline() / 30).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let store = rendezvous
+        .with_progress(every, |wait| note(format_args!("{wait}")))
+        .join()?;
     let mut out = Out::new();
     let dir = store.dir().join("corpus");
     if world.rank == 0 {

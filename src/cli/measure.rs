@@ -43,13 +43,25 @@ pub fn last_level_cache() -> Option<usize> {
         .max()
 }
 
-/// The memcpy roofline of this machine for `threads` threads: copies between two anonymous
-/// buffers, written once beforehand so that no copy takes a page fault, each at least four times
-/// the last-level cache (and at least 256 MiB), split over `threads` threads; 9 copies timed.
-/// Unlike a copy of a shard's mapped bytes it measures neither page faults nor cache residency,
-/// so it does not depend on the corpus or on what ran before.
+/// The default cap on each roofline buffer ([`memcpy_roofline`]): 256 MiB, two of them.
+pub const ROOFLINE_BYTES: usize = 256 << 20;
+
+/// The memcpy roofline of this machine for `threads` threads, with buffers of at most
+/// [`ROOFLINE_BYTES`]: [`memcpy_roofline_within`].
 pub fn memcpy_roofline(threads: usize) -> Bandwidth {
-    let bytes = (4 * last_level_cache().unwrap_or(32 << 20)).max(256 << 20);
+    memcpy_roofline_within(threads, ROOFLINE_BYTES)
+}
+
+/// The memcpy roofline of this machine for `threads` threads: copies between two anonymous
+/// buffers, written once beforehand so that no copy takes a page fault, each four times the
+/// last-level cache, at least 256 MiB and at most `max_bytes` (the cap wins), split over
+/// `threads` threads; 9 copies timed. Unlike a copy of a shard's mapped bytes it measures
+/// neither page faults nor the residency of the corpus, so it does not depend on the corpus or
+/// on what ran before. Buffers that the last-level cache can hold a good part of (a virtual
+/// machine may report its host's whole cache) measure partly the cache's bandwidth.
+pub fn memcpy_roofline_within(threads: usize, max_bytes: usize) -> Bandwidth {
+    let llc = last_level_cache().unwrap_or(32 << 20);
+    let bytes = llc.saturating_mul(4).max(256 << 20).min(max_bytes.max(1));
     memcpy_bandwidth(bytes, threads, 9)
 }
 

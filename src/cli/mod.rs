@@ -2,9 +2,13 @@
 //!
 //! Everything the command prints to stdout goes through [`Out`]: a closed pipe (`shardflow plan
 //! | head`) ends the command quietly with status 141, as a process killed by SIGPIPE ends, and
-//! any other write error (a full disk) is an error message and status 1. Ctrl-C, SIGTERM and
-//! SIGHUP remove the temporary files of a write in progress before the command exits (status
-//! 128 + the signal).
+//! any other write error (a full disk) is an error message and status 1; `--help` and
+//! `--version` too. A usage error (an unknown option, a value malformed on its own, such as
+//! `--range 2..1`, `--shuffle random` or `--nproc 0`) is clap's message and status 2: such values
+//! are checked by clap value parsers (`data::shuffle_arg`, `cat::parse_range`), not after
+//! parsing. Ctrl-C, SIGTERM and SIGHUP remove the temporary files of a write in progress before
+//! the command exits (status 128 + the signal); `launch` passes them on to its ranks and waits
+//! for them first.
 
 pub mod bench;
 mod cat;
@@ -89,11 +93,12 @@ enum Command {
     /// Print sequences as JSON arrays of token ids, one per line.
     #[command(allow_negative_numbers = true)]
     Cat {
-        /// The shard prefix.
+        /// The shard prefix, or a directory of shards (one dataset over all of them, in name
+        /// order).
         prefix: PathBuf,
         /// Sequences A..B (B exclusive; `A..` runs to the end).
-        #[arg(long, default_value = "0..")]
-        range: String,
+        #[arg(long, default_value = "0..", value_parser = cat::parse_range)]
+        range: cat::SeqRange,
     },
 }
 
@@ -102,20 +107,38 @@ pub fn main() -> ExitCode {
     signals::install();
     let args = match Args::try_parse() {
         Ok(args) => args,
-        Err(e) => {
-            // --help and --version land here too; a closed pipe is no reason to panic.
+        Err(e) if e.use_stderr() => {
+            // A usage error (status 2), in clap's words; a closed stderr loses it.
             let _ = e.print();
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+        Err(e) => {
+            // --help and --version: their text is the command's output, so a failed write is
+            // the command's failure, as for any other output.
+            let mut out = Out::new();
+            return match out
+                .print(format_args!("{}", e.render()))
+                .and_then(|()| out.finish())
+            {
+                Ok(()) => ExitCode::from(e.exit_code().clamp(0, 255) as u8),
+                Err(e) => failure(e),
+            };
         }
     };
     match run(args) {
         Ok(code) => code,
-        Err(e) if e.is_broken_pipe() => ExitCode::from(BROKEN_PIPE_STATUS),
-        Err(e) => {
-            note(format_args!("error: {e}"));
-            ExitCode::FAILURE
-        }
+        Err(e) => failure(e),
     }
+}
+
+/// The status of a command that failed with `e`, after its message: 141 and no message for a
+/// closed pipe, else the message and 1.
+fn failure(e: Error) -> ExitCode {
+    if e.is_broken_pipe() {
+        return ExitCode::from(BROKEN_PIPE_STATUS);
+    }
+    note(format_args!("error: {e}"));
+    ExitCode::FAILURE
 }
 
 /// Runs the parsed command.
@@ -134,7 +157,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         } => inspect::run(&prefixes, json, verify),
         Command::Plan(p) => plan::run(p),
         Command::Bench(b) => bench::run(b),
-        Command::Cat { prefix, range } => cat::run(&prefix, &range),
+        Command::Cat { prefix, range } => cat::run(&prefix, range),
         Command::Launch(l) => launch::run(l),
         Command::Devices => devices::run(),
         Command::History(h) => history::run(h),

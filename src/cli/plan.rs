@@ -41,8 +41,8 @@ pub struct PlanArgs {
     #[arg(long)]
     rank: Option<usize>,
     /// none, full, or block:N.
-    #[arg(long, default_value = "full")]
-    shuffle: String,
+    #[arg(long, default_value = "full", value_parser = data::shuffle_arg)]
+    shuffle: Shuffle,
     /// global, contiguous, strided, hashed, range:FILE (a JSON range file: per dataset, every
     /// rank's [start, end) ranges), stratified (the class files beside the shards: `web.idx`
     /// has `web.classes`, one little-endian u32 per sequence) or stratified:[NAME=]FILE[,...]
@@ -50,7 +50,7 @@ pub struct PlanArgs {
     #[arg(long, default_value = "global")]
     partition: String,
     /// Print each rank's share instead of rows: samples owned per dataset and, with the
-    /// stratified partition, per class.
+    /// stratified partition, per class (the classes it holds samples of).
     #[arg(long)]
     summary: bool,
     /// Draw each row's dataset at random (seeded) instead of by the deterministic
@@ -64,6 +64,10 @@ pub struct PlanArgs {
     /// End the stream after this many samples.
     #[arg(long)]
     samples: Option<u64>,
+    /// Drop the last global batch of a limited stream when it is incomplete, so every rank
+    /// takes the same full steps (without it a rank may get a short or empty last batch).
+    #[arg(long)]
+    drop_last: bool,
     /// Print JSON: an array with one object per step and rank, one per line.
     #[arg(long)]
     json: bool,
@@ -86,7 +90,7 @@ impl PlanArgs {
         }
         let config = OrderConfig {
             seed: self.seed,
-            shuffle: parse_shuffle(&self.shuffle)?,
+            shuffle: self.shuffle,
             mixture: if self.stochastic {
                 MixtureMode::Stochastic
             } else {
@@ -101,6 +105,7 @@ impl PlanArgs {
                 (_, Some(n)) => StreamLimit::Samples(n),
                 _ => StreamLimit::Endless,
             },
+            drop_last: self.drop_last,
         };
         Ok((config, datasets))
     }
@@ -121,14 +126,32 @@ impl PlanArgs {
                 plan.rows_per_step()
             ))
         })?;
-        if let Some(steps) = plan.steps().filter(|&s| self.start >= s) {
-            note(format_args!(
-                "the stream ends after {steps} steps; nothing from step {} on",
-                self.start
-            ));
-        }
         if self.summary {
             return print_summary(w, &plan, self.json);
+        }
+        // Say where the stream ends when it ends before the steps asked for: an endless stream
+        // ends too, after 2^64 - 1 rows, where stream positions stop fitting 64 bits.
+        let (end, why) = match plan.steps() {
+            Some(steps) => (steps, ""),
+            None => (
+                u64::MAX.div_ceil(plan.rows_per_step()),
+                " (an endless stream ends after 2^64 - 1 rows, where stream positions stop \
+                 fitting 64 bits)",
+            ),
+        };
+        if self.start >= end {
+            note(format_args!(
+                "the stream ends after {end} steps{why}; nothing from step {} on",
+                self.start
+            ));
+        } else if self.steps > end - self.start {
+            note(format_args!(
+                "the stream ends after {end} steps{why}; printed steps {}..{end}, {} of the {} \
+                 asked for",
+                self.start,
+                end - self.start,
+                self.steps
+            ));
         }
         let mut planner = Planner::new(Arc::clone(&plan));
         planner.skip_to(self.start);
@@ -254,28 +277,6 @@ impl<'a> Records<'a> {
             self.emit("]")?;
         }
         self.w.flush().map_err(super::stdout_error)
-    }
-}
-
-/// Parses `--shuffle`.
-///
-/// # Errors
-///
-/// [`Error::Config`] naming the value.
-pub fn parse_shuffle(s: &str) -> Result<Shuffle> {
-    match s {
-        "none" => Ok(Shuffle::None),
-        "full" => Ok(Shuffle::Full),
-        _ => s
-            .strip_prefix("block:")
-            .and_then(|n| n.parse().ok())
-            .filter(|&n: &u64| n > 0)
-            .map(Shuffle::Block)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "--shuffle {s}: expected none, full or block:N with N >= 1"
-                ))
-            }),
     }
 }
 
@@ -414,7 +415,9 @@ pub fn parse_partition(s: &str) -> Result<(Partition, Option<PartitionInput>)> {
     })
 }
 
-/// `plan --summary`: every rank's share of every dataset, and its class counts.
+/// `plan --summary`: every rank's share of every dataset, and its counts of the classes it holds
+/// (a class of which a rank holds no sample is left out: the output grows with the samples, not
+/// with ranks x classes).
 fn print_summary(w: &mut dyn Write, plan: &Plan, json: bool) -> Result<()> {
     let mut emit = |line: &str| writeln!(w, "{line}").map_err(super::stdout_error);
     emit(if json {
@@ -426,7 +429,9 @@ fn print_summary(w: &mut dyn Write, plan: &Plan, json: bool) -> Result<()> {
     for rank in 0..plan.config().world {
         for (d, name) in plan.names().iter().enumerate() {
             let samples = plan.share_len(d, rank);
-            let classes = plan.class_counts(d, rank);
+            let classes = plan
+                .class_counts(d, rank)
+                .map(|c| c.into_iter().filter(|&(_, n)| n > 0).collect::<Vec<_>>());
             let line = if json {
                 let mut obj = serde_json::json!({
                     "rank": rank, "dataset": name, "samples": samples,

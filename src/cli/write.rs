@@ -13,6 +13,18 @@ use crate::{Dtype, Error, IndexedWriter, Result};
 /// The end-of-document id appended after each document's bytes.
 pub const END_OF_DOCUMENT: u16 = 256;
 
+/// The most bytes one document may hold: its ids and the end-of-document id form one sequence,
+/// whose length is an i32 in the Megatron index. A longer document is refused as soon as its
+/// text passes this, before it is held in memory whole.
+pub const MAX_DOCUMENT_BYTES: usize = i32::MAX as usize - 1;
+
+/// A JSON line may be this much longer than [`MAX_DOCUMENT_BYTES`] (its other fields, escapes);
+/// a longer one is refused while it is read.
+const MAX_JSON_LINE: usize = 2 * MAX_DOCUMENT_BYTES;
+
+/// The UTF-8 byte order mark that some editors write at the start of a file.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
 #[derive(Debug, Args)]
 pub struct WriteArgs {
     /// The input file, or `-` for stdin: JSON lines or plain text (see --format).
@@ -76,6 +88,12 @@ pub fn run(args: WriteArgs) -> Result<ExitCode> {
             .map(|m| m.len());
         (Box::new(file), size)
     };
+    // Errors name stdin as such, not `-`.
+    let input = if stdin {
+        PathBuf::from("<stdin>")
+    } else {
+        args.input.clone()
+    };
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let jsonl = match args.format {
         Format::Jsonl => true,
@@ -86,13 +104,10 @@ pub fn run(args: WriteArgs) -> Result<ExitCode> {
         size,
         "{spinner} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg} ({elapsed})",
     );
+    create_parent(&args.output)?;
     let mut writer = IndexedWriter::create(&args.output, args.dtype.dtype())?;
-    for (path, bytes) in writer.removed_stale() {
-        note(format_args!(
-            "removed {} ({bytes} bytes), left by an interrupted write",
-            path.display()
-        ));
-    }
+    // Removed by `finish`, once the new pair is in place; said afterwards.
+    let leftovers = writer.removed_stale().to_vec();
     let mut tokens = Vec::new();
     let mut records = 0u64;
     let mut emit = |text: &[u8], bytes_read: u64| -> Result<()> {
@@ -109,12 +124,18 @@ pub fn run(args: WriteArgs) -> Result<ExitCode> {
         Ok(())
     };
     if jsonl {
-        read_jsonl(reader, &args.input, &args.field, &mut emit)?;
+        read_jsonl(reader, &input, &args.field, &mut emit)?;
     } else {
-        read_paragraphs(reader, &args.input, &mut emit)?;
+        read_paragraphs(reader, &input, &mut emit)?;
     }
     bar.finish_and_clear();
     let summary = writer.finish()?;
+    for (path, bytes) in leftovers {
+        note(format_args!(
+            "removed {} ({bytes} bytes), left by an interrupted write",
+            path.display()
+        ));
+    }
     let mut out = Out::new();
     out.print(format_args!(
         "wrote {}.idx/.bin: {} documents, {} sequences, {} tokens, dtype {}\n",
@@ -126,6 +147,20 @@ pub fn run(args: WriteArgs) -> Result<ExitCode> {
     ))?;
     out.finish()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the directory the shard at `prefix` goes into, as `demo` and `launch` create theirs.
+/// A prefix that names a directory is left to [`IndexedWriter::create`] to refuse.
+fn create_parent(prefix: &Path) -> Result<()> {
+    if prefix.as_os_str().to_string_lossy().ends_with(['/', '\\']) {
+        return Ok(());
+    }
+    match prefix.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create the directory", e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Opens the input, refusing what is not a readable file or pipe.
@@ -158,28 +193,89 @@ pub(super) fn detect_jsonl(path: &Path, reader: &mut impl BufRead) -> Result<boo
     Ok(head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
 }
 
-/// Calls `emit` with each JSON line's `field` text; blank lines are skipped.
+/// How [`read_line`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A line, complete (its newline dropped, or the input's last line).
+    Read,
+    /// The end of the input, nothing read.
+    End,
+    /// The line passed the cap: `buf` holds `cap + 1` bytes, the rest is unread.
+    TooLong,
+}
+
+/// Appends the next line, without its `\n`, to `buf`, reading no more than one byte past the
+/// point where `buf` would exceed `cap` bytes.
+fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<Line> {
+    let room = cap.saturating_sub(buf.len()) as u64 + 1;
+    // std's `read_until` finds the newline with its optimized memchr, also in a debug build.
+    let n = reader.by_ref().take(room).read_until(b'\n', buf)?;
+    Ok(if n == 0 {
+        Line::End
+    } else if buf.last() == Some(&b'\n') {
+        buf.pop();
+        Line::Read
+    } else if buf.len() > cap {
+        Line::TooLong
+    } else {
+        Line::Read
+    })
+}
+
+/// The error for a document longer than [`MAX_DOCUMENT_BYTES`], at `line`.
+fn too_long(path: &Path, line: u64, what: &str) -> Error {
+    Error::Input {
+        path: path.to_path_buf(),
+        line,
+        reason: format!(
+            "{what} passes {MAX_DOCUMENT_BYTES} bytes, the most one document can hold (with its \
+             end-of-document id, the i32 length of a Megatron sequence); split it"
+        ),
+    }
+}
+
+/// Calls `emit` with each JSON line's `field` text; blank lines are skipped, and so is a UTF-8
+/// byte order mark at the start of the input.
 pub(super) fn read_jsonl(
-    reader: impl BufRead,
+    mut reader: impl BufRead,
     path: &Path,
     field: &str,
     emit: &mut impl FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
     let mut read = 0u64;
-    for (n, line) in reader.split(b'\n').enumerate() {
-        let line_no = n as u64 + 1;
+    let mut line = Vec::new();
+    for line_no in 1u64.. {
+        line.clear();
         let bad = |reason: String| Error::Input {
             path: path.to_path_buf(),
             line: line_no,
             reason,
         };
-        let line = line.map_err(|e| Error::io(path, "read", e))?;
+        match read_line(&mut reader, &mut line, MAX_JSON_LINE)
+            .map_err(|e| Error::io(path, "read", e))?
+        {
+            Line::End => break,
+            Line::TooLong => return Err(too_long(path, line_no, "the line")),
+            Line::Read => {}
+        }
         read += line.len() as u64 + 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
+        let mut text = line.as_slice();
+        if line_no == 1 {
+            text = text.strip_prefix(BOM).unwrap_or(text);
+        }
+        if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(&line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
+            if text.starts_with(BOM) {
+                bad(format!(
+                    "not valid JSON: it starts with a UTF-8 byte order mark, which only the \
+                     first line may carry ({e})"
+                ))
+            } else {
+                bad(format!("not valid JSON: {e}"))
+            }
+        })?;
         let text = value
             .get(field)
             .ok_or_else(|| {
@@ -189,36 +285,61 @@ pub(super) fn read_jsonl(
             })?
             .as_str()
             .ok_or_else(|| bad(format!("field \"{field}\" is not a string")))?;
+        if text.len() > MAX_DOCUMENT_BYTES {
+            return Err(too_long(path, line_no, &format!("field \"{field}\"")));
+        }
         emit(text.as_bytes(), read)?;
     }
     Ok(())
 }
 
-/// Calls `emit` with each paragraph: lines up to a blank line, joined by newlines.
+/// Calls `emit` with each paragraph: lines up to a blank line, joined by newlines (a `\r`
+/// before a newline dropped, and a UTF-8 byte order mark at the start of the input). A
+/// paragraph is refused as soon as it passes [`MAX_DOCUMENT_BYTES`].
 pub(super) fn read_paragraphs(
-    reader: impl BufRead,
+    mut reader: impl BufRead,
     path: &Path,
     emit: &mut impl FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
     let mut paragraph = Vec::new();
-    let mut read = 0u64;
-    for line in reader.split(b'\n') {
-        let mut line = line.map_err(|e| Error::io(path, "read", e))?;
-        read += line.len() as u64 + 1;
-        if line.last() == Some(&b'\r') {
-            line.pop();
+    let (mut read, mut first) = (0u64, 0u64);
+    for line_no in 1u64.. {
+        // The line is read straight into the paragraph, after its separating newline.
+        let start = paragraph.len() + usize::from(!paragraph.is_empty());
+        if !paragraph.is_empty() {
+            paragraph.push(b'\n');
         }
-        if line.iter().all(u8::is_ascii_whitespace) {
+        let got = read_line(&mut reader, &mut paragraph, MAX_DOCUMENT_BYTES)
+            .map_err(|e| Error::io(path, "read", e))?;
+        match got {
+            Line::End => {
+                paragraph.truncate(start.saturating_sub(1));
+                break;
+            }
+            Line::TooLong => {
+                let what = format!("the paragraph starting at line {}", first.max(1));
+                return Err(too_long(path, line_no, &what));
+            }
+            Line::Read => {}
+        }
+        read += (paragraph.len() - start) as u64 + 1;
+        if line_no == 1 && paragraph.starts_with(BOM) {
+            paragraph.drain(..BOM.len());
+        }
+        if paragraph.last() == Some(&b'\r') && paragraph.len() > start {
+            paragraph.pop();
+        }
+        if paragraph[start..].iter().all(u8::is_ascii_whitespace) {
+            paragraph.truncate(start.saturating_sub(1));
             if !paragraph.is_empty() {
                 emit(&paragraph, read)?;
                 paragraph.clear();
             }
             continue;
         }
-        if !paragraph.is_empty() {
-            paragraph.push(b'\n');
+        if start == 0 {
+            first = line_no;
         }
-        paragraph.extend_from_slice(&line);
     }
     if !paragraph.is_empty() {
         emit(&paragraph, read)?;

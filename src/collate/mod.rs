@@ -32,7 +32,9 @@ pub const PIECES_PER_ROW: usize = 8;
 pub enum Padding {
     /// To the longest row of the batch.
     Longest,
-    /// To the longest row, rounded up to a multiple of this.
+    /// To the longest row, rounded up to a multiple of this. A row is never wider than the
+    /// sequence length rounded up to the multiple ([`CollateConfig::max_width`]), which the
+    /// loader checks against [`crate::loader::MAX_BATCH_TOKENS`].
     Multiple(usize),
     /// Always to the sequence length.
     Fixed,
@@ -98,15 +100,29 @@ impl CollateConfig {
         T::try_from(self.pad_id).unwrap_or_default()
     }
 
-    /// The padded width of a batch whose longest row holds `longest` tokens.
+    /// The padded width of a batch whose longest row holds `longest` tokens (`usize::MAX` when
+    /// rounding up to the multiple overflows; [`CollateConfig::max_width`] tells beforehand).
     pub fn width(&self, longest: usize) -> usize {
         if self.pack {
             return self.seq_len;
         }
         match self.padding {
             Padding::Longest => longest.max(1),
-            Padding::Multiple(m) => longest.max(1).div_ceil(m) * m,
+            Padding::Multiple(m) => longest.max(1).div_ceil(m.max(1)).saturating_mul(m),
             Padding::Fixed => self.seq_len,
+        }
+    }
+
+    /// The widest batch row: the sequence length, rounded up to the padding multiple when
+    /// padding to one (rows of at most `seq_len` tokens pad to a multiple at or above it), or
+    /// `None` when that does not fit `usize`. The loader checks that the local batch times this
+    /// fits [`crate::loader::MAX_BATCH_TOKENS`].
+    pub fn max_width(&self) -> Option<usize> {
+        match self.padding {
+            Padding::Multiple(m) if !self.pack => {
+                self.seq_len.max(1).div_ceil(m.max(1)).checked_mul(m)
+            }
+            _ => Some(self.seq_len),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Pooled, 64-byte-aligned staging memory. A buffer taken from the [`Pool`] goes back to it when
 //! dropped, so a steady stream of batches allocates nothing once the pool is warm.
 //!
-//! A pool's memory comes from a [`HostMemory`]: the heap by default ([`Heap`]), or page-locked
+//! A pool's memory comes from a `HostMemory` (crate-private): the heap by default, or page-locked
 //! memory that a device runtime allocates (the CUDA sink's pinned memory), so that the buffers
 //! the workers write ragged ids into are the ones the device copies from.
 
@@ -14,13 +14,16 @@ use bytemuck::Pod;
 /// device copies like best).
 const LINE: usize = 64;
 
-/// Where a [`Pool`]'s buffers come from.
+/// Where a [`Pool`]'s buffers come from. Crate-private: the pool hands its bytes out as safe
+/// slices, so an implementation that broke this contract would be unsound from safe code.
 ///
 /// # Safety
 ///
-/// [`HostMemory::allocate`] returns memory of at least `bytes` bytes, aligned to 64 bytes, that
-/// nothing else uses until it is given to [`HostMemory::release`].
-pub unsafe trait HostMemory: Send + Sync + 'static {
+/// [`HostMemory::allocate`] returns either `None` or memory of at least `bytes` bytes, aligned
+/// to 64 bytes, **initialized** (zeroed, say: the pool reads it as `&[u8]`), that nothing else
+/// uses until it is given to [`HostMemory::release`]. It is sound for every `bytes`, zero
+/// included.
+pub(crate) unsafe trait HostMemory: Send + Sync + 'static {
     /// The memory's name, as reports give it (`heap`, `cuda pinned`).
     fn name(&self) -> &str;
 
@@ -38,7 +41,7 @@ pub unsafe trait HostMemory: Send + Sync + 'static {
 
 /// Heap memory (the global allocator), zeroed when allocated.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Heap;
+pub(crate) struct Heap;
 
 fn line_layout(bytes: usize) -> std::alloc::Layout {
     std::alloc::Layout::from_size_align(bytes, LINE).expect("a pool buffer's layout")
@@ -51,8 +54,14 @@ unsafe impl HostMemory for Heap {
     }
 
     fn allocate(&self, bytes: usize) -> Option<NonNull<u8>> {
-        // SAFETY: the layout has a non-zero size (pools ask for whole lines).
-        NonNull::new(unsafe { std::alloc::alloc_zeroed(line_layout(bytes)) })
+        // A zero-size layout is undefined behaviour for the allocator; and an absurd size has no
+        // layout: neither is memory the heap can give.
+        let layout = std::alloc::Layout::from_size_align(bytes, LINE).ok()?;
+        if layout.size() == 0 {
+            return None;
+        }
+        // SAFETY: the layout has a non-zero size (checked just above).
+        NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
     }
 
     unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize) {
@@ -71,6 +80,7 @@ struct Block {
 
 // SAFETY: a block is exclusively owned memory, like a `Vec<u8>`.
 unsafe impl Send for Block {}
+// SAFETY: shared access is read-only (`bytes`), like a `&Vec<u8>`.
 unsafe impl Sync for Block {}
 
 impl Block {
@@ -161,7 +171,7 @@ impl Pool {
     }
 
     /// An empty pool whose buffers come from `memory`.
-    pub fn with_memory(memory: Arc<dyn HostMemory>) -> Self {
+    pub(crate) fn with_memory(memory: Arc<dyn HostMemory>) -> Self {
         Pool {
             shared: Arc::new(Mutex::new(Shared {
                 memory,
@@ -359,6 +369,16 @@ mod tests {
             // SAFETY: from `Heap.allocate(bytes)` above.
             unsafe { Heap.release(ptr, bytes) }
         }
+    }
+
+    #[test]
+    fn the_heap_refuses_sizes_it_cannot_allocate() {
+        // A zero-size request used to reach `alloc_zeroed` with a zero-size layout.
+        assert!(Heap.allocate(0).is_none());
+        assert!(Heap.allocate(usize::MAX - 10).is_none());
+        let ptr = Heap.allocate(LINE).unwrap();
+        // SAFETY: from `Heap.allocate(LINE)` just above, released once.
+        unsafe { Heap.release(ptr, LINE) };
     }
 
     #[test]

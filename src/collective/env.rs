@@ -1,4 +1,5 @@
-//! Rank, world size and local rank as launchers set them: [`World::from_env`].
+//! Rank, world size and local rank as launchers set them ([`World::from_env`]), and the job id
+//! that names a job's file store ([`JobId::from_env`]).
 
 use crate::error::{Error, Result};
 
@@ -128,5 +129,75 @@ impl World {
                 Ok(*first)
             }
         }
+    }
+}
+
+/// The environment variable that names the job explicitly; it wins over every launcher's.
+pub const JOB_ENV: &str = "SHARDFLOW_JOB";
+
+/// The job id variables, in the order [`JobId::from_env`] reads them: (variable, prefix).
+/// SLURM's step id joins its job id, so two `srun` steps of one allocation are two jobs.
+const JOB_VARS: [(&str, &str); 5] = [
+    (JOB_ENV, ""),
+    ("TORCHELASTIC_RUN_ID", "torchrun-"),
+    ("SLURM_JOB_ID", "slurm-"),
+    ("PMIX_NAMESPACE", "pmix-"),
+    ("OMPI_MCA_orte_ess_jobid", "ompi-"),
+];
+
+/// A job id, as a launcher gives it, and the variable it came from.
+///
+/// It names the job's directory in the file store (`ROOT/job-ID/`), so that two jobs never meet
+/// there. It need not be unique across runs: [`crate::collective::FileStore`] tells this run's
+/// records from an earlier run's by a nonce of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobId {
+    /// The id, as a file name: characters other than letters, digits, `.`, `_` and `-` become
+    /// `_`.
+    pub id: String,
+    /// The variable it came from (`SLURM_JOB_ID`, ...).
+    pub from: &'static str,
+}
+
+impl JobId {
+    /// The job id from, in order: `SHARDFLOW_JOB` (as is); torchrun's `TORCHELASTIC_RUN_ID`
+    /// (`torchrun-ID`; its default `none` does not count); SLURM's `SLURM_JOB_ID` with
+    /// `SLURM_STEP_ID` (`slurm-JOB.STEP`); PMIx's `PMIX_NAMESPACE` (`pmix-NS`, set by Open MPI 5
+    /// and other PMIx launchers); Open MPI 4's `OMPI_MCA_orte_ess_jobid` (`ompi-ID`). `None` when
+    /// none of them is set.
+    pub fn from_env() -> Option<JobId> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`JobId::from_env`] over any source of variables (for tests).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<JobId> {
+        JOB_VARS.into_iter().find_map(|(name, prefix)| {
+            let value = var(name)?;
+            let value = value.trim();
+            if value.is_empty() || (name == "TORCHELASTIC_RUN_ID" && value == "none") {
+                return None;
+            }
+            let mut id = format!("{prefix}{value}");
+            if name == "SLURM_JOB_ID"
+                && let Some(step) = var("SLURM_STEP_ID").filter(|s| !s.trim().is_empty())
+            {
+                id = format!("{id}.{}", step.trim());
+            }
+            let mut id: String = id
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            if id.starts_with('.') {
+                id.replace_range(..1, "_");
+            }
+            id.truncate(200);
+            Some(JobId { id, from: name })
+        })
     }
 }

@@ -14,22 +14,27 @@
 //! - [`Served`]: an [`Engine`] whose handles cannot cross threads (MPI, NCCL), served from a
 //!   thread of its own as a [`Collective`].
 //! - [`FileStore`]: a key-value rendezvous for separate processes in a shared directory (atomic,
-//!   checksummed records; polls with backoff up to a deadline; counters and barriers).
+//!   checksummed records; polls with backoff up to a deadline; counters and barriers), joined
+//!   through a [`Rendezvous`]: rank 0 opens each run as a fresh generation with a nonce and
+//!   admits every rank by a token it drew, so an earlier run's records are never read as this
+//!   run's; a long wait reports the ranks not yet arrived.
 //! - [`RunSpec`], [`agree`]: rank 0 publishes the run spec (canonical config, its hash, a run
 //!   name derived from it); every rank checks that all ranks hold the same config.
 //! - [`World::from_env`]: rank, world size and local rank as torchrun, SLURM or Open MPI set
-//!   them.
+//!   them; [`JobId::from_env`]: the job id that the launcher gives.
 
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod device;
 mod env;
+mod join;
 #[cfg(feature = "cuda")]
 mod nccl;
 mod served;
 mod spec;
 mod store;
+mod wait;
 #[cfg(feature = "wgpu")]
 mod wgpu;
 mod world;
@@ -40,12 +45,14 @@ pub use self::cuda::*;
 pub use self::device::{DeviceRank, Elem, StackedReduce, device_world};
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
-pub use env::World;
+pub use env::{JOB_ENV, JobId, World};
+pub use join::{Rendezvous, STORE_TIMEOUT_ENV};
 #[cfg(feature = "cuda")]
 pub use nccl::NcclCollective;
 pub use served::{Engine, Served};
 pub use spec::*;
 pub use store::*;
+pub use wait::StoreWait;
 pub use world::{WorldRank, in_process};
 
 use std::sync::atomic::{AtomicU64, Ordering};

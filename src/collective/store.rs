@@ -2,13 +2,19 @@
 //!
 //! It carries the rendezvous and the run spec, never tensor data. Every record is written
 //! atomically (temporary name, fsync, rename, directory fsync) with a header that holds its
-//! length and checksum, so a reader never parses a torn or foreign file. Files live under
-//! `ROOT/job-JOB/`: a new job id never reads an earlier run's records.
+//! length, the nonce of the run that wrote it and a checksum, so a reader never parses a torn
+//! or foreign file, nor an earlier run's. A job's files live under `ROOT/job-JOB/`, and one
+//! run's keys under `ROOT/job-JOB/gen-NONCE/`: a [`Rendezvous`] admits every rank to the same
+//! fresh generation before the store is used, so a rerun with the same job id never reads the
+//! records of the run before it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::Rendezvous;
+use super::wait::{Progress, StoreWait, Waiter};
 
 use crate::error::{Error, Result};
 use crate::shard::trailer::xxh64;
@@ -19,15 +25,12 @@ pub const STORE_ENV: &str = "SHARDFLOW_STORE";
 /// How long `wait` and `barrier` wait by default.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 
-/// The first and the longest pause between two polls.
-const FIRST_POLL: Duration = Duration::from_millis(10);
-const LAST_POLL: Duration = Duration::from_secs(1);
+/// A record's header: magic, payload length, the writing run's nonce, XXH64 of the payload.
+const MAGIC: &[u8; 8] = b"SFSTORE2";
+const HEADER: usize = 32;
 
-/// A record's header: magic, payload length, XXH64 of the payload.
-const MAGIC: &[u8; 8] = b"SFSTORE1";
-const HEADER: usize = 24;
-
-/// A key-value store in a shared directory, scoped by a job id.
+/// A key-value store in a shared directory, scoped by a job id and, within the job, by the run:
+/// [`FileStore::new`] is the rendezvous that admits every rank to one fresh run.
 ///
 /// ```
 /// # fn main() -> shardflow::Result<()> {
@@ -41,77 +44,66 @@ const HEADER: usize = 24;
 /// ```
 #[derive(Clone, Debug)]
 pub struct FileStore {
-    dir: PathBuf,
-    rank: usize,
-    world: usize,
-    deadline: Duration,
+    /// This run's directory, `ROOT/job-JOB/gen-NONCE`.
+    pub(super) dir: PathBuf,
+    /// The nonce rank 0 drew for this run; every record carries it.
+    pub(super) nonce: u64,
+    pub(super) rank: usize,
+    pub(super) world: usize,
+    pub(super) deadline: Duration,
+    pub(super) progress: Progress,
     /// Barriers passed so far: the n-th barrier of every rank uses generation n, so a fast rank
     /// entering the next barrier never meets the files of the last.
-    barriers: Arc<AtomicU64>,
+    pub(super) barriers: Arc<AtomicU64>,
 }
 
 impl FileStore {
-    /// The store of job `job` under `root`, for rank `rank` of `world`. Creates `ROOT/job-JOB/`
-    /// and checks that it can write there.
+    /// Joins the run of job `job` under `root` as rank `rank` of `world`, with the default
+    /// deadline: [`Rendezvous::join`]. A world of one returns at once; otherwise this waits
+    /// until every rank has joined.
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] for a bad job id, a rank outside the world, or a directory that cannot
-    /// be created or written (naming it).
+    /// As [`Rendezvous::join`].
     pub fn new(root: impl AsRef<Path>, job: &str, rank: usize, world: usize) -> Result<Self> {
-        let root = root.as_ref();
-        check_name(root, "job id", job)?;
-        if world == 0 || rank >= world {
-            return Err(store_error(
-                root,
-                format!("rank {rank} lies outside a world of {world}"),
-            ));
-        }
-        let dir = root.join(format!("job-{job}"));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| store_error(&dir, format!("cannot create the store directory: {e}")))?;
-        // Writable now, not at the first `set` minutes later.
-        let probe = dir.join(format!(".probe.{rank}"));
-        crate::atomic::write_atomic(&probe, b"")
-            .and_then(|()| std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, "remove", e)))
-            .map_err(|e| store_error(&dir, format!("the directory is not writable: {e}")))?;
-        Ok(FileStore {
-            dir,
-            rank,
-            world,
-            deadline: DEFAULT_DEADLINE,
-            barriers: Arc::new(AtomicU64::new(0)),
-        })
+        Rendezvous::new(root, job, rank, world).join()
     }
 
-    /// [`FileStore::new`] with the root that `SHARDFLOW_STORE` names.
+    /// [`FileStore::new`] with the root that `SHARDFLOW_STORE` names (and the deadline that
+    /// `SHARDFLOW_STORE_TIMEOUT` gives): [`Rendezvous::from_env`].
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] when the variable is not set (there is no implicit `/tmp`: a directory
-    /// that is not shared between the ranks would split the job); as [`FileStore::new`].
+    /// As [`Rendezvous::from_env`] and [`Rendezvous::join`].
     pub fn from_env(job: &str, rank: usize, world: usize) -> Result<Self> {
-        match std::env::var_os(STORE_ENV) {
-            Some(root) if !root.is_empty() => Self::new(root, job, rank, world),
-            _ => Err(store_error(
-                Path::new("(none)"),
-                format!(
-                    "{STORE_ENV} is not set: name a directory that every rank shares (there is \
-                     no default, since a /tmp that is not shared would split the job)"
-                ),
-            )),
-        }
+        Rendezvous::from_env(job, rank, world)?.join()
     }
 
-    /// Waits at most `deadline` in [`FileStore::wait`] and [`FileStore::barrier`].
+    /// Waits at most `deadline` in [`FileStore::wait`], [`FileStore::barrier`] and
+    /// [`FileStore::gather`].
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
     }
 
-    /// The job's directory.
+    /// Calls `report` every `every` while a wait lasts, naming what it waits for.
+    pub fn with_progress(
+        mut self,
+        every: Duration,
+        report: impl Fn(&StoreWait) + Send + Sync + 'static,
+    ) -> Self {
+        self.progress = Progress::new(every, report);
+        self
+    }
+
+    /// This run's directory, `ROOT/job-JOB/gen-NONCE`: empty when the run starts.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The nonce that rank 0 drew for this run; every rank of the run holds the same one.
+    pub fn nonce(&self) -> u64 {
+        self.nonce
     }
 
     /// This rank.
@@ -137,30 +129,26 @@ impl FileStore {
     /// [`Error::Store`] for a bad key; the write's errors.
     pub fn set(&self, key: &str, value: &[u8]) -> Result<()> {
         let path = self.path(key)?;
-        let mut record = Vec::with_capacity(HEADER + value.len());
-        record.extend_from_slice(MAGIC);
-        record.extend_from_slice(&(value.len() as u64).to_le_bytes());
-        record.extend_from_slice(&xxh64(value).to_le_bytes());
-        record.extend_from_slice(value);
-        crate::atomic::write_atomic(&path, &record)
+        crate::atomic::write_atomic(&path, &record(self.nonce, value))
     }
 
     /// The value under `key`, `None` when there is none yet.
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] for a record that is torn or foreign (wrong magic, length or checksum):
-    /// it is never returned; a read error.
+    /// [`Error::Store`] for a record that is torn or foreign (wrong magic, length or checksum)
+    /// or written by another run (another nonce): it is never returned; a read error.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.path(key)?;
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(&path, "read", e)),
-        };
-        parse(&bytes)
-            .map(|v| Some(v.to_vec()))
-            .map_err(|reason| store_error(&path, reason))
+        read_record(&self.path(key)?, self.nonce)
+    }
+
+    fn waiter(&self, keys: Vec<String>) -> Waiter<'_> {
+        Waiter {
+            deadline: self.deadline,
+            progress: &self.progress,
+            rank: self.rank,
+            keys,
+        }
     }
 
     /// The value under `key`, polling with exponential backoff (10 ms doubling to 1 s) until it
@@ -172,41 +160,23 @@ impl FileStore {
     /// is named too); a read error.
     pub fn wait(&self, key: &str) -> Result<Vec<u8>> {
         let mut last = None;
-        let polled = self.poll(|| match self.get(key) {
-            Ok(v) => Ok(v),
-            Err(Error::Store { reason, .. }) => {
-                last = Some(reason);
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        })?;
-        polled.map_err(|waited| Error::StoreTimeout {
+        let polled = self
+            .waiter(vec![key.to_string()])
+            .poll(|| match self.get(key) {
+                Ok(v) => Ok(v.ok_or_else(Vec::new)),
+                Err(Error::Store { reason, .. }) => {
+                    last = Some(reason);
+                    Ok(Err(Vec::new()))
+                }
+                Err(e) => Err(e),
+            })?;
+        polled.map_err(|(waited, _)| Error::StoreTimeout {
             dir: self.dir.clone(),
             keys: vec![key.to_string()],
             rank: self.rank,
             waited,
             detail: last.unwrap_or_else(|| "no record was written".into()),
         })
-    }
-
-    /// Calls `ready` until it gives a value, pausing 10 ms, doubling to 1 s, between calls;
-    /// `Err(waited)` once the deadline has passed.
-    fn poll<R>(
-        &self,
-        mut ready: impl FnMut() -> Result<Option<R>>,
-    ) -> Result<std::result::Result<R, Duration>> {
-        let start = Instant::now();
-        let mut pause = FIRST_POLL;
-        loop {
-            if let Some(v) = ready()? {
-                return Ok(Ok(v));
-            }
-            if start.elapsed() >= self.deadline {
-                return Ok(Err(start.elapsed()));
-            }
-            std::thread::sleep(pause.min(self.deadline.saturating_sub(start.elapsed())));
-            pause = (pause * 2).min(LAST_POLL);
-        }
     }
 
     /// Counts this rank in the counter `key` (once per rank: an exclusively created file) and
@@ -258,17 +228,20 @@ impl FileStore {
         let name = format!("{name}.{generation}");
         let arrive = format!("{name}.in");
         self.add(&arrive)?;
-        let mut here = Vec::new();
-        let polled = self.poll(|| {
-            here = self.counted(&arrive)?;
-            Ok((here.len() == self.world).then_some(()))
+        let polled = self.waiter(vec![arrive.clone()]).poll(|| {
+            let here = self.counted(&arrive)?;
+            Ok(if here.len() == self.world {
+                Ok(())
+            } else {
+                Err(missing(self.world, &here))
+            })
         })?;
-        polled.map_err(|waited| Error::StoreTimeout {
+        polled.map_err(|(waited, gone)| Error::StoreTimeout {
             dir: self.dir.clone(),
             keys: vec![arrive.clone()],
             rank: self.rank,
             waited,
-            detail: format!("ranks {} never arrived", missing(self.world, &here)),
+            detail: format!("ranks {} never arrived", list(&gone)),
         })?;
         let leave = format!("{name}.out");
         if self.add(&leave)? == self.world {
@@ -292,45 +265,77 @@ impl FileStore {
     pub fn gather(&self, key: &str, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
         self.set(&format!("{key}.{}", self.rank), mine)?;
         let mut out: Vec<Option<Vec<u8>>> = vec![None; self.world];
-        let polled = self.poll(|| {
+        let polled = self.waiter(vec![format!("{key}.RANK")]).poll(|| {
             for (r, slot) in out.iter_mut().enumerate().filter(|(_, s)| s.is_none()) {
                 *slot = self.get(&format!("{key}.{r}")).unwrap_or(None);
             }
-            Ok(out.iter().all(Option::is_some).then_some(()))
+            let gone: Vec<usize> = (0..self.world).filter(|&r| out[r].is_none()).collect();
+            Ok(if gone.is_empty() { Ok(()) } else { Err(gone) })
         })?;
-        polled.map_err(|waited| {
-            let here: Vec<usize> = (0..self.world).filter(|&r| out[r].is_some()).collect();
-            Error::StoreTimeout {
-                dir: self.dir.clone(),
-                keys: vec![format!("{key}.RANK")],
-                rank: self.rank,
-                waited,
-                detail: format!("ranks {} never published {key}", missing(self.world, &here)),
-            }
+        polled.map_err(|(waited, gone)| Error::StoreTimeout {
+            dir: self.dir.clone(),
+            keys: vec![format!("{key}.RANK")],
+            rank: self.rank,
+            waited,
+            detail: format!("ranks {} never published {key}", list(&gone)),
         })?;
         Ok(out.into_iter().map(|v| v.expect("all present")).collect())
     }
 }
 
-/// The ranks of `0..world` not in `here`, as `1, 2`.
-fn missing(world: usize, here: &[usize]) -> String {
-    (0..world)
-        .filter(|r| !here.contains(r))
+/// The ranks of `0..world` not in `here`.
+fn missing(world: usize, here: &[usize]) -> Vec<usize> {
+    (0..world).filter(|r| !here.contains(r)).collect()
+}
+
+/// Ranks as `1, 2`.
+pub(super) fn list(ranks: &[usize]) -> String {
+    ranks
+        .iter()
         .map(|r| r.to_string())
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// The payload of a record, or why it is not one.
-fn parse(bytes: &[u8]) -> std::result::Result<&[u8], String> {
+/// `payload` as a record of the run `nonce` (0 for the job's own records, which the rendezvous
+/// writes before there is a run).
+pub(super) fn record(nonce: u64, payload: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(HEADER + payload.len());
+    record.extend_from_slice(MAGIC);
+    record.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    record.extend_from_slice(&nonce.to_le_bytes());
+    record.extend_from_slice(&xxh64(payload).to_le_bytes());
+    record.extend_from_slice(payload);
+    record
+}
+
+/// The payload of the record at `path`, written by the run `nonce`; `None` when there is no
+/// file.
+///
+/// # Errors
+///
+/// [`Error::Store`] naming the file for a torn, foreign or other run's record; a read error.
+pub(super) fn read_record(path: &Path, nonce: u64) -> Result<Option<Vec<u8>>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, "read", e)),
+    };
+    parse(&bytes, nonce)
+        .map(|v| Some(v.to_vec()))
+        .map_err(|reason| store_error(path, reason))
+}
+
+/// The payload of a record of the run `nonce`, or why it is not one.
+fn parse(bytes: &[u8], nonce: u64) -> std::result::Result<&[u8], String> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(format!(
-            "not a store record ({} bytes without the SFSTORE1 header): torn or foreign",
+            "not a store record ({} bytes without the SFSTORE2 header): torn or foreign",
             bytes.len()
         ));
     }
-    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-    let sum = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let (len, theirs, sum) = (word(8), word(16), word(24));
     let payload = &bytes[HEADER..];
     if payload.len() as u64 != len {
         return Err(format!(
@@ -341,12 +346,18 @@ fn parse(bytes: &[u8]) -> std::result::Result<&[u8], String> {
     if xxh64(payload) != sum {
         return Err("the record's checksum does not match its bytes: torn or altered".into());
     }
+    if theirs != nonce {
+        return Err(format!(
+            "the record belongs to run {theirs:016x}, not to this run ({nonce:016x}): left by an \
+             earlier run, never read as this one's"
+        ));
+    }
     Ok(payload)
 }
 
 /// Keys and job ids become file names: letters, digits, `.`, `_` and `-`, not starting with a
 /// dot.
-fn check_name(dir: &Path, what: &str, name: &str) -> Result<()> {
+pub(super) fn check_name(dir: &Path, what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && !name.starts_with('.')
@@ -366,7 +377,7 @@ fn check_name(dir: &Path, what: &str, name: &str) -> Result<()> {
     }
 }
 
-fn store_error(path: &Path, reason: String) -> Error {
+pub(super) fn store_error(path: &Path, reason: String) -> Error {
     Error::Store {
         path: path.to_path_buf(),
         reason,

@@ -310,8 +310,9 @@ impl Slot {
     fn new(ctx: &CudaContext, sizes: SlotSizes) -> Result<Self> {
         let stream = ctx.copy_stream();
         let fail = ctx.fail("create batch buffers");
-        // SAFETY (each `alloc`): the buffers are written before they are read: inputs by the
+        // Each `alloc` below: the buffers are written before they are read: inputs by the
         // copies, outputs by the kernel, and only the written prefixes are ever exposed.
+        // SAFETY: as above.
         let u32s = |n: usize| unsafe { stream.alloc::<u32>(n.max(1)) };
         let event = || ctx.driver().new_event(None);
         Ok(Slot {
@@ -321,8 +322,10 @@ impl Slot {
             row_pieces: u32s(sizes.rows + 1).map_err(&fail)?,
             pieces: u32s(2 * sizes.pieces).map_err(&fail)?,
             lengths: u32s(sizes.rows).map_err(&fail)?,
+            // SAFETY: written by the kernel before it is read, as above.
             cu_seqlens: unsafe { stream.alloc::<i32>(sizes.pieces + 1) }.map_err(&fail)?,
             ids: u32s(sizes.cells).map_err(&fail)?,
+            // SAFETY: written by the kernel before it is read, as above.
             mask: unsafe { stream.alloc::<u8>(sizes.cells.max(1)) }.map_err(&fail)?,
             labels: u32s(sizes.cells).map_err(&fail)?,
             positions: u32s(sizes.cells).map_err(&fail)?,

@@ -88,6 +88,7 @@ impl WgpuSink {
         // Free slots that are too small go; the new one is sized for the largest batch.
         slots.retain(|s| !free(s) || s.sizes.holds(need));
         let sizes = need.max(bound);
+        fits_device(&self.ctx, &sizes)?;
         let slot = Arc::new(Slot::new(&self.ctx, sizes)?);
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.slots_created += 1;
@@ -193,6 +194,66 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
             _t: std::marker::PhantomData,
         })
     }
+}
+
+/// Checks a slot of `sizes` against the device's limits before any buffer is made, so that a
+/// batch too large for this device is one line naming the limit, not wgpu's validation report.
+///
+/// # Errors
+///
+/// [`crate::Error::Device`] naming the buffer, its size and the limit it passes.
+fn fits_device(ctx: &WgpuContext, sizes: &SlotSizes) -> Result<()> {
+    let limits = ctx.device().limits();
+    let (cells, rows) = (sizes.cells as u64, sizes.rows as u64);
+    let op = format!(
+        "collate batches of {} rows and up to {} tokens",
+        sizes.rows, sizes.cells
+    );
+    let advice = "use a smaller batch size or sequence length";
+    // The bound buffers, in the order of shaders/pad_collate.wgsl.
+    let bound = [
+        ("ragged ids", 4 * sizes.tokens as u64),
+        ("row offsets", 4 * (rows + 1)),
+        ("row pieces", 4 * (rows + 1)),
+        ("pieces", 8 * sizes.pieces as u64),
+        ("ids", 4 * cells),
+        ("attention mask", 4 * cells.div_ceil(4)),
+        ("labels", 4 * cells),
+        ("position ids", 4 * cells),
+    ];
+    for (name, bytes) in bound {
+        for (limit, max) in [
+            ("max_buffer_size", limits.max_buffer_size),
+            (
+                "max_storage_buffer_binding_size",
+                limits.max_storage_buffer_binding_size,
+            ),
+        ] {
+            if bytes > max {
+                return Err(ctx.error(
+                    op,
+                    format!(
+                        "the {name} buffer needs {bytes} bytes, over the device's {limit} of \
+                         {max} bytes; {advice}"
+                    ),
+                ));
+            }
+        }
+    }
+    // One invocation per four cells, 64 to a workgroup, in one dimension.
+    let workgroups = cells.div_ceil(4).div_ceil(64);
+    let max = limits.max_compute_workgroups_per_dimension;
+    if workgroups > u64::from(max) {
+        return Err(ctx.error(
+            op,
+            format!(
+                "padding {cells} cells takes {workgroups} workgroups, over the device's \
+                 max_compute_workgroups_per_dimension of {max} ({} cells); {advice}",
+                u64::from(max) * 256
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// One batch's device buffers, recycled from batch to batch.

@@ -16,6 +16,58 @@ use crate::error::{Error, Result};
 /// The environment variable that picks an adapter by (part of) its name, case-insensitive.
 pub const ADAPTER_ENV: &str = "SHARDFLOW_WGPU_ADAPTER";
 
+/// Gives `XDG_RUNTIME_DIR` a value when it has none (or a relative one), so that opening a
+/// Vulkan adapter prints nothing that reads like shardflow's error: Mesa's device-select layer
+/// asks libwayland for a compositor while it orders the adapters, and libwayland then prints
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` on stderr, once per
+/// instance. The value is the session's `/run/user/UID` when that exists, else a private
+/// directory (mode 0700) under the temporary directory; libwayland finds no compositor there
+/// and stays quiet, and child processes inherit a usable directory.
+///
+/// Changing the environment is sound only while no other thread can read it, so this does
+/// nothing unless the process has a single thread (counted in `/proc/self/task`; elsewhere than
+/// Linux it does nothing): the command calls it first thing in `main`. Returns whether it set
+/// the variable.
+pub fn quiet_wayland_probe() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        const VAR: &str = "XDG_RUNTIME_DIR";
+        if std::env::var_os(VAR).is_some_and(|v| std::path::Path::new(&v).is_absolute()) {
+            return false;
+        }
+        let single = std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1);
+        let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+            return false;
+        };
+        if !single {
+            tracing::debug!("{VAR} is unset, and the process already runs threads: left as it is");
+            return false;
+        }
+        let ours = |dir: &std::path::Path| {
+            std::fs::symlink_metadata(dir)
+                .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0)
+        };
+        let session = std::path::PathBuf::from(format!("/run/user/{uid}"));
+        let dir = if ours(&session) {
+            session
+        } else {
+            let private = std::env::temp_dir().join(format!("shardflow-runtime-{uid}"));
+            let _ = std::fs::DirBuilder::new().mode(0o700).create(&private);
+            if !ours(&private) {
+                return false;
+            }
+            private
+        };
+        // SAFETY: the process has one thread (counted just above), this one; only it could start
+        // another, and it is here, so nothing reads or writes the environment meanwhile.
+        unsafe { std::env::set_var(VAR, &dir) };
+        true
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// The compute shaders, by file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Shader {

@@ -627,28 +627,196 @@ pub struct Compacted {
 ///
 /// [`Error::Io`]; [`Error::History`] naming a part that cannot be read.
 pub fn compact(dir: &Path) -> Result<Compacted> {
+    check_history(dir, Source::Parts)?;
+    // Two compactions at once (two ranks calling `finish`, a user running `history compact`
+    // beside the run) take turns, so that neither's temporary file meets the other's commit.
+    let _lock = CompactLock::acquire(dir)?;
     let mut out = Compacted::default();
     for table in [&STEPS, &SAMPLES] {
-        let parts = list_parts(dir, table)?;
         let dest = merged_path(dir, table.name);
         let mut file = AtomicFile::create(&dest)?;
         let mut w = TableWriter::new(table, &mut file)?;
         let mut rows = 0;
-        for (_, path) in &parts {
-            table::read_groups(table, path, |group| {
-                rows += group.len() as u64;
-                w.write(&group)
-            })?;
-        }
+        let parts = for_each_part_group(dir, table, |group| {
+            rows += group.len() as u64;
+            w.write(group)
+        })?;
         w.finish().map_err(|e| at(&dest, e))?;
         file.commit()?;
         if table.name == STEPS.name {
-            (out.steps_parts, out.steps_rows) = (parts.len(), rows);
+            (out.steps_parts, out.steps_rows) = (parts, rows);
         } else {
-            (out.samples_parts, out.samples_rows) = (parts.len(), rows);
+            (out.samples_parts, out.samples_rows) = (parts, rows);
         }
     }
     Ok(out)
+}
+
+/// The lock file that serializes [`compact`]s of one history.
+pub const COMPACT_LOCK: &str = ".compact.lock";
+
+/// How long [`compact`] waits for another compaction of the same history to finish.
+pub const COMPACT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// An exclusive lock on `DIR/.compact.lock`, released when dropped (or when the process dies).
+struct CompactLock {
+    _file: std::fs::File,
+}
+
+impl CompactLock {
+    fn acquire(dir: &Path) -> Result<Self> {
+        let path = dir.join(COMPACT_LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "create", e))?;
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(CompactLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < COMPACT_WAIT => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::History {
+                        path: dir.to_path_buf(),
+                        reason: format!(
+                            "another compaction has held {} for {} s; wait for it to finish \
+                             or stop it",
+                            path.display(),
+                            COMPACT_WAIT.as_secs()
+                        ),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, "lock", e)),
+            }
+        }
+    }
+}
+
+/// How many times in a row a part may vanish between listing and opening before reading gives
+/// up: a part disappears only when a resumed writer drops it, so one fresh listing normally
+/// suffices.
+const RELISTS: usize = 64;
+
+/// Calls `each` with every row group of every part of `table` in `dir`, by rank and sequence
+/// number; returns the number of parts read. A part that vanishes between the listing and its
+/// opening (a resumed run dropped it, or replaced it under a new name) is looked up again in a
+/// fresh listing; a part opened stays readable whatever happens to its name.
+fn for_each_part_group(
+    dir: &Path,
+    table: &'static TableDef,
+    mut each: impl FnMut(&Rows) -> Result<()>,
+) -> Result<usize> {
+    let mut parts = list_parts(dir, table)?;
+    let mut read = std::collections::HashSet::new();
+    let (mut i, mut misses) = (0, 0);
+    while let Some((name, path)) = parts.get(i) {
+        if read.contains(&(name.rank, name.seq)) {
+            i += 1;
+            continue;
+        }
+        match std::fs::File::open(path) {
+            Ok(file) => {
+                table::read_file_groups(table, path, file, |rows| each(&rows))
+                    .map_err(|e| at(path, e))?;
+                read.insert((name.rank, name.seq));
+                (i, misses) = (i + 1, 0);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && misses < RELISTS => {
+                misses += 1;
+                parts = list_parts(dir, table)?;
+                i = 0;
+            }
+            Err(e) => return Err(Error::io(path, "open", e)),
+        }
+    }
+    Ok(read.len())
+}
+
+/// Checks that `dir` holds a history to read from `source`: for parts, a `steps/` or
+/// `samples/` directory; for the merged files, `steps.parquet` or `samples.parquet`.
+///
+/// # Errors
+///
+/// [`Error::History`] naming `dir`, saying what it expected and, where it can tell, where the
+/// history is (the parent of a table directory, a subdirectory, the merged files).
+pub fn check_history(dir: &Path, source: Source) -> Result<()> {
+    let has_parts = |d: &Path| [&STEPS, &SAMPLES].iter().any(|t| table_dir(d, t).is_dir());
+    let has_merged = |d: &Path| {
+        [&STEPS, &SAMPLES]
+            .iter()
+            .any(|t| merged_path(d, t.name).is_file())
+    };
+    let reason = match source {
+        Source::Parts if has_parts(dir) => return Ok(()),
+        Source::Merged if has_merged(dir) => return Ok(()),
+        Source::Parts => {
+            let mut r = "not a metrics history: it holds no steps/ or samples/ directory of part \
+                         files"
+                .to_string();
+            if has_merged(dir) {
+                r.push_str("; it holds merged files only: read them with --merged");
+            }
+            r
+        }
+        Source::Merged => {
+            let mut r = "holds no merged history (steps.parquet, samples.parquet)".to_string();
+            if has_parts(dir) {
+                r.push_str(&format!(
+                    "; merge its parts with `shardflow history compact {}` or read them without \
+                     --merged",
+                    dir.display()
+                ));
+            }
+            r
+        }
+    };
+    let table_of = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| [STEPS.name, SAMPLES.name].contains(n));
+    let parent = dir.parent().filter(|p| has_parts(p));
+    let hint = match (table_of, parent) {
+        (Some(table), Some(parent)) => format!(
+            "; it is the {table} table of the history {}: give that directory",
+            parent.display()
+        ),
+        _ => {
+            let inside = histories_inside(dir, has_parts);
+            if inside.is_empty() {
+                String::new()
+            } else {
+                format!("; histories inside it: {}", inside.join(", "))
+            }
+        }
+    };
+    Err(Error::History {
+        path: dir.to_path_buf(),
+        reason: reason + &hint,
+    })
+}
+
+/// The first few subdirectories of `dir` that hold a history (a look at no more than a few
+/// hundred entries, so that `/` or a large directory costs little).
+fn histories_inside(dir: &Path, is_history: impl Fn(&Path) -> bool) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = entries
+        .take(512)
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && is_history(p))
+        .map(|p| p.display().to_string())
+        .collect();
+    found.sort();
+    found.truncate(4);
+    found
 }
 
 /// Where rows are read from.
@@ -661,23 +829,24 @@ pub enum Source {
 }
 
 /// Calls `each` with every row group of `table` in `dir`, from `source`.
+///
+/// # Errors
+///
+/// As [`check_history`]; [`Error::History`] naming a file that cannot be read as its table.
 fn for_each_group(
     dir: &Path,
     table: &'static TableDef,
     source: Source,
     mut each: impl FnMut(&Rows) -> Result<()>,
 ) -> Result<()> {
-    let files: Vec<PathBuf> = match source {
-        Source::Parts => list_parts(dir, table)?
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect(),
-        Source::Merged => vec![merged_path(dir, table.name)],
-    };
-    for path in files {
-        table::read_groups(table, &path, |rows| each(&rows)).map_err(|e| at(&path, e))?;
+    check_history(dir, source)?;
+    match source {
+        Source::Parts => for_each_part_group(dir, table, each).map(drop),
+        Source::Merged => {
+            let path = merged_path(dir, table.name);
+            table::read_groups(table, &path, |rows| each(&rows)).map_err(|e| at(&path, e))
+        }
     }
-    Ok(())
 }
 
 /// Every `steps` row in `dir` (for tests and small runs: the whole table in memory).

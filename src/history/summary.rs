@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::table::{SAMPLES, STEPS};
 use super::{SampleRow, Source, for_each_group};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A value's course over the run.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -87,7 +87,8 @@ impl Ord for Ranked {
 ///
 /// # Errors
 ///
-/// As [`super::read_steps`].
+/// As [`super::read_steps`]; [`Error::History`] listing the names the samples hold when none is
+/// `name`.
 pub fn summarize(dir: &Path, source: Source, top: Option<(usize, &str)>) -> Result<Summary> {
     let mut out = Summary::default();
     let mut steps = BTreeSet::new();
@@ -142,11 +143,15 @@ pub fn summarize(dir: &Path, source: Source, top: Option<(usize, &str)>) -> Resu
     let mut heap: BinaryHeap<Reverse<(Ranked, usize)>> = BinaryHeap::new();
     let mut kept: Vec<Option<SampleRow>> = Vec::new();
     let mut arrival = 0u64;
+    let mut names = BTreeSet::new();
     for_each_group(dir, &SAMPLES, source, |rows| {
         for i in 0..rows.len() {
             out.samples += 1;
             *out.statuses.entry(rows.str(8, i).to_string()).or_default() += 1;
             let Some((k, name)) = top else { continue };
+            if !names.contains(rows.str(6, i)) {
+                names.insert(rows.str(6, i).to_string());
+            }
             arrival += 1;
             let Some(value) = rows.f64(7, i) else {
                 continue;
@@ -170,6 +175,18 @@ pub fn summarize(dir: &Path, source: Source, top: Option<(usize, &str)>) -> Resu
         }
         Ok(())
     })?;
+    if let Some((_, name)) = top.filter(|(_, name)| !names.contains(*name)) {
+        let held = if names.is_empty() {
+            "it holds no per-sample values".to_string()
+        } else {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            format!("the names it holds: {}", names.join(", "))
+        };
+        return Err(Error::History {
+            path: dir.to_path_buf(),
+            reason: format!("no per-sample value is named {name:?}; {held}"),
+        });
+    }
     let mut ranked: Vec<(Ranked, usize)> = heap.into_iter().map(|Reverse(x)| x).collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0));
     out.top = ranked

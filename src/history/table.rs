@@ -333,13 +333,28 @@ pub(crate) fn to_parquet(rows: &Rows) -> Result<Vec<u8>> {
 pub(crate) fn read_groups(
     table: &'static TableDef,
     path: &Path,
+    each: impl FnMut(Rows) -> Result<()>,
+) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    read_file_groups(table, path, file, each)
+}
+
+/// As [`read_groups`], on `file`, already open (it stays readable when `path` is renamed or
+/// removed meanwhile).
+///
+/// # Errors
+///
+/// As [`read_groups`].
+pub(crate) fn read_file_groups(
+    table: &'static TableDef,
+    path: &Path,
+    file: std::fs::File,
     mut each: impl FnMut(Rows) -> Result<()>,
 ) -> Result<()> {
     let bad = |reason: String| Error::History {
         path: path.to_path_buf(),
         reason,
     };
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let reader = SerializedFileReader::new(file).map_err(|e| bad(e.to_string()))?;
     let schema = reader.metadata().file_metadata().schema_descr();
     let names: Vec<&str> = schema.columns().iter().map(|c| c.name()).collect();

@@ -247,8 +247,11 @@ impl<T: TokenId> LoaderBuilder<T> {
 
     /// Plan-driven prefetch: the loader asks the kernel to read the samples of the batch
     /// `steps` steps ahead of the one being planned (`MADV_WILLNEED` on their byte ranges), for
-    /// corpora that do not fit in the page cache. 0 (the default) turns it off. It is a hint:
-    /// the stream is the same with it on or off.
+    /// corpora that do not fit in the page cache. 0 (the default) turns it off; at most
+    /// [`MAX_READ_AHEAD`] ([`LoaderBuilder::build`] refuses more). It is a hint: the stream is
+    /// the same with it on or off. Its cost does not grow with `steps`: the loader advises one
+    /// step for each step it plans, and two while it works its way to `steps` ahead after a
+    /// start or resume.
     pub fn with_read_ahead(mut self, steps: usize) -> Self {
         self.read_ahead = steps;
         self
@@ -349,12 +352,22 @@ impl<T: TokenId> LoaderBuilder<T> {
         if let Some(m) = &metrics {
             m.check()?;
         }
-        let tokens = (order.local_batch as u64).checked_mul(collate.seq_len as u64);
+        // The widest row, not the sequence length: padding to a multiple rounds up past it.
+        let width = collate.max_width();
+        let tokens = width.and_then(|w| (order.local_batch as u64).checked_mul(w as u64));
         if tokens.is_none_or(|t| t > MAX_BATCH_TOKENS) {
+            let width = match collate.padding {
+                crate::collate::Padding::Multiple(m) if width != Some(collate.seq_len) => {
+                    format!(
+                        "sequence length {} rounded up to the padding multiple {m}",
+                        collate.seq_len
+                    )
+                }
+                _ => format!("sequence length {}", collate.seq_len),
+            };
             return Err(Error::Config(format!(
-                "local batch {} x sequence length {} exceeds the largest batch, \
-                 {MAX_BATCH_TOKENS} tokens",
-                order.local_batch, collate.seq_len
+                "local batch {} x {width} exceeds the largest batch, {MAX_BATCH_TOKENS} tokens",
+                order.local_batch
             )));
         }
         if collate.pack && !user.is_empty() {
@@ -373,6 +386,13 @@ impl<T: TokenId> LoaderBuilder<T> {
                     .map(|s| s.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
+            )));
+        }
+        if read_ahead > MAX_READ_AHEAD {
+            return Err(Error::Config(format!(
+                "the read-ahead of {read_ahead} steps exceeds the most, {MAX_READ_AHEAD} steps: \
+                 pages advised that far ahead sit in the page cache long before a worker reads \
+                 them, or are evicted first"
             )));
         }
         if prefetch == 0 || prefetch > MAX_PREFETCH {
@@ -552,9 +572,14 @@ impl<T: TokenId> LoaderBuilder<T> {
 pub const MAX_WORKERS: usize = 1024;
 /// The most batches a loader plans ahead of the caller.
 pub const MAX_PREFETCH: usize = 1 << 16;
+/// The most steps of plan-driven prefetch ([`LoaderBuilder::with_read_ahead`]). Advised pages
+/// wait in the page cache until a worker reads them: a bound keeps what the hint holds there
+/// bounded (a corpus that needs the hint does not fit the page cache).
+pub const MAX_READ_AHEAD: usize = 1 << 12;
 
-/// The largest batch a loader builds: local batch x sequence length, in tokens. Every `[B, T]`
-/// buffer of a batch is allocated at this size at most.
+/// The largest batch a loader builds: local batch x widest row ([`CollateConfig::max_width`]:
+/// the sequence length, rounded up to the padding multiple), in tokens. Every `[B, T]` buffer of
+/// a batch is allocated at this size at most.
 pub const MAX_BATCH_TOKENS: u64 = 1 << 28;
 
 /// The metric aggregator a resumed loader starts from: this rank's saved totals (same rank and

@@ -218,6 +218,13 @@ impl LoaderConfig {
         self
     }
 
+    /// Drops the last global batch of a limited stream when it is incomplete
+    /// ([`OrderConfig::drop_last`]), so every rank takes the same full steps.
+    pub fn with_drop_last(mut self, drop_last: bool) -> Self {
+        self.order.drop_last = drop_last;
+        self
+    }
+
     /// Ends the stream after `epochs` passes over the mixture (fractions allowed).
     pub fn with_epochs(mut self, epochs: f64) -> Self {
         self.order.limit = StreamLimit::Epochs(epochs);

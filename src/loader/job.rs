@@ -53,29 +53,63 @@ pub(crate) struct Scheduler {
 /// scheduler, asking the kernel to read each row's bytes (`MADV_WILLNEED`) as it plans them, so
 /// that by the time a worker decodes a sample its pages are on their way or in the page cache.
 /// It reads nothing itself and never touches the stream.
+///
+/// Its cost does not depend on `ahead`: it starts level with the scheduler and advises two
+/// steps for each step the scheduler takes until it is `ahead` steps in front, then one; at the
+/// end of the stream it stops.
 pub(crate) struct Advisor {
     planner: Planner,
     datasets: Vec<Dataset>,
     rows: Vec<Row>,
+    /// Steps to stay in front of the scheduler.
+    ahead: u64,
+    /// The scheduler's next step when it was last followed.
+    last: u64,
+    /// Whether the stream has ended.
+    done: bool,
 }
 
 impl Advisor {
-    /// An advisor `ahead` steps in front of `planner`, having advised those steps.
+    /// An advisor that works its way to `ahead` steps in front of `planner`, having advised
+    /// the step the scheduler plans next.
     fn new(planner: &Planner, datasets: &[Dataset], ahead: usize) -> Self {
         let mut a = Advisor {
             planner: planner.clone(),
             datasets: datasets.to_vec(),
             rows: Vec::new(),
+            ahead: ahead as u64,
+            last: planner.step(),
+            done: false,
         };
-        for _ in 0..ahead {
-            a.step();
-        }
+        a.step();
         a
+    }
+
+    /// Advises the steps before `scheduled + ahead` (`scheduled`: the scheduler's next step),
+    /// at most two for each step the scheduler took since the last call (a packed batch can
+    /// take several).
+    fn follow(&mut self, scheduled: u64) {
+        if self.done {
+            return;
+        }
+        if self.planner.step() < scheduled {
+            // Behind the scheduler: the steps it planned already are not worth advising.
+            self.planner.skip_to(scheduled);
+        }
+        let budget = scheduled.saturating_sub(self.last).max(1).saturating_mul(2);
+        self.last = scheduled;
+        for _ in 0..budget {
+            if self.done || self.planner.step() >= scheduled.saturating_add(self.ahead) {
+                return;
+            }
+            self.step();
+        }
     }
 
     /// Advises the next step's rows.
     fn step(&mut self) {
-        if self.planner.next_rows(&mut self.rows) {
+        self.done = !self.planner.next_rows(&mut self.rows);
+        if !self.done {
             for row in &self.rows {
                 self.datasets[row.dataset as usize].will_need(row.sample as usize);
             }
@@ -151,7 +185,7 @@ impl Scheduler {
         if job.is_some() {
             self.batch += 1;
             if let Some(a) = &mut self.advisor {
-                a.step();
+                a.follow(self.planner.step());
             }
         }
         Ok(job)
@@ -328,5 +362,53 @@ pub(crate) fn doc_len(
             BadSamplePolicy::Error => Err(reason),
             BadSamplePolicy::Skip { .. } => Ok((0, DocRef::SKIPPED)),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::order::{DatasetSpec, OrderConfig, StreamLimit};
+
+    /// A planner over one dataset of 10 samples, 2 rows per step, ending after `steps` steps.
+    fn planner(steps: u64) -> Planner {
+        let plan = OrderConfig {
+            local_batch: 2,
+            limit: StreamLimit::Samples(2 * steps),
+            ..Default::default()
+        }
+        .init(vec![DatasetSpec::new("d", 10, 1.0)])
+        .unwrap();
+        Planner::new(Arc::new(plan))
+    }
+
+    #[test]
+    fn the_advisor_works_its_way_ahead_at_two_steps_per_job_whatever_the_read_ahead() {
+        let datasets = [Dataset::from_shards(Vec::new())];
+        for ahead in [1, 4, 4096, usize::MAX] {
+            let mut a = Advisor::new(&planner(1000), &datasets, ahead);
+            // Level with the scheduler: its first step advised, nothing more.
+            assert_eq!(a.planner.step(), 1, "read-ahead {ahead}");
+            for scheduled in 1..=20u64 {
+                a.follow(scheduled);
+                let want = (1 + 2 * scheduled).min(scheduled.saturating_add(ahead as u64));
+                assert_eq!(a.planner.step(), want.max(1), "read-ahead {ahead}");
+            }
+        }
+        // At the end of the stream it stops, however far ahead it was asked to go.
+        let mut a = Advisor::new(&planner(3), &datasets, usize::MAX);
+        for scheduled in 1..=5 {
+            a.follow(scheduled);
+        }
+        assert_eq!((a.planner.step(), a.done), (3, true));
+        // A scheduler that takes several steps per batch (packing) is followed from where it
+        // stands, two steps for each of its own.
+        let mut a = Advisor::new(&planner(1000), &datasets, 4);
+        a.follow(10);
+        assert_eq!(a.planner.step(), 14);
+        a.follow(11);
+        assert_eq!(a.planner.step(), 15);
     }
 }

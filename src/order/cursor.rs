@@ -39,6 +39,10 @@ pub struct Cursor {
     /// The range or stratified partition's input digest ([`Plan::partition_digest`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_digest: Option<u64>,
+    /// The plan's [`OrderConfig::drop_last`](super::OrderConfig::drop_last) (absent, false, in
+    /// checkpoints taken before it existed).
+    #[serde(default)]
+    pub drop_last: bool,
 }
 
 /// One dataset's state in a [`Cursor`].
@@ -163,7 +167,7 @@ impl Planner {
     /// [`Error::Checkpoint`] for a cursor that is inconsistent in itself ([`Cursor::check`]) or
     /// whose mixture counts are not the schedule's at its position;
     /// [`Error::Resume`] saying why the stream cannot continue: another seed, shuffle, mixture
-    /// mode or partition; another global batch size; another world size in an ownership
+    /// mode, partition or `drop_last`; another global batch size; another world size in an ownership
     /// partition; other ranges or classes in the range or stratified partition; a dataset whose size changed; datasets added or removed without
     /// [`ResumeOptions::allow_dataset_changes`]; a cursor whose counts do not add up.
     pub fn resume(plan: Arc<Plan>, cursor: &Cursor, options: ResumeOptions) -> Result<Self> {
@@ -191,6 +195,13 @@ impl Planner {
                 "mixture mode",
                 name(cursor.mixture),
                 name(c.mixture),
+            ));
+        }
+        if cursor.drop_last != c.drop_last {
+            return Err(differs(
+                "drop_last setting",
+                cursor.drop_last.to_string(),
+                c.drop_last.to_string(),
             ));
         }
         if cursor.partition != c.partition {

@@ -57,8 +57,8 @@ pub enum MixtureMode {
 ///
 /// # Errors
 ///
-/// [`Error::BadWeight`] for a weight whose share rounds to zero (below about `2^-21` of the
-/// total): the mixture cannot represent it.
+/// [`Error::WeightBelowResolution`] for a weight whose share rounds to zero (below about
+/// `2^-21` of the total): the mixture cannot represent it.
 pub(crate) fn quantize(names: &[String], weights: &[f64]) -> Result<Vec<u64>> {
     // Scale by the largest first, so that huge weights cannot overflow their sum.
     let max = weights.iter().copied().fold(0.0f64, f64::max);
@@ -79,9 +79,10 @@ pub(crate) fn quantize(names: &[String], weights: &[f64]) -> Result<Vec<u64>> {
         shares[d] += 1;
     }
     if let Some(d) = shares.iter().position(|&k| k == 0) {
-        return Err(Error::BadWeight {
+        return Err(Error::WeightBelowResolution {
             dataset: names[d].clone(),
             weight: weights[d],
+            share: scaled[d] / total,
         });
     }
     debug_assert_eq!(shares.iter().sum::<u64>(), RESOLUTION);

@@ -86,6 +86,14 @@ pub struct OrderConfig {
     pub local_batch: usize,
     /// Where the stream ends.
     pub limit: StreamLimit,
+    /// Drop the last global batch of a limited stream when it is incomplete, so that every rank
+    /// takes the same number of full steps. Without it, in the global partition, the last step
+    /// holds the remaining rows, dealt to the first ranks in rank order: a rank may get fewer
+    /// rows than its local batch, or none (an empty batch), which data-parallel training
+    /// must then handle (every rank still takes the step). The ownership partitions always take
+    /// whole steps, so it changes nothing there.
+    #[serde(default)]
+    pub drop_last: bool,
 }
 
 impl Default for OrderConfig {
@@ -99,6 +107,7 @@ impl Default for OrderConfig {
             rank: 0,
             local_batch: 1,
             limit: StreamLimit::Endless,
+            drop_last: false,
         }
     }
 }
@@ -109,8 +118,8 @@ impl OrderConfig {
     /// # Errors
     ///
     /// [`Error::NoDatasets`], [`Error::DuplicateDatasets`] (listing the names),
-    /// [`Error::BadWeight`] (also for a weight below the mixture's resolution, 2^-20 of the
-    /// total), [`Error::EmptyDataset`], [`Error::EmptyPartition`] (naming the dataset, its size
+    /// [`Error::BadWeight`], [`Error::WeightBelowResolution`] (a weight below the mixture's
+    /// resolution, 2^-20 of the total), [`Error::EmptyDataset`], [`Error::EmptyPartition`] (naming the dataset, its size
     /// and the world size), [`Error::BadPartition`] for range or class input that does not fit
     /// (naming the dataset, the rank and the range), and [`Error::Config`] for a range or
     /// stratified partition without its input, an empty dataset name, a zero world or
@@ -257,6 +266,10 @@ impl Plan {
                 Some(budget(e, datasets.iter().map(|d| d.len as u128).sum())?)
             }
         };
+        let total_rows = match total_rows {
+            Some(t) if c.drop_last => Some(t / rows_per_step * rows_per_step),
+            t => t,
+        };
         Ok(Plan {
             own: splits.iter().map(|s| s.view(c.rank)).collect(),
             weights: shares
@@ -307,8 +320,8 @@ impl Plan {
     }
 
     /// Number of steps, or `None` for an endless stream. In the global mode a last partial
-    /// global batch counts as a step (its rows go to the first ranks); the ownership modes take
-    /// full steps only.
+    /// global batch counts as a step (its rows go to the first ranks) unless
+    /// [`OrderConfig::drop_last`]; the ownership modes take full steps only.
     pub fn steps(&self) -> Option<u64> {
         self.total_rows.map(|t| t.div_ceil(self.rows_per_step))
     }
@@ -439,6 +452,7 @@ impl Planner {
             global_batch: p.global_batch(),
             world: c.world,
             partition_digest: p.partition_digest(),
+            drop_last: p.config.drop_last,
         }
     }
 

@@ -144,8 +144,9 @@ impl Dataset {
     }
 }
 
-/// The prefixes of the Megatron shards in `dir` (each `NAME.idx` with a `NAME.bin` beside it),
-/// sorted by name.
+/// The prefixes of the Megatron shards in `dir` (each `NAME.idx` with a `NAME.bin` beside it,
+/// and each shard whose write was killed while its pair was apart, which opening puts back
+/// together or reports), sorted by name.
 ///
 /// # Errors
 ///
@@ -160,6 +161,11 @@ pub fn shard_prefixes(dir: &Path) -> Result<Vec<PathBuf>> {
             if shard_paths(&prefix).1.is_file() {
                 prefixes.push(prefix);
             }
+        } else if let Some(prefix) = interrupted_prefix(&path) {
+            // A shard whose write was killed while its pair was apart (`.NAME.idx.TAG.old`
+            // beside it): opening puts the pair back, or names what is missing. Skipping it
+            // would silently drop a shard from the dataset.
+            prefixes.push(prefix);
         }
     }
     if prefixes.is_empty() {
@@ -168,5 +174,25 @@ pub fn shard_prefixes(dir: &Path) -> Result<Vec<PathBuf>> {
         });
     }
     prefixes.sort();
+    prefixes.dedup();
     Ok(prefixes)
+}
+
+/// `dir/NAME` for a moved-aside `dir/.NAME.idx.TAG.old`, or a temporary `dir/.NAME.idx.TAG.tmp`
+/// beside `NAME.bin`, whose `NAME.idx` is missing: a write killed while its pair was apart.
+fn interrupted_prefix(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let hidden = name.strip_prefix('.')?;
+    let (inner, temporary) = match hidden.strip_suffix(".old") {
+        Some(inner) => (inner, false),
+        None => (hidden.strip_suffix(".tmp")?, true),
+    };
+    let (stem, tag) = inner.rsplit_once('.')?;
+    let shard = stem.strip_suffix(".idx")?;
+    if tag.is_empty() || shard.is_empty() {
+        return None;
+    }
+    let prefix = path.with_file_name(shard);
+    let (idx, bin) = shard_paths(&prefix);
+    (!idx.exists() && (!temporary || bin.is_file())).then_some(prefix)
 }

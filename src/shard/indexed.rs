@@ -26,6 +26,7 @@ use memmap2::Mmap;
 use super::dtype::{CodeMeaning, Dtype, TokenSlice};
 use super::trailer::{Trailer, TrailerError, sample_hash, xxh64};
 use super::{Shard, map_file};
+use crate::atomic::{Recovery, interrupted_pair, recover_pair};
 use crate::error::{Error, Result};
 
 /// The 9-byte magic that opens every Megatron `.idx`.
@@ -54,6 +55,26 @@ pub fn shard_paths(prefix: &Path) -> (PathBuf, PathBuf) {
         PathBuf::from(s)
     };
     (with(".idx"), with(".bin"))
+}
+
+/// Puts back the pair of the shard at `prefix` when a killed write left it apart (its `.idx`
+/// missing, the old files moved aside, perhaps the new `.bin` in place with its complete `.idx`
+/// under a temporary name): rolled back to the old pair or forward to the new one, by renames
+/// only, choosing files that validate together (trailer included). [`IndexedShard::open`] and
+/// [`IndexedWriter::create`](super::IndexedWriter::create) call it; nothing is ever deleted here.
+///
+/// # Errors
+///
+/// [`Error::Io`] when a rename fails (a read-only directory), naming the file.
+pub fn recover_shard(prefix: &Path) -> Result<Recovery> {
+    let (idx, bin) = shard_paths(prefix);
+    recover(&idx, &bin)
+}
+
+fn recover(idx: &Path, bin: &Path) -> Result<Recovery> {
+    recover_pair(bin, idx, &|bin, idx| {
+        IndexedShard::open_pair(idx.to_path_buf(), bin.to_path_buf()).is_ok()
+    })
 }
 
 /// A memory-mapped, validated Megatron shard.
@@ -107,16 +128,38 @@ impl IndexedShard {
             bin: bin_path.clone(),
             reason: reason.into(),
         };
+        let mut not_recovered = None;
+        if !idx_path.exists() && interrupted_pair(&bin_path, &idx_path) {
+            // A write was killed while its pair was apart: put a whole pair back first.
+            not_recovered = recover(&idx_path, &bin_path).err();
+        }
         match (idx_path.exists(), bin_path.exists()) {
             (false, true) => {
-                return Err(unpaired(
-                    "the .idx is missing beside an existing .bin (a write that was interrupted \
-                     leaves this state); write the shard again",
-                ));
+                return Err(unpaired(&match not_recovered {
+                    Some(e) => format!(
+                        "the .idx is missing beside an existing .bin: a write was interrupted \
+                         and its pair cannot be put back here ({e}); open it once where the \
+                         directory is writable, or write the shard again"
+                    ),
+                    None => "the .idx is missing beside an existing .bin, and no moved-aside or \
+                             complete temporary .idx of an interrupted write pairs with it; \
+                             write the shard again"
+                        .into(),
+                }));
             }
             (true, false) => return Err(unpaired("the .bin is missing")),
             _ => {}
         }
+        Self::open_pair(idx_path, bin_path)
+    }
+
+    /// Opens and validates a given `.idx` and `.bin`, whatever their names.
+    fn open_pair(idx_path: PathBuf, bin_path: PathBuf) -> Result<Self> {
+        let unpaired = |reason: &str| Error::UnpairedShard {
+            idx: idx_path.clone(),
+            bin: bin_path.clone(),
+            reason: reason.into(),
+        };
         let idx = map_file(&idx_path)?;
         let header = Header::parse(&idx, &idx_path)?;
         let bin = map_file(&bin_path)?;

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::dtype::Dtype;
+use super::indexed::recover_shard;
 use super::indexed::{HEADER_LEN, MAGIC, VERSION, shard_paths};
 use super::trailer::{Trailer, Xxh64};
-use crate::atomic::{AtomicFile, check_destination, commit_pair, remove_stale};
+use crate::atomic::{AtomicFile, check_destination, commit_pair, find_stale};
 use crate::error::{Error, Result};
 
 /// What a finished shard holds.
@@ -32,8 +33,10 @@ pub struct ShardSummary {
 /// `.bin` and the new `.idx` are renamed in, so a crash at any moment leaves the old pair, the
 /// new pair, or a missing `.idx` that opening reports, never an old file beside a new one. The
 /// `.idx` ends with an integrity [trailer](super::trailer) (the `.bin`'s length and hashes) that
-/// opening checks. A writer dropped before `finish` leaves nothing behind; a killed write leaves
-/// hidden temporary files that the next write to the same prefix removes.
+/// opening checks. A writer dropped before `finish` leaves nothing behind. A killed write leaves
+/// hidden temporary (and, during the commit, moved-aside) files: the next reader or writer puts
+/// a whole pair back by renames ([`recover_shard`](super::recover_shard)), and the next write
+/// removes them once its own pair is in place.
 ///
 /// With the automatic dtype (`None`), ids are stored as u16 while every id fits, and the file
 /// written so far is widened once to i32 (or i64) when the first id that does not fit arrives.
@@ -79,9 +82,12 @@ impl IndexedWriter {
             )));
         }
         let (idx_dest, bin_dest) = shard_paths(&prefix);
+        // A killed earlier write may have left the pair apart: put it back together first, so
+        // that whatever happens to this write, the last complete version stays readable.
+        recover_shard(&prefix)?;
         let mut removed_stale = Vec::new();
         for dest in [&bin_dest, &idx_dest] {
-            let stale = remove_stale(dest)?;
+            let stale = find_stale(dest)?;
             if let Some(busy) = stale.busy.first() {
                 return Err(Error::Config(format!(
                     "another write to {} is in progress (its temporary file {} is held open); \
@@ -118,8 +124,9 @@ impl IndexedWriter {
         self.lengths.len()
     }
 
-    /// The temporary files of earlier, killed writes to this prefix that [`IndexedWriter::create`]
-    /// removed, with their sizes in bytes.
+    /// The leftovers of earlier, killed writes to this prefix (temporary and moved-aside files)
+    /// that [`IndexedWriter::create`] found, with their sizes in bytes. They stay until this
+    /// write's pair is in place: [`IndexedWriter::finish`] removes them then, never before.
     pub fn removed_stale(&self) -> &[(PathBuf, u64)] {
         &self.removed_stale
     }
