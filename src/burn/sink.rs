@@ -229,6 +229,13 @@ impl<T: TokenId> DeviceSink<T> for BurnSink {
         }
     }
 
+    fn check_batch(&self, rows: usize, config: &CollateConfig) -> Result<()> {
+        match &self.shader {
+            Some(w) => DeviceSink::<T>::check_batch(&**w, rows, config),
+            None => Ok(()),
+        }
+    }
+
     fn worker(&self) -> Result<()> {
         if let Some(w) = &self.shader {
             DeviceSink::<T>::worker(&**w)?;

@@ -80,6 +80,19 @@ pub trait DeviceSink<T: TokenId>: Send + Sync + 'static {
         Layout::Ragged
     }
 
+    /// Checks, when the loader is built, that the largest batch the stream can make (`rows`
+    /// rows of `config`'s widest row) fits this device, so that a batch past a device limit is
+    /// one line naming the limit before any work, not an error at the first upload. Nothing by
+    /// default (host memory takes any batch the loader allows).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] naming the buffer or dispatch and the device limit it passes.
+    fn check_batch(&self, rows: usize, config: &CollateConfig) -> Result<()> {
+        let _ = (rows, config);
+        Ok(())
+    }
+
     /// A new worker context.
     ///
     /// # Errors

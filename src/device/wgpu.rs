@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use super::SinkStats;
 use super::ragged::{Field, FieldSet, RaggedBatch, SlotSizes, four_byte_ids};
-use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
+use crate::collate::{Batch, CollateConfig, DocRef, PIECES_PER_ROW, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;
 use crate::gpu::{Shader, WgpuContext};
@@ -109,6 +109,17 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
 
     fn staging(&self) -> Pool {
         self.pool.clone()
+    }
+
+    fn check_batch(&self, rows: usize, config: &CollateConfig) -> Result<()> {
+        let widest = rows.saturating_mul(config.max_width().unwrap_or(usize::MAX));
+        let sizes = SlotSizes {
+            tokens: widest,
+            rows,
+            pieces: PIECES_PER_ROW.saturating_mul(rows),
+            cells: widest,
+        };
+        fits_device(&self.ctx, &sizes)
     }
 
     fn worker(&self) -> Result<()> {

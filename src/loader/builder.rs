@@ -370,6 +370,7 @@ impl<T: TokenId> LoaderBuilder<T> {
                 order.local_batch
             )));
         }
+        sink.check_batch(order.local_batch, &collate)?;
         if collate.pack && !user.is_empty() {
             return Err(Error::Config(
                 "user transforms cannot be combined with packing: the packer lays documents out \
