@@ -20,7 +20,7 @@ use burn::data::dataset::{Dataset as BurnDataset, DatasetError};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group};
 use shardflow::Dataset;
-use shardflow::burn::BurnSink;
+use shardflow::burn::{BurnShaderSink, BurnSink};
 use shardflow::cli::measure;
 use shardflow::collate::{CollateConfig, Padding, Pool, StagedBatch};
 use shardflow::device::DeviceSink;
@@ -243,10 +243,9 @@ impl Batcher<Vec<i32>, Tensor<2, Int>> for TensorBatcher {
 
 /// Ragged ids and row offsets uploaded as they are, then padded on the device with Burn tensor
 /// ops: the alternative to padding on the host that the Burn sink measures against.
-struct DevicePadSink(Device);
+struct DevicePadSink(Device, Pool);
 
 impl DeviceSink<i32> for DevicePadSink {
-    type Worker = ();
     type Prepared = (TensorData, TensorData, usize, usize);
     type Output = Tensor<2, Int>;
 
@@ -254,17 +253,15 @@ impl DeviceSink<i32> for DevicePadSink {
         format!("{:?}", self.0)
     }
 
-    fn worker(&self) -> shardflow::Result<()> {
+    fn staging(&self) -> &Pool {
+        &self.1
+    }
+
+    fn bind(&mut self, _: &CollateConfig, _: usize) -> shardflow::Result<()> {
         Ok(())
     }
 
-    fn prepare(
-        &self,
-        _: &mut (),
-        s: StagedBatch<i32>,
-        _: &CollateConfig,
-        _: &Pool,
-    ) -> shardflow::Result<Self::Prepared> {
+    fn prepare(&self, s: StagedBatch<i32>) -> shardflow::Result<Self::Prepared> {
         let tokens = TensorData::new(s.tokens.to_vec(), [s.tokens.len()]);
         let offsets: Vec<i32> = s.offsets.iter().map(|&o| o as i32).collect();
         Ok((
@@ -279,7 +276,6 @@ impl DeviceSink<i32> for DevicePadSink {
         &self,
         (tokens, offsets, rows, width): Self::Prepared,
         _: u64,
-        _: &CollateConfig,
     ) -> shardflow::Result<Tensor<2, Int>> {
         let d = &self.0;
         let total = tokens.num_elements() as i64;
@@ -347,14 +343,14 @@ fn tensor_figures(f: &Fixture) {
         });
         let on_device = tensor_rate(&device, || {
             shardflow_builder(f, 2)
-                .build(DevicePadSink(device.clone()))
+                .build(DevicePadSink(device.clone(), Pool::new()))
                 .unwrap()
                 .map(|b| b.unwrap())
         });
         let shader = ctx.map(|ctx| {
             tensor_rate(&device, || {
                 shardflow_builder(f, 2)
-                    .build(BurnSink::with_shader(&device, ctx.clone()).unwrap())
+                    .build(BurnShaderSink::new(&device, ctx.clone()).unwrap())
                     .unwrap()
                     .map(|b| b.unwrap().ids)
             })

@@ -551,6 +551,15 @@ pub enum Error {
     #[error("world from the environment: {0}")]
     Environment(String),
 
+    /// Every loader worker thread ended while the caller waited for a batch that none of them
+    /// had built (a worker's panic or error is reported as its own error first; this one means
+    /// the threads are gone without one).
+    #[error("batch {batch}: every loader worker stopped before building it")]
+    WorkersStopped {
+        /// The batch (step, 0-based) the caller waited for.
+        batch: u64,
+    },
+
     /// A configuration that cannot work; the message says which setting and why.
     #[error("invalid configuration: {0}")]
     Config(String),

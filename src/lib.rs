@@ -1,21 +1,36 @@
 //! shardflow feeds training loops from memory-mapped token shards to device buffers: exact,
 //! fast, and impossible to corrupt.
 //!
+//! The modules, in pipeline order (a module uses the ones above it, never one below):
+//!
 //! - [`error`]: the one [`Error`] type; every variant names the file, offset, dataset or rank.
 //! - [`atomic`]: atomic file writes (temporary name, fsync, rename, directory fsync), shard
 //!   pairs that never mix, and the cleanup of interrupted writes.
-//! - [`gpu`]: the wgpu context (adapter, device, queue, compiled shaders).
+//! - [`gpu`]: GPU contexts: the wgpu context (adapter, device, queue, compiled shaders of
+//!   `shaders/`; feature `wgpu`) and the CUDA context (streams, pinned memory, the kernels of
+//!   `kernels/` compiled by NVRTC; feature `cuda`).
 //! - [`shard`]: Megatron `.bin/.idx` shards (read, validate, write), flat token files,
-//!   multi-shard datasets, host decoding of token ids, the built-in synthetic corpus.
+//!   multi-shard datasets, host decoding of token ids, the class and range files that lie
+//!   beside shards ([`shard::read_class_file`], [`shard::RangeFile`]), the built-in synthetic
+//!   corpus.
 //! - [`order`]: the deterministic sample order: shuffles, epochs, the mixture of datasets, rank
-//!   partitions, and the [`order::Cursor`] a checkpoint stores.
+//!   partitions, and the [`order::Cursor`] a checkpoint stores. Pure: it reads no file.
 //! - [`transform`]: per-sample truncation, BOS/EOS, user transforms, the bad-sample policy.
 //! - [`collate`]: padding and packing into staged batches in pooled, aligned memory.
-//! - [`collective`]: the [`collective::Collective`] trait; solo and in-process engines.
+//! - [`collective`]: the [`collective::Collective`] trait and its engines: solo, in-process
+//!   worlds (on the host, on wgpu, on CUDA), NCCL (feature `cuda`), engines served from a thread
+//!   of their own ([`collective::Served`]); the [`collective::FileStore`] rendezvous for separate
+//!   processes, the run spec and config agreement, [`collective::World::from_env`]. (MPI is the
+//!   workspace crate `crates/shardflow-mpi`.)
 //! - [`metrics`]: metric kinds, the aggregator, the distribution sketch, the fused reduce.
-//! - [`device`]: the [`device::DeviceSink`] seam, the host reference sink and the wgpu sink.
-//! - [`loader`]: planner, workers, reorder buffer, checkpoint state and statistics.
-//! - [`burn`] (feature `burn`): batches as Burn tensors, Burn's `DataLoader` over a stream,
+//! - `history` (feature `history`): per-step and per-sample records streamed to Parquet part
+//!   files, and the summary reader.
+//! - [`device`]: the [`device::DeviceSink`] seam and its sinks: the host reference sink, the wgpu
+//!   sink (feature `wgpu`) and the CUDA sink (feature `cuda`: pinned staging, async copies, padding
+//!   on the device).
+//! - [`loader`]: the config and builder, planner, workers, reorder buffer, checkpoint state and
+//!   statistics.
+//! - `burn` (feature `burn`): batches as Burn tensors, Burn's `DataLoader` over a stream,
 //!   training losses per dataset.
 //! - `cli` (feature `cli`): the `shardflow` command.
 //!
@@ -47,15 +62,20 @@
 //!
 //! # Feature flags
 //!
-//! - `cli` (default): the `shardflow` command and what only it needs (clap, indicatif, libc).
-//!   Library users can turn it off with `default-features = false`.
+//! - `cli` (default): the `shardflow` command and what only it needs (clap, indicatif); turns on
+//!   `history`. Library users can turn it off with `default-features = false`.
 //! - `wgpu` (default): the wgpu context, device sink, reduction engine and sketch binning.
-//! - `cuda`: the CUDA C kernels of `kernels/` compiled at run time by NVRTC through cudarc
-//!   (libnvrtc loaded when needed; no CUDA toolkit at build time). The CUDA sink and the NCCL
-//!   engine are the CUDA issue's next steps.
+//! - `cuda`: the CUDA context, the CUDA sink, CUDA reductions and sketches, and the NCCL engine,
+//!   through cudarc with dynamic loading: the CUDA C kernels of `kernels/` are compiled at run
+//!   time by NVRTC, and libcuda, libnvrtc and libnccl are loaded when needed (no CUDA toolkit at
+//!   build time).
+//! - `history`: the metrics history in Parquet (the parquet crate, without arrow).
 //! - `burn`: Burn tensors from batches, Burn's `DataLoader` over a shardflow stream, per-dataset
-//!   training losses (Burn 0.22.1 with the Flex, NdArray and wgpu devices).
+//!   training losses (Burn 0.22.1 with the Flex, NdArray and wgpu devices); turns on `wgpu`.
 //! - `fault-injection`: for tests only; lets a test stop a shard write at any step.
+//!
+//! `libc` is a dependency with every feature set: shards drop their pages from the page cache
+//! with it (`posix_fadvise`, for cold-cache measurements), and the command uses it for signals.
 //!
 //! The tests run with all of them.
 
@@ -73,6 +93,7 @@ pub mod collective;
 pub mod device;
 pub mod error;
 pub mod gpu;
+pub(crate) mod hash;
 #[cfg(feature = "history")]
 pub mod history;
 pub mod loader;

@@ -13,12 +13,15 @@ use std::path::Path;
 use burn::data::dataloader::DataLoader;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{DType, Device, DeviceKind, Int, Tensor};
-use shardflow::burn::{BurnBatch, BurnLoader, BurnSink, record_loss_values, record_losses};
+#[cfg(feature = "wgpu")]
+use shardflow::burn::BurnShaderSink;
+use shardflow::burn::{BurnBatch, BurnLoader, BurnSink, record_losses};
 use shardflow::collate::{Batch, CollateConfig, DocRef, Padding};
 use shardflow::collective::Solo;
-use shardflow::loader::{DatasetConfig, LoaderBuilder, LoaderConfig, NamedTransforms};
-use shardflow::metrics::{Aggregator, MetricsConfig};
-use shardflow::order::{OrderConfig, StreamLimit};
+use shardflow::device::{DeviceBatch, DeviceSink};
+use shardflow::loader::{DatasetConfig, LoaderBuilder, LoaderConfig, NamedTransforms, Ownership};
+use shardflow::metrics::{Aggregator, MetricsConfig, record_loss_values};
+use shardflow::order::{OrderConfig, Partition, RankRanges, StreamLimit};
 use shardflow::shard::synthetic::SyntheticCorpus;
 
 /// The test mixture (web 60, code 25, books 40 samples; weights 3:1:2) as a config.
@@ -72,10 +75,17 @@ fn assert_same(b: BurnBatch, h: &Batch<i32>, dtype: DType) {
 /// Every collate configuration of the conformance suite (padded and packed, every field), on
 /// `device`: the Burn batches equal the host's, in `dtype`.
 fn conformance(device: &Device, dtype: DType) {
-    conformance_with(|| BurnSink::new(device).unwrap(), dtype);
+    let sink = || {
+        let sink = BurnSink::new(device).unwrap();
+        assert_eq!(DType::from(sink.dtype()), dtype);
+        sink
+    };
+    conformance_with(sink, dtype);
 }
 
-fn conformance_with(sink: impl Fn() -> BurnSink, dtype: DType) {
+/// The conformance run through `sink`'s sinks; each batch's host copy ([`DeviceBatch`]) equals
+/// the host batch byte for byte too.
+fn conformance_with<S: DeviceSink<i32, Output = BurnBatch>>(sink: impl Fn() -> S, dtype: DType) {
     let dir = tempfile::tempdir().unwrap();
     for collate in common::conformance::configs() {
         let build = || {
@@ -91,11 +101,12 @@ fn conformance_with(sink: impl Fn() -> BurnSink, dtype: DType) {
         };
         let hosts: Vec<_> = build().build_host().unwrap().map(Result::unwrap).collect();
         let sink = sink();
-        assert_eq!(DType::from(sink.dtype()), dtype);
         let burns: Vec<_> = build().build(sink).unwrap().map(Result::unwrap).collect();
         assert_eq!(burns.len(), hosts.len(), "{collate:?}");
         assert!(!hosts.is_empty());
         for (b, h) in burns.into_iter().zip(&hosts) {
+            let copy = DeviceBatch::<i32>::to_host(&b).unwrap();
+            assert_eq!(copy.to_bytes(), h.to_bytes(), "{collate:?}");
             assert_same(b, h, dtype);
         }
     }
@@ -111,6 +122,7 @@ fn burn_batches_equal_host_batches_on_ndarray() {
     conformance(&ndarray(), DType::I64);
 }
 
+#[cfg(feature = "wgpu")]
 #[test]
 fn burn_batches_equal_host_batches_on_wgpu() {
     if common::gpu::wgpu().is_none() {
@@ -119,16 +131,19 @@ fn burn_batches_equal_host_batches_on_wgpu() {
     conformance(&Device::wgpu(DeviceKind::DefaultDevice), DType::I32);
 }
 
+#[cfg(feature = "wgpu")]
 #[test]
 fn shader_padded_batches_land_in_burn_tensors_on_one_wgpu_device() {
     if common::gpu::wgpu().is_none() {
         return;
     }
     let (device, ctx) = shardflow::burn::shared_wgpu().unwrap();
-    conformance_with(
-        || BurnSink::with_shader(&device, ctx.clone()).unwrap(),
-        DType::I32,
-    );
+    let sink = || {
+        let sink = BurnShaderSink::new(&device, ctx.clone()).unwrap();
+        assert_eq!(DType::from(sink.dtype()), DType::I32);
+        sink
+    };
+    conformance_with(sink, DType::I32);
     // The tensors are Burn's own: Burn ops run on them.
     let dir = tempfile::tempdir().unwrap();
     let mut loader = LoaderBuilder::<i32>::new(common::mixture(dir.path()))
@@ -136,7 +151,7 @@ fn shader_padded_batches_land_in_burn_tensors_on_one_wgpu_device() {
             local_batch: 3,
             ..Default::default()
         })
-        .build(BurnSink::with_shader(&device, ctx.clone()).unwrap())
+        .build(BurnShaderSink::new(&device, ctx.clone()).unwrap())
         .unwrap();
     let mut host = LoaderBuilder::<i32>::new(common::mixture(dir.path()))
         .with_order(OrderConfig {
@@ -168,6 +183,7 @@ fn rows_of(spec: &[(u32, u32)]) -> Vec<DocRef> {
         .collect()
 }
 
+#[cfg(feature = "wgpu")]
 #[test]
 fn losses_on_the_shared_wgpu_device_are_binned_there_as_the_host_bins_them() {
     if common::gpu::wgpu().is_none() {
@@ -180,7 +196,7 @@ fn losses_on_the_shared_wgpu_device_are_binned_there_as_the_host_bins_them() {
     let values: Vec<f32> = (0..300).map(|i| 0.01 + (i as f32 * 0.37) % 9.0).collect();
     let mut host = Aggregator::new(MetricsConfig::default());
     let as_f64: Vec<f64> = values.iter().map(|&v| v as f64).collect();
-    shardflow::burn::record_loss_values(&mut host, &names, &docs, &as_f64).unwrap();
+    shardflow::metrics::record_loss_values(&mut host, &names, &docs, &as_f64).unwrap();
     // The losses as a training step leaves them: computed on the device, autodiff attached.
     let losses = Tensor::<1>::from_floats(values.as_slice(), &device.clone().autodiff()) * 1.0;
     let mut dev = Aggregator::new(MetricsConfig::default());
@@ -350,6 +366,55 @@ fn the_data_loader_counts_and_slices_its_items() {
     let mut both: Vec<_> = a.into_iter().chain(b).collect();
     both.sort();
     assert_eq!(both, distinct);
+}
+
+/// The rows `LoaderConfig::init` yields on rank `rank` of `world`.
+fn init_rows(config: &LoaderConfig, rank: usize, world: usize) -> Vec<(u32, u64, u64)> {
+    let mut out = Vec::new();
+    for b in config.init::<i32>(rank, world).unwrap() {
+        out.extend(
+            b.unwrap()
+                .docs
+                .iter()
+                .map(|d| (d.dataset, d.sample, d.epoch)),
+        );
+    }
+    out
+}
+
+#[test]
+fn a_burn_loader_takes_every_partition_as_init_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = mixture_config(dir.path());
+    // Class files beside the shards (web 60, code 25, books 40 samples), for the stratified
+    // partition; given ranges, for the range one.
+    for (name, n) in [("web", 60u32), ("code", 25), ("books", 40)] {
+        let bytes: Vec<u8> = (0..n).flat_map(|s| (s * 7 % 3).to_le_bytes()).collect();
+        std::fs::write(dir.path().join(format!("{name}.classes")), bytes).unwrap();
+    }
+    let mut stratified = plain.clone();
+    stratified.order.partition = Partition::Stratified;
+    let mut ranged = plain.clone();
+    ranged.order.partition = Partition::Range;
+    for (d, n) in ranged.datasets.iter_mut().zip([60u64, 25, 40]) {
+        d.owners = Ownership::Ranges(RankRanges::new(vec![vec![[0, n / 2]], vec![[n / 2, n]]]));
+    }
+    for config in [stratified, ranged] {
+        for rank in 0..2 {
+            let loader = docs_loader(config.clone(), rank, 2);
+            let want = init_rows(&config, rank, 2);
+            assert!(!want.is_empty());
+            assert_eq!(
+                rows(&loader),
+                want,
+                "{:?} rank {rank}",
+                config.order.partition
+            );
+            assert_eq!(loader.num_items(), want.len());
+            // A second epoch over the same opened datasets is the same stream.
+            assert_eq!(rows(&loader), want);
+        }
+    }
 }
 
 #[test]

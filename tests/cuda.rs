@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use shardflow::Error;
 use shardflow::TokenId;
+use shardflow::collate::CollateConfig;
 use shardflow::device::{CudaSink, DeviceSink};
 use shardflow::gpu::cuda::{CudaContext, cuda_present};
 use shardflow::gpu::nvrtc::{Kernel, compile, nvrtc_present, nvrtc_version};
@@ -21,15 +22,12 @@ use shardflow::gpu::nvrtc::{Kernel, compile, nvrtc_present, nvrtc_version};
 use common::device_suite as suite;
 
 fn nvrtc() -> bool {
-    if nvrtc_present() {
-        return true;
-    }
-    let why = nvrtc_version().unwrap_err();
-    if std::env::var("SHARDFLOW_REQUIRE_NVRTC").as_deref() == Ok("1") {
-        panic!("SHARDFLOW_REQUIRE_NVRTC=1, but NVRTC cannot be loaded: {why}");
-    }
-    eprintln!("skipped: {why}");
-    false
+    let probe = if nvrtc_present() {
+        Ok(())
+    } else {
+        Err(nvrtc_version().unwrap_err())
+    };
+    common::available("SHARDFLOW_REQUIRE_NVRTC", "NVRTC cannot be loaded", probe).is_some()
 }
 
 #[test]
@@ -175,16 +173,16 @@ fn the_nccl_engine_without_a_driver_is_an_error_and_with_gpus_reduces_like_the_h
 
 /// Device 0's context, or a printed reason to skip (a failure under SHARDFLOW_REQUIRE_CUDA=1).
 fn cuda() -> Option<Arc<CudaContext>> {
-    let why = match CudaContext::for_local_rank(0) {
-        Ok(ctx) if nvrtc_present() => return Some(ctx),
-        Ok(_) => nvrtc_version().unwrap_err().to_string(),
-        Err(e) => e.to_string(),
+    let probe = match CudaContext::for_local_rank(0) {
+        Ok(ctx) if nvrtc_present() => Ok(ctx),
+        Ok(_) => Err(nvrtc_version().unwrap_err().to_string()),
+        Err(e) => Err(e.to_string()),
     };
-    if std::env::var("SHARDFLOW_REQUIRE_CUDA").as_deref() == Ok("1") {
-        panic!("SHARDFLOW_REQUIRE_CUDA=1, but CUDA cannot be used: {why}");
-    }
-    eprintln!("skipped (needs a CUDA device and NVRTC): {why}");
-    None
+    common::available(
+        "SHARDFLOW_REQUIRE_CUDA",
+        "CUDA cannot be used (needs a CUDA device and NVRTC)",
+        probe,
+    )
 }
 
 #[test]
@@ -199,10 +197,10 @@ fn without_a_driver_the_cuda_sink_is_an_error_not_a_panic() {
 
 fn sink_conforms<T: TokenId>() {
     let Some(ctx) = cuda() else { return };
-    let sink = CudaSink::new(ctx).unwrap();
+    let mut sink = CudaSink::new(ctx).unwrap();
     let pool = sink.staging_pool();
     assert_eq!(pool.memory(), "cuda pinned");
-    suite::sink_equals_the_host::<T, _>(&sink, |b| b.to_host().unwrap());
+    suite::sink_equals_the_host::<T, _>(&mut sink);
     assert_eq!(pool.stats().heap_fallbacks, 0, "staging was pinned");
 }
 
@@ -219,8 +217,9 @@ fn the_cuda_sink_equals_the_host_sink_for_u32_ids() {
 #[test]
 fn i64_ids_are_refused_by_the_cuda_sink_with_a_clear_error() {
     let Some(ctx) = cuda() else { return };
-    let sink = CudaSink::new(ctx).unwrap();
-    let e = <CudaSink as DeviceSink<i64>>::worker(&sink).unwrap_err();
+    let mut sink = CudaSink::new(ctx).unwrap();
+    let e =
+        <CudaSink as DeviceSink<i64>>::bind(&mut sink, &CollateConfig::default(), 4).unwrap_err();
     assert!(e.to_string().contains("4-byte ids"), "{e}");
 }
 
@@ -272,11 +271,7 @@ fn a_loader_run_through_the_cuda_sink_checkpointed_and_resumed_equals_the_host_r
     let Some(ctx) = cuda() else { return };
     let dir = tempfile::tempdir().unwrap();
     let sources = common::mixture(dir.path());
-    suite::loader_resumes_as_the_host(
-        &sources,
-        || CudaSink::new(ctx.clone()).unwrap(),
-        |b| b.to_host().unwrap(),
-    );
+    suite::loader_resumes_as_the_host(&sources, || CudaSink::new(ctx.clone()).unwrap());
 }
 
 #[test]

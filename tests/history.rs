@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use shardflow::history::{
-    HistoryConfig, HistoryWriter, SampleOf, SampleRow, SampleStatus, Source, StepRow, compact,
-    read_samples, read_steps, summarize,
+    HistoryConfig, HistoryWriter, Recorder, SampleOf, SampleRow, SampleStatus, Source, StepRow,
+    compact, read_samples, read_steps, summarize,
 };
 use shardflow::metrics::{Aggregator, Kind};
 
@@ -389,13 +389,24 @@ fn step_keys(dir: &Path) -> Vec<(u64, String, String, String, String, u64)> {
     keys
 }
 
+/// Takes the loader's next batch and hands the recorder what it records after a batch (this
+/// rank's own metrics: no collective).
+fn next_recorded(loader: &mut shardflow::loader::Loader<i32>, recorder: &mut Recorder) {
+    loader.next().unwrap().unwrap();
+    let skipped = loader.skipped().to_vec();
+    let step = loader.step();
+    recorder
+        .after_batch(step, &skipped, loader.metrics_mut(), None)
+        .unwrap();
+}
+
 #[test]
 fn a_loader_writes_its_metrics_every_k_steps_and_a_resumed_one_continues_without_repeats() {
     use shardflow::loader::{LoaderBuilder, LoaderState, Source as Data};
     use shardflow::order::{OrderConfig, Shuffle};
     let data = tempfile::tempdir().unwrap();
     let sources = common::mixture(data.path());
-    let builder = |sources: &[Data], dir: &Path| {
+    let builder = |sources: &[Data]| {
         LoaderBuilder::<i32>::new(sources.to_vec())
             .with_order(OrderConfig {
                 seed: 5,
@@ -404,15 +415,22 @@ fn a_loader_writes_its_metrics_every_k_steps_and_a_resumed_one_continues_without
                 ..Default::default()
             })
             .with_workers(2)
-            .with_history(dir, 2)
     };
+    let history = |dir: &Path| HistoryConfig::new(dir, "run", 0);
+    let names = builder(&sources)
+        .build_host()
+        .unwrap()
+        .plan()
+        .names()
+        .to_vec();
     // The uninterrupted run: 20 steps.
     let whole = tempfile::tempdir().unwrap();
-    let mut loader = builder(&sources, whole.path()).build_host().unwrap();
+    let mut loader = builder(&sources).build_host().unwrap();
+    let mut recorder = Recorder::create(history(whole.path()), 2, &names).unwrap();
     for _ in 0..20 {
-        loader.next().unwrap().unwrap();
+        next_recorded(&mut loader, &mut recorder);
     }
-    drop(loader);
+    drop(recorder);
     let want = step_keys(whole.path());
     let steps: HashSet<u64> = want.iter().map(|k| k.0).collect();
     assert_eq!(steps, (1..=10).map(|k| 2 * k).collect());
@@ -421,42 +439,100 @@ fn a_loader_writes_its_metrics_every_k_steps_and_a_resumed_one_continues_without
 
     // A run checkpointed at step 9, going on to step 15 before it dies, then resumed.
     let dir = tempfile::tempdir().unwrap();
-    let mut loader = builder(&sources, dir.path()).build_host().unwrap();
+    let mut loader = builder(&sources).build_host().unwrap();
+    let mut recorder = Recorder::create(history(dir.path()), 2, &names).unwrap();
     for _ in 0..9 {
-        loader.next().unwrap().unwrap();
+        next_recorded(&mut loader, &mut recorder);
     }
-    let json = serde_json::to_vec(&loader.state()).unwrap();
+    let mut state = loader.state();
+    state.history_step = recorder.checkpoint().unwrap();
+    let json = serde_json::to_vec(&state).unwrap();
     for _ in 9..15 {
-        loader.next().unwrap().unwrap();
+        next_recorded(&mut loader, &mut recorder);
     }
+    drop(recorder);
     drop(loader);
     let state = LoaderState::from_json(&json).unwrap();
     assert_eq!(state.history_step, Some(8));
-    let mut resumed = builder(&sources, dir.path())
-        .resume(state)
-        .build_host()
-        .unwrap();
+    let last_step = state.history_step;
+    let mut resumed = builder(&sources).resume(state).build_host().unwrap();
+    let mut recorder = Recorder::resume(history(dir.path()), 2, &names, last_step).unwrap();
     for _ in 9..20 {
-        resumed.next().unwrap().unwrap();
+        next_recorded(&mut resumed, &mut recorder);
     }
-    drop(resumed);
+    drop(recorder);
     assert_eq!(
         step_keys(dir.path()),
         want,
         "the resumed history is the whole run's"
     );
 
-    // A fresh loader refuses the directory; the error says what to do.
-    let e = builder(&sources, dir.path()).build_host().err().unwrap();
+    // A fresh recorder refuses the directory; the error says what to do.
+    let e = Recorder::create(history(dir.path()), 2, &names).unwrap_err();
     assert!(e.to_string().contains("resume from a checkpoint"), "{e}");
+}
+
+#[test]
+fn the_recorder_writes_each_skipped_sample_at_its_step_with_status_skipped() {
+    use shardflow::loader::{LoaderBuilder, Source as Data};
+    use shardflow::order::{OrderConfig, Shuffle, StreamLimit};
+    use shardflow::transform::{BadSamplePolicy, TransformConfig};
+    let data = tempfile::tempdir().unwrap();
+    let d = common::write_dataset(data.path(), "d", 0, &[3, 4, 5, 6, 7, 8]);
+    let mut loader = LoaderBuilder::<i32>::new(vec![Data::new("d", d, 1.0)])
+        .with_order(OrderConfig {
+            shuffle: Shuffle::None,
+            local_batch: 2,
+            limit: StreamLimit::Epochs(1.0),
+            ..Default::default()
+        })
+        .with_transform(TransformConfig {
+            bad_samples: BadSamplePolicy::Skip { max_per_epoch: 9 },
+            ..Default::default()
+        })
+        .with_user_transform(|info, _| match info.sample {
+            1 | 4 => Err("bad".into()),
+            _ => Ok(()),
+        })
+        .with_workers(1)
+        .build_host()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let names = loader.plan().names().to_vec();
+    let mut recorder =
+        Recorder::create(HistoryConfig::new(dir.path(), "skips", 0), 10, &names).unwrap();
+    for _ in 0..3 {
+        next_recorded(&mut loader, &mut recorder);
+    }
+    assert!(loader.next().is_none());
+    assert_eq!(recorder.checkpoint().unwrap(), Some(3));
+    let rows: Vec<(u64, String, u64, String, Option<f64>, SampleStatus)> =
+        read_samples(dir.path(), Source::Parts)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.step, r.dataset, r.sample, r.name, r.value, r.status))
+            .collect();
+    let skipped = |step, sample| {
+        let d = "d".to_string();
+        (
+            step,
+            d,
+            sample,
+            "skip".to_string(),
+            None,
+            SampleStatus::Skipped,
+        )
+    };
+    assert_eq!(rows, vec![skipped(1, 1), skipped(3, 4)]);
+    // No reporting step was reached: no metrics rows.
+    assert!(read_steps(dir.path(), Source::Parts).unwrap().is_empty());
 }
 
 #[test]
 fn ranks_reduce_their_metrics_and_rank_0_writes_them_as_all() {
     use shardflow::collective::{Collective, in_process};
-    use shardflow::loader::{HistoryOptions, LoaderBuilder};
+    use shardflow::loader::LoaderBuilder;
     use shardflow::order::OrderConfig;
-    use std::sync::Arc;
     let data = tempfile::tempdir().unwrap();
     let sources = common::mixture(data.path());
     let dir = tempfile::tempdir().unwrap();
@@ -468,7 +544,6 @@ fn ranks_reduce_their_metrics_and_rank_0_writes_them_as_all() {
                 let (sources, dir) = (sources.clone(), dir.path());
                 s.spawn(move || {
                     let rank = c.rank();
-                    let c: Arc<dyn Collective> = Arc::new(c);
                     let mut loader = LoaderBuilder::<i32>::new(sources)
                         .with_order(OrderConfig {
                             local_batch: 4,
@@ -476,14 +551,21 @@ fn ranks_reduce_their_metrics_and_rank_0_writes_them_as_all() {
                             world: 2,
                             ..Default::default()
                         })
-                        .with_history_options(
-                            HistoryOptions::new(dir, 3).run("ddp").reduced_over(c),
-                        )
                         .build_host()
                         .unwrap();
+                    let config = HistoryConfig::new(dir, "ddp", rank);
+                    let names = loader.plan().names().to_vec();
+                    let mut recorder = Recorder::create(config, 3, &names).unwrap();
                     for _ in 0..6 {
                         loader.next().unwrap().unwrap();
+                        // Every rank after every batch: the reduce is a collective.
+                        let step = loader.step();
+                        let skipped = loader.skipped().to_vec();
+                        recorder
+                            .after_batch(step, &skipped, loader.metrics_mut(), Some(&c))
+                            .unwrap();
                     }
+                    drop(recorder);
                     loader
                         .metrics()
                         .report()

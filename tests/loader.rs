@@ -815,12 +815,12 @@ fn an_ownership_partition_gives_every_sample_to_one_rank_per_epoch() {
 
 /// A host sink whose upload of one batch fails once, as a device copy might.
 struct Flaky {
+    host: shardflow::device::HostSink,
     fail_at: u64,
     failed: std::sync::atomic::AtomicBool,
 }
 
 impl shardflow::device::DeviceSink<i32> for Flaky {
-    type Worker = ();
     type Prepared = Batch<i32>;
     type Output = Batch<i32>;
 
@@ -828,26 +828,22 @@ impl shardflow::device::DeviceSink<i32> for Flaky {
         "flaky".into()
     }
 
-    fn worker(&self) -> shardflow::Result<()> {
-        Ok(())
+    fn staging(&self) -> &shardflow::collate::Pool {
+        shardflow::device::DeviceSink::<i32>::staging(&self.host)
+    }
+
+    fn bind(&mut self, config: &CollateConfig, rows: usize) -> shardflow::Result<()> {
+        shardflow::device::DeviceSink::<i32>::bind(&mut self.host, config, rows)
     }
 
     fn prepare(
         &self,
-        _: &mut (),
         staged: shardflow::collate::StagedBatch<i32>,
-        config: &CollateConfig,
-        pool: &shardflow::collate::Pool,
     ) -> shardflow::Result<Batch<i32>> {
-        Ok(shardflow::collate::pad_host(staged, config, pool))
+        self.host.prepare(staged)
     }
 
-    fn upload(
-        &self,
-        prepared: Batch<i32>,
-        batch: u64,
-        _: &CollateConfig,
-    ) -> shardflow::Result<Batch<i32>> {
+    fn upload(&self, prepared: Batch<i32>, batch: u64) -> shardflow::Result<Batch<i32>> {
         if batch == self.fail_at && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Device {
                 device: "flaky".into(),
@@ -880,6 +876,7 @@ fn a_failed_upload_is_not_counted_and_resumes_with_that_batch() {
         let whole = take(&mut make().build_host().unwrap(), 6);
         let mut flaky = make()
             .build(Flaky {
+                host: Default::default(),
                 fail_at: 2,
                 failed: Default::default(),
             })

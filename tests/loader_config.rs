@@ -5,8 +5,11 @@ mod common;
 
 use shardflow::Error;
 use shardflow::collate::{Batch, CollateConfig, Padding};
-use shardflow::loader::{DatasetConfig, LoaderBuilder, LoaderConfig, NamedTransforms, Source};
-use shardflow::order::{OrderConfig, StreamLimit};
+use shardflow::collective::RunSpec;
+use shardflow::loader::{
+    DatasetConfig, LoaderBuilder, LoaderConfig, NamedTransforms, Ownership, RuntimeConfig, Source,
+};
+use shardflow::order::{OrderConfig, RankRanges, StreamLimit};
 
 fn config(dir: &std::path::Path) -> LoaderConfig {
     common::mixture(dir);
@@ -26,7 +29,7 @@ fn config(dir: &std::path::Path) -> LoaderConfig {
         padding: Padding::Multiple(4),
         ..Default::default()
     });
-    c.prefetch = 3;
+    c.runtime.prefetch = 3;
     c
 }
 
@@ -86,7 +89,7 @@ fn a_config_round_trips_through_json_and_fingerprints_without_the_rank() {
     let minimal: LoaderConfig =
         serde_json::from_str(r#"{"datasets": [{"paths": ["data/web"]}]}"#).unwrap();
     assert_eq!(minimal.datasets[0].weight, 1.0);
-    assert_eq!(minimal.workers, LoaderConfig::default().workers);
+    assert_eq!(minimal.runtime, LoaderConfig::default().runtime);
 }
 
 #[test]
@@ -107,7 +110,7 @@ fn named_transforms_are_resolved_at_init() {
         Ok(())
     });
     let loader = c
-        .init_with(0, 1, shardflow::device::HostSink, &named)
+        .init_with(0, 1, shardflow::device::HostSink::new(), &named)
         .unwrap();
     for b in loader {
         assert!(b.unwrap().lengths.iter().all(|&l| l <= 2));
@@ -178,4 +181,104 @@ fn resume_takes_an_option_and_a_padded_stream_can_start_anywhere() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("only when it is padded"), "{err}");
+}
+
+#[test]
+fn ranks_that_differ_only_in_threads_agree_on_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let threads = c.clone().with_workers(4).with_runtime(RuntimeConfig {
+        workers: 4,
+        prefetch: 9,
+        read_ahead: 2,
+        caller_builds: false,
+        watchdog: std::time::Duration::from_secs(5),
+        slow_factor: 3.0,
+    });
+    assert_eq!(c.clone().with_workers(0).fingerprint(), c.fingerprint());
+    assert_eq!(threads.fingerprint(), c.fingerprint());
+    assert_eq!(
+        RunSpec::new(&threads.stream_spec(), 7).unwrap().hash,
+        RunSpec::new(&c.stream_spec(), 7).unwrap().hash
+    );
+    // And their streams are indeed the same.
+    assert_eq!(
+        bytes(threads.init::<i32>(1, 2).unwrap()),
+        bytes(c.init::<i32>(1, 2).unwrap())
+    );
+    let mut longer = c.clone();
+    longer.collate.seq_len += 1;
+    assert_ne!(longer.fingerprint(), c.fingerprint());
+}
+
+#[test]
+fn a_rank_set_in_the_config_is_never_silently_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let err = c
+        .clone()
+        .with_rank(1, 2)
+        .init::<i32>(0, 1)
+        .err()
+        .expect("the config says rank 1 of 2");
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("the config says rank 1 of 2, and the loader is built for rank 0 of 1")),
+        "{err}"
+    );
+    let err = c
+        .clone()
+        .with_rank(0, 4)
+        .init::<i32>(0, 2)
+        .err()
+        .expect("the config says a world of 4");
+    assert!(err.to_string().contains("rank 0 of 4"), "{err}");
+    // The same rank in both places is one rank.
+    assert_eq!(
+        bytes(c.clone().with_rank(1, 2).init::<i32>(1, 2).unwrap()),
+        bytes(c.init::<i32>(1, 2).unwrap())
+    );
+}
+
+#[test]
+fn a_config_saved_before_the_runtime_section_still_loads() {
+    let saved = r#"{
+        "datasets": [
+            {"name": "web", "paths": ["data/web"], "weight": 3.0,
+             "ranges": {"ranks": [[[0, 10]], [[10, 20]]]}},
+            {"paths": ["data/code"], "classes": "data/code.classes"},
+            {"paths": ["data/books"]}
+        ],
+        "workers": 3,
+        "prefetch": 5
+    }"#;
+    let c: LoaderConfig = serde_json::from_str(saved).unwrap();
+    assert_eq!((c.runtime.workers, c.runtime.prefetch), (3, 5));
+    assert_eq!(
+        c.datasets[0].owners,
+        Ownership::Ranges(RankRanges::new(vec![vec![[0, 10]], vec![[10, 20]]]))
+    );
+    assert_eq!(
+        c.datasets[1].owners,
+        Ownership::Classes("data/code.classes".into())
+    );
+    assert_eq!(c.datasets[2].owners, Ownership::Plain);
+    // It saves with the same keys, and the runtime in its own section.
+    let json: serde_json::Value = serde_json::to_value(&c).unwrap();
+    assert!(json["datasets"][0]["ranges"].is_object(), "{json}");
+    assert_eq!(json["datasets"][1]["classes"], "data/code.classes");
+    assert!(json["datasets"][2].get("ranges").is_none(), "{json}");
+    assert_eq!(json["runtime"]["workers"], 3);
+    assert!(json.get("workers").is_none(), "{json}");
+    let back: LoaderConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back, c);
+
+    // No dataset holds both ranges and classes.
+    let both = r#"{"datasets": [{"name": "web", "paths": ["data/web"],
+        "ranges": {"ranks": [[[0, 10]]]}, "classes": "data/web.classes"}]}"#;
+    let err = serde_json::from_str::<LoaderConfig>(both).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the dataset web gives both ranges and classes"),
+        "{err}"
+    );
 }

@@ -254,3 +254,105 @@ fn a_world_checkpoint_resumed_with_another_world_size_keeps_the_reduced_totals()
     );
     assert!(msg.contains("Loader::checkpoint"), "{msg}");
 }
+
+#[test]
+fn skipped_lists_the_samples_the_last_batch_skipped() {
+    use shardflow::collate::DocRef;
+    let dir = tempfile::tempdir().unwrap();
+    // Samples 1 and 4 fail; batches of 2 in order: {0, 1}, {2, 3}, {4, 5}.
+    let data = write_dataset(dir.path(), "d", 0, &[3, 4, 5, 6, 7, 8]);
+    let mut loader = LoaderBuilder::<i32>::new(vec![Source::new("d", data, 1.0)])
+        .with_order(OrderConfig {
+            shuffle: Shuffle::None,
+            local_batch: 2,
+            limit: StreamLimit::Epochs(1.0),
+            ..Default::default()
+        })
+        .with_transform(TransformConfig {
+            bad_samples: BadSamplePolicy::Skip { max_per_epoch: 9 },
+            ..Default::default()
+        })
+        .with_user_transform(|info, _| match info.sample {
+            1 | 4 => Err("bad".into()),
+            _ => Ok(()),
+        })
+        .with_workers(2)
+        .build_host()
+        .unwrap();
+    assert!(loader.skipped().is_empty(), "no batch yet");
+    let mut seen = Vec::new();
+    while let Some(batch) = loader.next() {
+        let batch = batch.unwrap();
+        let skipped: Vec<(u32, u64, u64, u32, u32)> = loader
+            .skipped()
+            .iter()
+            .map(|d| (d.dataset, d.sample, d.epoch, d.len, d.flags))
+            .collect();
+        // The batch's own rows say the same.
+        let in_batch: Vec<u64> = batch
+            .docs
+            .iter()
+            .filter(|d| d.flags & DocRef::SKIPPED != 0)
+            .map(|d| d.sample)
+            .collect();
+        assert_eq!(
+            skipped.iter().map(|s| s.1).collect::<Vec<_>>(),
+            in_batch,
+            "step {}",
+            loader.step()
+        );
+        seen.push((loader.step(), skipped));
+    }
+    let s = DocRef::SKIPPED;
+    assert_eq!(
+        seen,
+        vec![
+            (1, vec![(0, 1, 0, 0, s)]),
+            (2, vec![]),
+            (3, vec![(0, 4, 0, 0, s)]),
+        ]
+    );
+    assert_eq!(loader.stats().skipped, 2);
+}
+
+#[test]
+fn losses_recorded_without_burn_merge_with_the_data_metrics() {
+    use shardflow::metrics::{Aggregator, loss_names, record_loss_values};
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_dataset(dir.path(), "d", 0, &[3, 4, 5, 6]);
+    let mut loader = LoaderBuilder::<i32>::new(vec![Source::new("d", data, 1.0)])
+        .with_order(OrderConfig {
+            shuffle: Shuffle::None,
+            local_batch: 2,
+            limit: StreamLimit::Epochs(1.0),
+            ..Default::default()
+        })
+        .with_workers(0)
+        .build_host()
+        .unwrap();
+    let names = loader.plan().names().to_vec();
+    let mut losses = Aggregator::default();
+    for batch in loader.by_ref() {
+        let batch = batch.unwrap();
+        let per_row: Vec<f64> = batch.docs.iter().map(|d| d.sample as f64).collect();
+        record_loss_values(&mut losses, &names, &batch.docs, &per_row).unwrap();
+    }
+    let mut all = loader.metrics().clone();
+    all.merge(&losses).unwrap();
+    let r = all.report();
+    assert_eq!(r.number("d", "samples_seen"), Some(4.0));
+    assert_eq!(r.number("d", loss_names::LOSS_SAMPLES), Some(4.0));
+    assert_eq!(
+        r.number("d", loss_names::LOSS_MEAN),
+        Some(1.5),
+        "(0 + 1 + 2 + 3) / 4"
+    );
+    // Every sample's tokens but its first carry a label: 2 + 3 + 4 + 5.
+    assert_eq!(r.number("d", loss_names::LOSS_TOKENS), Some(14.0));
+    // A loss per row, no fewer.
+    let e = record_loss_values(&mut losses, &names, &[Default::default()], &[]).unwrap_err();
+    assert!(
+        e.to_string().contains("0 losses for a batch of 1 rows"),
+        "{e}"
+    );
+}

@@ -719,3 +719,48 @@ fn the_demo_never_reads_an_earlier_runs_records_as_its_own() {
         "{again:?}"
     );
 }
+
+/// One `agree` for both transports: over an in-process world it gives the run name the store
+/// gives for the same config, and a rank with another config fails every rank, named.
+#[test]
+fn agree_over_a_collective_matches_agree_over_the_store() {
+    use shardflow::collective::in_process;
+    let config = serde_json::json!({"order": {"seed": 7}, "datasets": ["web"]});
+    let spec = RunSpec::new(&config, 7).unwrap();
+    let names: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = in_process(3, Duration::from_secs(20))
+            .into_iter()
+            .map(|rank| {
+                let spec = spec.clone();
+                s.spawn(move || agree(&rank, &spec).unwrap().run_name)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(names, vec![spec.run_name.clone(); 3]);
+
+    let other = RunSpec::new(
+        &serde_json::json!({"order": {"seed": 8}, "datasets": ["web"]}),
+        7,
+    )
+    .unwrap();
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = in_process(3, Duration::from_secs(20))
+            .into_iter()
+            .enumerate()
+            .map(|(r, rank)| {
+                let mine = if r == 2 { other.clone() } else { spec.clone() };
+                s.spawn(move || agree(&rank, &mine).unwrap_err().to_string())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for e in &errors {
+        assert!(e.contains("rank 0 has order.seed = 7, rank 2 has 8"), "{e}");
+    }
+
+    // Over the store, for one process: the same name.
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path(), "solo", 0, 1).unwrap();
+    assert_eq!(agree(&store, &spec).unwrap().run_name, spec.run_name);
+}

@@ -7,6 +7,7 @@
 mod common;
 
 use shardflow::TokenId;
+use shardflow::collate::CollateConfig;
 use shardflow::device::{DeviceSink, WgpuSink};
 
 use std::time::Duration;
@@ -16,8 +17,8 @@ use common::gpu::wgpu;
 
 fn sink_conforms<T: TokenId>() {
     let Some(ctx) = wgpu() else { return };
-    let sink = WgpuSink::new(ctx).unwrap();
-    suite::sink_equals_the_host::<T, _>(&sink, |b| b.to_host().unwrap());
+    let mut sink = WgpuSink::new(ctx).unwrap();
+    suite::sink_equals_the_host::<T, _>(&mut sink);
 }
 
 #[test]
@@ -33,8 +34,9 @@ fn the_wgpu_sink_equals_the_host_sink_for_u32_ids() {
 #[test]
 fn i64_ids_are_refused_with_a_clear_error() {
     let Some(ctx) = wgpu() else { return };
-    let sink = WgpuSink::new(ctx).unwrap();
-    let e = <WgpuSink as DeviceSink<i64>>::worker(&sink).unwrap_err();
+    let mut sink = WgpuSink::new(ctx).unwrap();
+    let e =
+        <WgpuSink as DeviceSink<i64>>::bind(&mut sink, &CollateConfig::default(), 4).unwrap_err();
     assert!(matches!(e, shardflow::Error::Device { .. }), "{e}");
     assert!(e.to_string().contains("WGSL has no 64-bit integers"), "{e}");
 }
@@ -116,11 +118,7 @@ fn a_loader_run_through_the_wgpu_sink_checkpointed_and_resumed_equals_the_host_r
     let Some(ctx) = wgpu() else { return };
     let dir = tempfile::tempdir().unwrap();
     let sources = common::mixture(dir.path());
-    suite::loader_resumes_as_the_host(
-        &sources,
-        || WgpuSink::new(ctx.clone()).unwrap(),
-        |b| b.to_host().unwrap(),
-    );
+    suite::loader_resumes_as_the_host(&sources, || WgpuSink::new(ctx.clone()).unwrap());
 }
 
 #[test]

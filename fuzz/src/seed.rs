@@ -17,7 +17,11 @@ use shardflow_fuzz::{mixture, scratch};
 fn save(dir: &Path, target: &str, bytes: &[u8]) {
     let dir = dir.join(target);
     std::fs::create_dir_all(&dir).unwrap();
-    let name = format!("{:016x}", shardflow::order::fnv1a(bytes));
+    // FNV-1a: a stable name per content.
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let name = format!("{hash:016x}");
     std::fs::write(dir.join(name), bytes).unwrap();
 }
 

@@ -8,15 +8,19 @@ use ::burn::tensor::Device;
 
 use super::{BurnBatch, BurnSink};
 use crate::error::{Error, Result};
-use crate::loader::{Loader, LoaderConfig, LoaderState, NamedTransforms};
-use crate::order::{DatasetSpec, Plan};
+use crate::loader::{
+    Loader, LoaderConfig, LoaderState, NamedTransforms, Source, fill_owners, specs,
+};
+use crate::order::Plan;
 
 /// The user's conversion from a [`BurnBatch`] to their training step's input.
 type Convert<O> = Arc<dyn Fn(BurnBatch) -> O + Send + Sync>;
 
-/// Burn's [`DataLoader`] over a shardflow stream, built from a [`LoaderConfig`] on every
-/// `iter()`.
+/// Burn's [`DataLoader`] over a shardflow stream of a [`LoaderConfig`], any partition.
 ///
+/// - [`BurnLoader::new`] opens the datasets (and reads the class files a stratified partition
+///   needs) once; every `iter()` builds a loader over those opened datasets, so an epoch's start
+///   neither re-opens nor re-validates a shard.
 /// - Items are this rank's samples (rows): [`DataLoader::num_items`] counts those of the
 ///   configured budget, so the stream must be finite (`limit` epochs or samples).
 /// - `iter()` yields batches on the device last given to [`DataLoader::to_device`], converted
@@ -33,6 +37,8 @@ pub struct BurnLoader<O> {
     config: LoaderConfig,
     rank: usize,
     world: usize,
+    /// The datasets, opened once, with the owners the partition needs.
+    sources: Arc<[Source]>,
     device: Device,
     convert: Convert<O>,
     /// Rows per batch (the local batch).
@@ -65,6 +71,7 @@ impl<O> Clone for BurnLoader<O> {
             config: self.config.clone(),
             rank: self.rank,
             world: self.world,
+            sources: self.sources.clone(),
             device: self.device.clone(),
             convert: self.convert.clone(),
             batch: self.batch,
@@ -92,9 +99,9 @@ impl<O: 'static> BurnLoader<O> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an endless stream (Burn counts items: give the order a limit) or
-    /// a packed one;
-    /// the datasets' open errors and the plan's errors.
+    /// [`Error::Config`] for an endless stream (Burn counts items: give the order a limit), a
+    /// packed one, or a config set to another rank ([`LoaderConfig::order_for`]); the datasets'
+    /// and class files' open errors and the plan's errors.
     pub fn new(
         config: LoaderConfig,
         rank: usize,
@@ -110,19 +117,10 @@ impl<O: 'static> BurnLoader<O> {
                     .into(),
             ));
         }
-        let sources = config
-            .datasets
-            .iter()
-            .map(|d| d.open())
-            .collect::<Result<Vec<_>>>()?;
-        let mut order = config.order.clone();
-        order.rank = rank;
-        order.world = world;
-        let specs = sources
-            .iter()
-            .map(|s| DatasetSpec::new(&s.name, s.data.len() as u64, s.weight))
-            .collect();
-        let plan = order.init(specs)?;
+        // The same path as the builder's: owners filled in, then the plan's specs.
+        let order = config.order_for(rank, world)?;
+        let sources = fill_owners(config.open()?, order.partition)?;
+        let plan = order.init(specs(&sources))?;
         let total = rank_items(&plan, rank).ok_or_else(|| {
             Error::Config(
                 "an endless stream has no item count, and Burn's DataLoader counts items: set the \
@@ -135,6 +133,7 @@ impl<O: 'static> BurnLoader<O> {
             config,
             rank,
             world,
+            sources: sources.into(),
             device: device.clone(),
             convert: Arc::new(convert),
             batch,
@@ -186,9 +185,12 @@ impl<O: 'static> BurnLoader<O> {
 
     fn loader(&self) -> Result<(Loader<i32, BurnSink>, u64)> {
         let sink = BurnSink::new(&self.device)?;
-        let builder = self
-            .config
-            .builder_with::<i32>(self.rank, self.world, &self.named)?;
+        let builder = self.config.builder_over::<i32>(
+            self.sources.to_vec(),
+            self.rank,
+            self.world,
+            &self.named,
+        )?;
         match &self.resume {
             Some(state) if state.position.batches >= self.first => {
                 let at = state.position.batches;

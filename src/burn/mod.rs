@@ -41,9 +41,11 @@
 mod dataloader;
 mod loss;
 mod sink;
+#[cfg(feature = "wgpu")]
 mod wgpu;
 
 pub use dataloader::*;
 pub use loss::*;
 pub use sink::*;
-pub use wgpu::{record_losses_wgpu, shared_wgpu};
+#[cfg(feature = "wgpu")]
+pub use wgpu::{BurnShaderSink, record_losses_wgpu, shared_wgpu};

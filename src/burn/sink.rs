@@ -1,17 +1,15 @@
-//! The Burn sink: batches land as Burn `Int` tensors on any `burn::tensor::Device`, in that
-//! device's own int dtype.
+//! The Burn sinks: batches land as Burn `Int` tensors on any `burn::tensor::Device`, in that
+//! device's own int dtype. [`BurnSink`] pads on the host and needs no wgpu;
+//! `BurnShaderSink` (feature `wgpu`) pads on a wgpu device shared with Burn.
 
 use ::burn::tensor::{Device, Int, IntDType, Tensor, TensorData};
 
 use crate::collate::{
-    CollateConfig, DocRef, PadValues, PaddedFields, Pool, PooledBuf, StagedBatch, cu_seqlens,
-    fill_padded,
+    Batch, CollateConfig, DocRef, PadValues, PaddedFields, Pool, PooledBuf, StagedBatch,
+    cu_seqlens, fill_padded,
 };
-use std::sync::Arc;
-
-use crate::device::{DeviceSink, RaggedBatch, WgpuSink};
+use crate::device::{Bound, DeviceBatch, DeviceSink};
 use crate::error::{Error, Result};
-use crate::gpu::WgpuContext;
 use crate::shard::TokenId;
 
 /// A batch as Burn tensors: every field of the host [`crate::collate::Batch`] (the reference), as `Int`
@@ -41,15 +39,6 @@ pub struct BurnBatch {
     pub docs: PooledBuf<DocRef>,
 }
 
-/// What a worker hands the caller's thread: host fields in the device's int dtype, or (with
-/// [`BurnSink::with_shader`]) the ragged batch for the pad shader.
-pub enum BurnPrepared<T: TokenId> {
-    /// Padded on the host.
-    Host(Box<HostFields>),
-    /// Ragged, for `shaders/pad_collate.wgsl`.
-    Shader(Box<RaggedBatch<T>>),
-}
-
 /// The host side of a [`BurnBatch`]: each field already in the device's int dtype.
 pub struct HostFields {
     step: u64,
@@ -70,12 +59,13 @@ pub struct HostFields {
 ///
 /// Padding on the host is the default because it measured faster than padding on the device
 /// on every device kind tried (see the README's Burn section and `benches/loader.rs`);
-/// [`BurnSink::with_shader`] pads on a wgpu device instead.
+/// `BurnShaderSink` (feature `wgpu`) pads on a wgpu device instead.
 #[derive(Clone, Debug)]
 pub struct BurnSink {
     device: Device,
     dtype: IntDType,
-    shader: Option<Arc<WgpuSink>>,
+    pool: Pool,
+    config: Bound,
 }
 
 impl BurnSink {
@@ -99,32 +89,9 @@ impl BurnSink {
         Ok(BurnSink {
             device: device.clone(),
             dtype,
-            shader: None,
+            pool: Pool::new(),
+            config: Bound::default(),
         })
-    }
-
-    /// A sink that pads on the device: ragged ids cross to `ctx`'s device, the pad shader
-    /// collates them there, and each field is copied into a Burn tensor on the same device (see
-    /// [`super::shared_wgpu`], which makes the pair). Slower than host padding on every device
-    /// measured so far; it is here for devices where it is not, and to keep the data on the GPU.
-    ///
-    /// # Errors
-    ///
-    /// As [`BurnSink::new`]; [`Error::Device`] when the device's int dtype is not i32 (the
-    /// shader writes i32 fields).
-    pub fn with_shader(device: &Device, ctx: Arc<WgpuContext>) -> Result<Self> {
-        let mut sink = Self::new(device)?;
-        if sink.dtype != IntDType::I32 {
-            return Err(ctx.error(
-                "pad batches for Burn",
-                format!(
-                    "the Burn device's int dtype is {:?}, the shader's i32",
-                    sink.dtype
-                ),
-            ));
-        }
-        sink.shader = Some(Arc::new(WgpuSink::new(ctx)?));
-        Ok(sink)
     }
 
     /// The device batches land on.
@@ -139,19 +106,18 @@ impl BurnSink {
 
     /// The Burn fields of a staged batch, padded on the host straight into the vectors Burn
     /// takes, in the device's int dtype: one pass per field.
-    pub(crate) fn prepare_batch<T: TokenId>(
+    fn prepare_batch<T: TokenId>(
         &self,
         staged: StagedBatch<T>,
         config: &CollateConfig,
-        pool: &Pool,
     ) -> HostFields {
+        let pool = &self.pool;
         match self.dtype {
             IntDType::I64 => self.fields(staged, config, pool, |v| v),
-            // `worker` checked that every id this sink is handed fits.
+            // `bind` checked that every id this sink is handed fits.
             _ => self.fields(staged, config, pool, |v| v as i32),
         }
     }
-
     fn fields<T: TokenId, E: ::burn::tensor::Element + Default>(
         &self,
         staged: StagedBatch<T>,
@@ -213,77 +179,52 @@ impl BurnSink {
     }
 }
 
+/// Checks that `T` ids fit the int dtype `dtype` of the Burn device `device`.
+///
+/// # Errors
+///
+/// [`Error::Device`] naming the id type and the dtype.
+pub(crate) fn check_ids<T: TokenId>(device: &Device, dtype: IntDType) -> Result<()> {
+    let (lo, hi) = T::RANGE;
+    let fits = dtype == IntDType::I64 || (lo >= i32::MIN as i64 && hi <= i32::MAX as i64);
+    if !fits {
+        return Err(Error::Device {
+            device: format!("burn {device:?}"),
+            op: format!("collate {} ids", T::NAME),
+            reason: format!(
+                "{} ids do not fit the device's int dtype {dtype:?}; use i32 ids or an i64 device",
+                T::NAME,
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl<T: TokenId> DeviceSink<T> for BurnSink {
-    type Worker = ();
-    type Prepared = BurnPrepared<T>;
+    type Prepared = HostFields;
     type Output = BurnBatch;
 
     fn device(&self) -> String {
         format!("burn {:?}", self.device)
     }
 
-    fn staging(&self) -> Pool {
-        match &self.shader {
-            Some(w) => DeviceSink::<T>::staging(&**w),
-            None => Pool::new(),
-        }
+    fn staging(&self) -> &Pool {
+        &self.pool
     }
 
-    fn check_batch(&self, rows: usize, config: &CollateConfig) -> Result<()> {
-        match &self.shader {
-            Some(w) => DeviceSink::<T>::check_batch(&**w, rows, config),
-            None => Ok(()),
-        }
-    }
-
-    fn worker(&self) -> Result<()> {
-        if let Some(w) = &self.shader {
-            DeviceSink::<T>::worker(&**w)?;
-        }
-        let (lo, hi) = T::RANGE;
-        let fits = self.dtype == IntDType::I64 || (lo >= i32::MIN as i64 && hi <= i32::MAX as i64);
-        if !fits {
-            return Err(Error::Device {
-                device: DeviceSink::<T>::device(self),
-                op: format!("collate {} ids", T::NAME),
-                reason: format!(
-                    "{} ids do not fit the device's int dtype {:?}; use i32 ids or an i64 device",
-                    T::NAME,
-                    self.dtype
-                ),
-            });
-        }
+    /// Host memory takes any batch the loader allows; the ids must fit the device's int dtype.
+    fn bind(&mut self, config: &CollateConfig, _rows: usize) -> Result<()> {
+        check_ids::<T>(&self.device, self.dtype)?;
+        self.config.set(config);
         Ok(())
     }
 
-    fn prepare(
-        &self,
-        _worker: &mut (),
-        staged: StagedBatch<T>,
-        config: &CollateConfig,
-        pool: &Pool,
-    ) -> Result<BurnPrepared<T>> {
-        match &self.shader {
-            Some(w) => {
-                let ragged = w.prepare(&mut (), staged, config, pool)?;
-                Ok(BurnPrepared::Shader(Box::new(ragged)))
-            }
-            None => Ok(BurnPrepared::Host(Box::new(
-                self.prepare_batch(staged, config, pool),
-            ))),
-        }
+    fn prepare(&self, staged: StagedBatch<T>) -> Result<HostFields> {
+        let config = self.config.get(|| format!("burn {:?}", self.device))?;
+        Ok(self.prepare_batch(staged, config))
     }
 
-    fn upload(&self, p: BurnPrepared<T>, batch: u64, config: &CollateConfig) -> Result<BurnBatch> {
-        let p = match (p, &self.shader) {
-            (BurnPrepared::Host(p), _) => *p,
-            (BurnPrepared::Shader(p), Some(w)) => {
-                return super::wgpu::land(&self.device, w.upload(*p, batch, config)?);
-            }
-            (BurnPrepared::Shader(_), None) => {
-                unreachable!("only a sink with a shader prepares for it")
-            }
-        };
+    fn upload(&self, p: HostFields, _batch: u64) -> Result<BurnBatch> {
         let grid = |d: TensorData| Tensor::<2, Int>::from_data(d, &self.device);
         let line = |d: TensorData| Tensor::<1, Int>::from_data(d, &self.device);
         Ok(BurnBatch {
@@ -297,6 +238,89 @@ impl<T: TokenId> DeviceSink<T> for BurnSink {
             position_ids: p.position_ids.map(grid),
             cu_seqlens: p.cu_seqlens.map(line),
             docs: p.docs,
+        })
+    }
+}
+
+/// A Burn tensor's values as i64, whatever its int dtype.
+fn values<const D: usize>(tensor: &Tensor<D, Int>) -> Result<Vec<i64>> {
+    tensor
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .map_err(|e| Error::Device {
+            device: format!("burn {:?}", tensor.device()),
+            op: "read a batch back".into(),
+            reason: format!("{e:?}"),
+        })
+}
+
+/// `values` in `pool`, each converted to `E`.
+fn host_field<E: bytemuck::Pod>(
+    pool: &Pool,
+    values: &[i64],
+    convert: impl Fn(i64) -> Option<E>,
+) -> Result<PooledBuf<E>> {
+    let mut out = pool.take::<E>(values.len());
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o = convert(v).ok_or_else(|| Error::Device {
+            device: "burn".into(),
+            op: "read a batch back".into(),
+            reason: format!("the value {v} does not fit the host field"),
+        })?;
+    }
+    Ok(out)
+}
+
+/// The Burn batch's host copy reads every tensor back and converts it to the host batch's types
+/// (`T` ids, u32 lengths, a u8 mask, i32 `cu_seqlens`).
+impl<T: TokenId> DeviceBatch<T> for BurnBatch {
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn docs(&self) -> &[DocRef] {
+        &self.docs
+    }
+
+    fn to_host(&self) -> Result<Batch<T>> {
+        let pool = Pool::new();
+        let id = |v: i64| T::try_from(v).ok();
+        let grid = |t: &Option<Tensor<2, Int>>| -> Result<Option<PooledBuf<T>>> {
+            t.as_ref()
+                .map(|t| host_field(&pool, &values(t)?, id))
+                .transpose()
+        };
+        let mut docs = pool.take::<DocRef>(self.docs.len());
+        docs.copy_from_slice(&self.docs);
+        Ok(Batch {
+            step: self.step,
+            rows: self.rows,
+            width: self.width,
+            ids: host_field(&pool, &values(&self.ids)?, id)?,
+            lengths: host_field(&pool, &values(&self.lengths)?, |v| u32::try_from(v).ok())?,
+            attention_mask: self
+                .attention_mask
+                .as_ref()
+                .map(|t| host_field(&pool, &values(t)?, |v| u8::try_from(v).ok()))
+                .transpose()?,
+            labels: grid(&self.labels)?,
+            position_ids: grid(&self.position_ids)?,
+            cu_seqlens: self
+                .cu_seqlens
+                .as_ref()
+                .map(|t| host_field(&pool, &values(t)?, |v| i32::try_from(v).ok()))
+                .transpose()?,
+            docs,
         })
     }
 }

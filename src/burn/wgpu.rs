@@ -1,5 +1,6 @@
-//! One wgpu device for Burn and shardflow: a batch padded by `shaders/pad_collate.wgsl` becomes
-//! Burn tensors by device-to-device copies, with no host round trip.
+//! One wgpu device for Burn and shardflow (feature `wgpu`): a batch padded by
+//! `shaders/pad_collate.wgsl` becomes Burn tensors by device-to-device copies, with no host round
+//! trip ([`BurnShaderSink`]).
 //!
 //! Burn 0.22.1 cannot adopt a foreign `wgpu::Buffer` as a tensor, so each field is copied once
 //! on the device: a Burn tensor of the field's shape is allocated (`Tensor::empty`), its raw
@@ -16,15 +17,16 @@ use ::burn::tensor::{DType, Device, Int, IntDType, Tensor};
 
 use super::BurnBatch;
 use super::loss::{check_rows, names, record_counts};
-use crate::collate::DocRef;
-use crate::device::{DeviceField, WgpuBatch};
+use super::sink::check_ids;
+use crate::collate::{CollateConfig, DocRef, Pool, StagedBatch};
+use crate::device::{DeviceField, DeviceSink, RaggedBatch, WgpuBatch, WgpuSink};
 use crate::error::{Error, Result};
 use crate::gpu::WgpuContext;
 use crate::metrics::Aggregator;
 use crate::shard::TokenId;
 
 /// A wgpu context and the Burn device registered on the same `wgpu::Device` and queue: hand
-/// the context to [`super::BurnSink::with_shader`] and the device to the model.
+/// the context to [`BurnShaderSink::new`] and the device to the model.
 ///
 /// Each call registers a new Burn device: call it once and clone what it returns.
 ///
@@ -52,6 +54,81 @@ pub fn shared_wgpu() -> Result<(Device, Arc<WgpuContext>)> {
     Ok((device, ctx))
 }
 
+/// Lands batches as Burn tensors on a wgpu `device` by padding them there: ragged ids cross to
+/// the device of a [`WgpuSink`], the pad shader collates them, and each field is copied into a
+/// Burn tensor on the same device (see [`shared_wgpu`], which makes the pair). Slower than host
+/// padding ([`super::BurnSink`]) on every device measured so far; it is here for devices where it
+/// is not, and to keep the data on the GPU.
+#[derive(Debug)]
+pub struct BurnShaderSink {
+    device: Device,
+    pad: WgpuSink,
+}
+
+impl BurnShaderSink {
+    /// A sink onto `device`, padding on `ctx`'s device (the same `wgpu::Device`).
+    ///
+    /// # Errors
+    ///
+    /// As [`super::BurnSink::new`]; [`Error::Device`] when the device's int dtype is not i32
+    /// (the shader writes i32 fields) or the shader does not compile.
+    pub fn new(device: &Device, ctx: Arc<WgpuContext>) -> Result<Self> {
+        let dtype = super::BurnSink::new(device)?.dtype();
+        if dtype != IntDType::I32 {
+            return Err(ctx.error(
+                "pad batches for Burn",
+                format!("the Burn device's int dtype is {dtype:?}, the shader's i32"),
+            ));
+        }
+        Ok(BurnShaderSink {
+            device: device.clone(),
+            pad: WgpuSink::new(ctx)?,
+        })
+    }
+
+    /// The device batches land on.
+    pub fn burn_device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The int dtype of every field: i32.
+    pub fn dtype(&self) -> IntDType {
+        IntDType::I32
+    }
+
+    /// The sink that pads on the device (for its counters).
+    pub fn pad_sink(&self) -> &WgpuSink {
+        &self.pad
+    }
+}
+
+impl<T: TokenId> DeviceSink<T> for BurnShaderSink {
+    type Prepared = RaggedBatch<T>;
+    type Output = BurnBatch;
+
+    fn device(&self) -> String {
+        format!("burn {:?}", self.device)
+    }
+
+    fn staging(&self) -> &Pool {
+        DeviceSink::<T>::staging(&self.pad)
+    }
+
+    /// As [`WgpuSink`]'s bind; the ids must fit i32 too.
+    fn bind(&mut self, config: &CollateConfig, rows: usize) -> Result<()> {
+        DeviceSink::<T>::bind(&mut self.pad, config, rows)?;
+        check_ids::<T>(&self.device, IntDType::I32)
+    }
+
+    fn prepare(&self, staged: StagedBatch<T>) -> Result<RaggedBatch<T>> {
+        self.pad.prepare(staged)
+    }
+
+    fn upload(&self, prepared: RaggedBatch<T>, batch: u64) -> Result<BurnBatch> {
+        land(&self.device, self.pad.upload(prepared, batch)?)
+    }
+}
+
 /// Runs `f` on the wgpu buffer (and the offset in it) that holds `tensor`, kept in place
 /// meanwhile (and after, as long as the tensor lives).
 fn with_raw_buffer<R>(
@@ -68,7 +145,7 @@ fn with_raw_buffer<R>(
 }
 
 /// Copies a padded wgpu batch into Burn tensors on `device` (which shares the batch's queue).
-pub(crate) fn land<T: TokenId>(device: &Device, batch: WgpuBatch<T>) -> Result<BurnBatch> {
+fn land<T: TokenId>(device: &Device, batch: WgpuBatch<T>) -> Result<BurnBatch> {
     if device.settings().int_dtype != IntDType::I32 {
         return Err(batch.context().error(
             "land a batch in Burn tensors",

@@ -10,8 +10,11 @@ use clap::Args;
 use super::{Out, data, measure, note, outln};
 use crate::atomic::TempDir;
 use crate::collate::{CollateConfig, Padding};
-use crate::device::DeviceSink;
-use crate::loader::{Loader, LoaderBuilder, LoaderStats, MAX_BATCH_TOKENS, MAX_READ_AHEAD, Source};
+use crate::device::{DeviceBatch, DeviceSink};
+use crate::loader::{
+    Loader, LoaderBuilder, LoaderConfig, LoaderStats, MAX_BATCH_TOKENS, MAX_READ_AHEAD,
+    RuntimeConfig, Source,
+};
 use crate::order::{OrderConfig, Shuffle};
 use crate::shard::synthetic::SyntheticCorpus;
 use crate::transform::TransformConfig;
@@ -227,17 +230,19 @@ struct Timed {
     rates: Vec<f64>,
 }
 
-/// Runs a warm-up round (`WARMUP` batches at least), then `rounds` rounds of `batches` batches each, calling `finish` on
-/// each batch; the figures are the round of median rate (a round on a machine shared with
+/// Runs a warm-up round (`WARMUP` batches at least), then `rounds` rounds of `batches` batches each, waiting for
+/// each batch on its device; the figures are the round of median rate (a round on a machine shared with
 /// other work can be slowed by it; the median is what the loader sustains).
 fn timed<S: DeviceSink<i32>>(
     loader: &mut Loader<i32, S>,
     batches: usize,
     rounds: usize,
-    finish: impl Fn(S::Output) -> Result<()>,
-) -> Result<Timed> {
+) -> Result<Timed>
+where
+    S::Output: DeviceBatch<i32>,
+{
     for b in loader.by_ref().take(WARMUP.max(batches)) {
-        finish(b?)?;
+        b?.wait()?;
     }
     let warmup = loader.stats().batches;
     let mut runs = Vec::new();
@@ -246,7 +251,7 @@ fn timed<S: DeviceSink<i32>>(
         let cpu0 = measure::cpu_time();
         let t0 = Instant::now();
         for b in loader.by_ref().take(batches) {
-            finish(b?)?;
+            b?.wait()?;
         }
         let seconds = t0.elapsed().as_secs_f64();
         let cpu = measure::cpu_time().saturating_sub(cpu0);
@@ -321,14 +326,14 @@ impl BenchArgs {
         } else {
             Padding::Multiple(self.pad_multiple)
         };
-        LoaderBuilder::<i32>::new(sources)
-            .with_order(OrderConfig {
+        let config = LoaderConfig {
+            order: OrderConfig {
                 seed: self.seed,
                 shuffle,
                 local_batch: self.batch_size,
                 ..Default::default()
-            })
-            .with_collate(CollateConfig {
+            },
+            collate: CollateConfig {
                 seq_len: self.seq_len,
                 padding,
                 pack: self.pack,
@@ -336,14 +341,20 @@ impl BenchArgs {
                 labels: false,
                 position_ids: false,
                 ..Default::default()
-            })
-            .with_transform(TransformConfig {
+            },
+            transform: TransformConfig {
                 eos: self.eos,
                 ..Default::default()
-            })
-            .with_workers(self.workers)
-            .with_prefetch(2 * self.workers.max(1) + 2)
-            .with_read_ahead(read_ahead)
+            },
+            runtime: RuntimeConfig {
+                workers: self.workers,
+                prefetch: 2 * self.workers.max(1) + 2,
+                read_ahead,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        LoaderBuilder::<i32>::from_config(config, sources)
     }
 
     /// Writes the generated corpus into `dir`: `(prefix, weight)` per dataset.
@@ -441,9 +452,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     for s in &sources {
         s.data.populate();
     }
-    let host = timed(&mut a.loader(sources.clone())?, a.batches, a.rounds, |_| {
-        Ok(())
-    })?;
+    let host = timed(&mut a.loader(sources.clone())?, a.batches, a.rounds)?;
     let cold = if a.cold {
         cold_runs(&a, &sources, host.stats.real_tokens as f64 / host.seconds)?
     } else {
@@ -636,7 +645,7 @@ fn wgpu_run(a: &BenchArgs, sources: Vec<Source>, host: &Timed) -> Result<DeviceR
     use crate::gpu::WgpuContext;
     let ctx = WgpuContext::new()?;
     let mut loader = a.builder(sources).build(WgpuSink::new(ctx.clone())?)?;
-    let run = timed(&mut loader, a.batches, a.rounds, |b| b.wait())?;
+    let run = timed(&mut loader, a.batches, a.rounds)?;
     Ok(DeviceReport::new(
         ctx.name().to_string(),
         &run,
@@ -660,7 +669,7 @@ fn cuda_run(a: &BenchArgs, sources: Vec<Source>, host: &Timed) -> Result<DeviceR
     let sink = cuda_sink()?;
     let ctx = sink.context().clone();
     let mut loader = a.builder(sources).build(sink)?;
-    let run = timed(&mut loader, a.batches, a.rounds, |b| b.wait())?;
+    let run = timed(&mut loader, a.batches, a.rounds)?;
     let stats = loader.sink().stats();
     let mut report = DeviceReport::new(ctx.label(), &run, host, &stats);
     let per_batch = report.bytes_per_batch.ceil() as usize;

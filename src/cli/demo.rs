@@ -10,13 +10,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::atomic::TempDir;
-use crate::collate::{CollateConfig, DocRef, Padding};
+use crate::collate::{CollateConfig, Padding};
 use crate::collective::{Collective, in_process};
-use crate::device::{DeviceSink, HostSink};
-use crate::history::{Source as HistorySource, Summary, compact, summarize};
-use crate::loader::{HistoryOptions, Loader, LoaderBuilder, LoaderState, LoaderStats, Source};
+use crate::device::{DeviceBatch, DeviceSink, HostSink};
+use crate::hash::fnv1a;
+use crate::history::{
+    HistoryConfig, Recorder, Source as HistorySource, Summary, compact, summarize,
+};
+use crate::loader::{Loader, LoaderBuilder, LoaderConfig, LoaderState, LoaderStats, Source};
 use crate::metrics::{Report, ReportValue};
-use crate::order::{OrderConfig, fnv1a};
+use crate::order::OrderConfig;
 use crate::shard::synthetic::SyntheticCorpus;
 use crate::transform::TransformConfig;
 use crate::{Error, Result};
@@ -314,24 +317,27 @@ struct RankRun {
 }
 
 fn loader(sources: &[Source], rank: usize, workers: usize) -> LoaderBuilder<i32> {
-    LoaderBuilder::new(sources.to_vec())
-        .with_order(OrderConfig {
+    let config = LoaderConfig {
+        order: OrderConfig {
             seed: 2026,
             world: WORLD,
             rank,
             local_batch: 8,
             ..Default::default()
-        })
-        .with_collate(CollateConfig {
+        },
+        collate: CollateConfig {
             seq_len: 1024,
             padding: Padding::Multiple(8),
             ..Default::default()
-        })
-        .with_transform(TransformConfig {
+        },
+        transform: TransformConfig {
             eos: Some(50_256),
             ..Default::default()
-        })
-        .with_workers(workers)
+        },
+        ..Default::default()
+    }
+    .with_workers(workers);
+    LoaderBuilder::from_config(config, sources.to_vec())
 }
 
 /// Where the demo's batches go: a wgpu adapter when there is one, else host memory (with the
@@ -388,13 +394,9 @@ impl Device {
             bar,
         };
         match self {
-            Device::Host(_) => run.go(|| Ok(HostSink), |b| Ok(b.to_bytes()), |b| &b.docs),
+            Device::Host(_) => run.go(|| Ok(HostSink::new())),
             #[cfg(feature = "wgpu")]
-            Device::Wgpu(ctx) => run.go(
-                || crate::device::WgpuSink::new(ctx.clone()),
-                |b| Ok(b.to_host()?.to_bytes()),
-                |b| &b.docs,
-            ),
+            Device::Wgpu(ctx) => run.go(|| crate::device::WgpuSink::new(ctx.clone())),
         }
     }
 }
@@ -410,60 +412,64 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Runs the rank uninterrupted, checkpointing on the way, then resumes from the checkpoint
-    /// in a fresh loader and compares. `bytes` turns a batch into host bytes for the digest;
-    /// `docs` gives its documents, whose lengths go to the history as per-sample values.
-    fn go<S: DeviceSink<i32>>(
-        &self,
-        sink: impl Fn() -> Result<S>,
-        bytes: impl Fn(&S::Output) -> Result<Vec<u8>>,
-        docs: fn(&S::Output) -> &[DocRef],
-    ) -> Result<RankRun> {
+    /// in a fresh loader and compares. A batch's host copy gives the digest; the lengths of its
+    /// documents go to the history as per-sample values.
+    fn go<S: DeviceSink<i32>>(&self, sink: impl Fn() -> Result<S>) -> Result<RankRun>
+    where
+        S::Output: DeviceBatch<i32>,
+    {
         let (sources, rank, bar) = (self.sources, self.rank, self.bar);
         let ckpt = checkpoint_path(self.dir, rank);
-        let history = HistoryOptions::new(history_dir(self.dir), HISTORY_EVERY)
-            .run("demo")
-            .reduced_over(self.world.clone());
+        let history = HistoryConfig::new(history_dir(self.dir), "demo", rank);
         let build = |workers: usize, state: Option<LoaderState>| {
-            loader(sources, rank, workers)
-                .with_history_options(history.clone())
-                .resume(state)
-                .build(sink()?)
+            loader(sources, rank, workers).resume(state).build(sink()?)
         };
-        // The length of every document goes to the history's samples table.
-        let record = |loader: &mut Loader<i32, S>, step: usize, batch: &S::Output| {
-            let names = loader.plan().names().to_vec();
-            let docs = docs(batch);
+        // After every batch, on every rank: the metrics every HISTORY_EVERY steps, reduced over
+        // the ranks (a collective), and the length of every document to the samples table.
+        let world = &*self.world;
+        let record = |loader: &mut Loader<i32, S>, recorder: &mut Recorder, batch: &S::Output| {
+            let step = loader.step();
+            let skipped = loader.skipped().to_vec();
+            recorder.after_batch(step, &skipped, loader.metrics_mut(), Some(world))?;
+            let docs = batch.docs();
             let lengths: Vec<f64> = docs.iter().map(|d| d.len as f64).collect();
-            let history = loader.history().expect("the demo writes a history");
-            history.record_batch_values(step as u64 + 1, docs, &names, "tokens", &lengths)
+            recorder.record_values(step, docs, "tokens", &lengths)
         };
         let mut digests = Vec::with_capacity(STEPS);
         let mut first = build(2, None)?;
+        let mut recorder = Recorder::create(history.clone(), HISTORY_EVERY, first.plan().names())?;
         for step in 0..STEPS {
             if step == CHECKPOINT_AT {
-                first.state().save(&ckpt)?;
+                let mut state = first.state();
+                state.history_step = recorder.checkpoint()?;
+                state.save(&ckpt)?;
             }
             let batch = first
                 .next()
                 .ok_or_else(|| Error::Config("the demo stream ended early".into()))??;
-            digests.push(fnv1a(&bytes(&batch)?));
-            record(&mut first, step, &batch)?;
+            digests.push(fnv1a(&batch.to_host()?.to_bytes()));
+            record(&mut first, &mut recorder, &batch)?;
             bar.inc(1);
         }
         let stats = first.stats();
         let metrics = first.metrics_mut().reduce(&*self.world)?.report();
+        // What the first run buffered goes to disk before the resumed run drops its later steps.
+        drop(recorder);
         drop(first);
         let state = LoaderState::load(&ckpt)?;
+        let last_step = state.history_step;
         let mut resumed = build(1, Some(state))?;
+        let names = resumed.plan().names();
+        let mut recorder = Recorder::resume(history, HISTORY_EVERY, names, last_step)?;
         let mut mismatch = None;
         for (step, want) in digests.iter().enumerate().skip(CHECKPOINT_AT) {
             let batch = resumed
                 .next()
                 .ok_or_else(|| Error::Config("the resumed stream ended early".into()))??;
-            if fnv1a(&bytes(&batch)?) != *want && mismatch.is_none() {
+            if fnv1a(&batch.to_host()?.to_bytes()) != *want && mismatch.is_none() {
                 mismatch = Some(step);
             }
-            record(&mut resumed, step, &batch)?;
+            record(&mut resumed, &mut recorder, &batch)?;
             bar.inc(1);
         }
         let resumed_metrics = resumed.metrics_mut().reduce(&*self.world)?.report();

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use crate::collate::{CollateConfig, Padding};
 use crate::collective::{JobId, Rendezvous, RunSpec, World, agree};
-use crate::loader::{DatasetConfig, LoaderConfig};
-use crate::order::{DatasetSpec, Planner, Row, StreamLimit};
+use crate::hash::xxh64;
+use crate::loader::{DatasetConfig, LoaderConfig, fill_owners};
+use crate::order::{Planner, Row, StreamLimit};
 use crate::shard::synthetic::SyntheticCorpus;
-use crate::shard::trailer::xxh64;
 use crate::transform::TransformConfig;
 use crate::{Error, Result};
 
@@ -91,7 +91,10 @@ pub fn run() -> Result<ExitCode> {
         store.wait("corpus_ready")?;
     }
     let config = config(&dir, world.size);
-    let spec = agree(&store, &RunSpec::new(&config, config.order.seed)?)?;
+    let spec = agree(
+        &store,
+        &RunSpec::new(&config.stream_spec(), config.order.seed)?,
+    )?;
     outln!(
         out,
         "rank {} of {}: config agreed, run {} (config hash {:016x})",
@@ -132,14 +135,8 @@ pub fn run() -> Result<ExitCode> {
     }
 
     // Rank 0 plans every rank's rows itself and checks what each received.
-    let specs: Vec<DatasetSpec> = config
-        .datasets
-        .iter()
-        .map(|d| {
-            let s = d.open()?;
-            Ok(DatasetSpec::new(&s.name, s.data.len() as u64, s.weight))
-        })
-        .collect::<Result<_>>()?;
+    // The loader's own specs path: every rank's plan from the same opened datasets.
+    let specs = crate::loader::specs(&fill_owners(config.open()?, config.order.partition)?);
     let mut wrong = Vec::new();
     for (rank, bytes) in all.iter().enumerate() {
         let theirs: Received = serde_json::from_slice(bytes).map_err(|e| Error::Store {

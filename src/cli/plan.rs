@@ -348,7 +348,9 @@ impl PartitionInput {
                             .iter()
                             .find(|(n, _)| n.as_deref().is_none_or(|n| n == a.name()));
                         let classes = match (given, a.dataset()) {
-                            (Some((_, path)), _) => Classes::read(path)?,
+                            (Some((_, path)), _) => {
+                                Classes::new(crate::shard::read_class_file(path)?)
+                            }
                             (None, Some(data)) => crate::loader::classes_beside(data)?,
                             (None, None) => {
                                 return Err(Error::Config(format!(

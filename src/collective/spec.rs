@@ -1,17 +1,17 @@
 //! The run spec and config agreement: every rank must hold the same configuration before the
 //! first batch, and a run's name follows from it, never from chance.
 //!
-//! Rank 0 publishes the [`RunSpec`] (the canonical config, its hash, the run name, and the NCCL
-//! unique id when the CUDA path needs one) through the [`FileStore`]; every other rank reads it,
-//! checks it, and derives the same name on its own. Then every rank gathers every rank's config
-//! (an all-gather: a sum of hashes can hide a mismatch) and fails, on every rank, naming the
-//! ranks that differ from rank 0 and the first key where they do.
+//! One [`agree`], over whatever connects the ranks ([`Over`]: the [`FileStore`] of separate
+//! processes, or any [`Collective`]): every rank gathers every rank's [`RunSpec`] (the canonical
+//! config, its hash, the run name; an all-gather, since a sum of hashes can hide a mismatch),
+//! checks that rank 0's hash and name follow from its config and seed, and fails, on every rank,
+//! naming the ranks whose config differs from rank 0's and the first key where they do.
 
 use serde_json::Value;
 
 use super::{Collective, FileStore};
 use crate::error::{Error, Result};
-use crate::shard::trailer::xxh64;
+use crate::hash::xxh64;
 
 /// What rank 0 publishes and every rank checks.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -24,8 +24,6 @@ pub struct RunSpec {
     pub run_name: String,
     /// The seed the name includes.
     pub seed: u64,
-    /// The NCCL unique id (128 bytes), when the CUDA path needs one.
-    pub nccl_id: Option<Vec<u8>>,
 }
 
 impl RunSpec {
@@ -47,7 +45,6 @@ impl RunSpec {
             hash,
             run_name: format!("run-{:016x}", xxh64(&named)),
             seed,
-            nccl_id: None,
         })
     }
 
@@ -69,49 +66,73 @@ fn canonical_hash(config: &Value) -> u64 {
     xxh64(&serde_json::to_vec(config).expect("a JSON value serializes"))
 }
 
-/// Publishes (rank 0) or reads (the others) the run spec of `mine` through `store`, then checks
-/// that every rank's config equals rank 0's. Returns rank 0's spec, whose run name every rank
-/// also derived on its own.
+/// What connects the ranks that must agree.
+#[derive(Clone, Copy)]
+pub enum Over<'a> {
+    /// The file store of separate processes (before any collective exists).
+    Store(&'a FileStore),
+    /// A collective's all-gather (MPI, NCCL, an in-process world).
+    Collective(&'a dyn Collective),
+}
+
+impl<'a> From<&'a FileStore> for Over<'a> {
+    fn from(store: &'a FileStore) -> Self {
+        Over::Store(store)
+    }
+}
+
+impl<'a> From<&'a dyn Collective> for Over<'a> {
+    fn from(collective: &'a dyn Collective) -> Self {
+        Over::Collective(collective)
+    }
+}
+
+impl<'a, C: Collective> From<&'a C> for Over<'a> {
+    fn from(collective: &'a C) -> Self {
+        Over::Collective(collective)
+    }
+}
+
+/// Gathers every rank's run spec of `mine` over `over` and checks that every rank's config
+/// equals rank 0's. Returns rank 0's spec, whose run name every rank derives from the config.
 ///
 /// # Errors
 ///
 /// [`Error::ConfigMismatch`] on every rank when any rank's config differs from rank 0's,
-/// naming those ranks and the first differing key; [`Error::Store`] for a spec that does not
-/// check out; the store's timeouts.
-pub fn agree(store: &FileStore, mine: &RunSpec) -> Result<RunSpec> {
-    let spec = if store.rank() == 0 {
-        let bytes = serde_json::to_vec(mine).expect("a RunSpec serializes");
-        store.set("run_spec", &bytes)?;
-        mine.clone()
-    } else {
-        let bytes = store.wait("run_spec")?;
-        let spec: RunSpec = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
-            path: store.dir().join("run_spec"),
-            reason: format!("the run spec does not parse: {e}"),
-        })?;
-        spec.check().map_err(|reason| Error::Store {
-            path: store.dir().join("run_spec"),
-            reason,
-        })?;
-        spec
+/// naming those ranks and the first differing key; [`Error::Store`] for rank 0's spec that
+/// does not check out or parse; the store's timeouts or the collective's errors.
+pub fn agree<'a>(over: impl Into<Over<'a>>, mine: &RunSpec) -> Result<RunSpec> {
+    let bytes = serde_json::to_vec(mine).expect("a RunSpec serializes");
+    let over = over.into();
+    let all = match over {
+        Over::Store(store) => store.gather("run_spec", &bytes)?,
+        Over::Collective(c) => c.all_gather_bytes(&bytes)?,
     };
-    let mine_json = serde_json::to_vec(&mine.config).expect("a JSON value serializes");
-    let all = store.gather("config", &mine_json)?;
-    compare(&spec.config, &all)?;
+    let bad = |rank: usize, reason: String| match over {
+        Over::Store(store) => Error::Store {
+            path: store.dir().join(format!("run_spec.{rank}")),
+            reason,
+        },
+        Over::Collective(_) => Error::ConfigMismatch {
+            ranks: vec![rank],
+            key: "(run spec)".into(),
+            reason,
+        },
+    };
+    let spec: RunSpec = serde_json::from_slice(&all[0])
+        .map_err(|e| bad(0, format!("rank 0's run spec does not parse: {e}")))?;
+    spec.check().map_err(|reason| bad(0, reason))?;
+    let configs: Vec<Vec<u8>> = all
+        .iter()
+        .enumerate()
+        .map(|(r, b)| {
+            let theirs: RunSpec = serde_json::from_slice(b)
+                .map_err(|e| bad(r, format!("rank {r}'s run spec does not parse: {e}")))?;
+            Ok(serde_json::to_vec(&theirs.config).expect("a JSON value serializes"))
+        })
+        .collect::<Result<_>>()?;
+    compare(&spec.config, &configs)?;
     Ok(spec)
-}
-
-/// [`agree`]'s check over a collective: every rank's config gathered through
-/// `collective.all_gather_bytes`, compared with rank 0's.
-///
-/// # Errors
-///
-/// [`Error::ConfigMismatch`] on every rank; the collective's errors.
-pub fn agree_over(collective: &dyn Collective, mine: &RunSpec) -> Result<()> {
-    let bytes = serde_json::to_vec(&mine.config).expect("a JSON value serializes");
-    let all = collective.all_gather_bytes(&bytes)?;
-    let first: Value = parse_rank(&all, 0)?;
-    compare(&first, &all)
 }
 
 fn parse_rank(all: &[Vec<u8>], rank: usize) -> Result<Value> {

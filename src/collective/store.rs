@@ -17,7 +17,7 @@ use super::Rendezvous;
 use super::wait::{Progress, StoreWait, Waiter};
 
 use crate::error::{Error, Result};
-use crate::shard::trailer::xxh64;
+use crate::hash::xxh64;
 
 /// The environment variable that names the store's root directory when none is given.
 pub const STORE_ENV: &str = "SHARDFLOW_STORE";

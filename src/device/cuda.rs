@@ -24,14 +24,14 @@
 //!
 //! [`pad_host`]: crate::collate::pad_host
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cudarc::driver::{
     CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
-use super::SinkStats;
-use super::ragged::{Field, FieldSet, RaggedBatch, SlotSizes, four_byte_ids};
+use super::ragged::{Field, FieldSet, Lease, RaggedBatch, SlotSizes, Slots, four_byte_ids};
+use super::{Bound, DeviceBatch, SinkStats};
 use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;
@@ -47,9 +47,9 @@ const BLOCK: u32 = 256;
 pub struct CudaSink {
     ctx: Arc<CudaContext>,
     collate: CudaFunction,
-    free: Arc<Mutex<Vec<Slot>>>,
-    stats: Mutex<SinkStats>,
+    slots: Slots<Slot>,
     pool: Pool,
+    config: Bound,
 }
 
 impl std::fmt::Debug for CudaSink {
@@ -74,9 +74,9 @@ impl CudaSink {
         Ok(CudaSink {
             ctx,
             collate,
-            free: Arc::new(Mutex::new(Vec::new())),
-            stats: Mutex::new(SinkStats::default()),
+            slots: Slots::default(),
             pool,
+            config: Bound::default(),
         })
     }
 
@@ -103,40 +103,11 @@ impl CudaSink {
 
     /// Counters so far.
     pub fn stats(&self) -> SinkStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A free slot that fits `need`, or a new one sized for `bound`. A reused slot's pinned
-    /// staging goes back to the pool once its copies are done.
-    fn acquire(&self, need: &SlotSizes, bound: &SlotSizes) -> Result<Slot> {
-        let reused = {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            let found = free.iter().position(|s| s.sizes.holds(need));
-            if found.is_none() {
-                // Free slots too small for this batch go; the new one fits the largest batch.
-                free.clear();
-            }
-            found.map(|i| free.swap_remove(i))
-        };
-        if let Some(mut slot) = reused {
-            if slot.staging.is_some() {
-                slot.copied
-                    .synchronize()
-                    .map_err(self.ctx.fail("wait for a slot's copies"))?;
-                slot.staging = None;
-            }
-            return Ok(slot);
-        }
-        let slot = Slot::new(&self.ctx, need.max(bound))?;
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats.slots_created += 1;
-        stats.buffers_created += Slot::BUFFERS;
-        Ok(slot)
+        self.slots.stats()
     }
 }
 
 impl<T: TokenId> DeviceSink<T> for CudaSink {
-    type Worker = ();
     type Prepared = RaggedBatch<T>;
     type Output = CudaBatch<T>;
 
@@ -144,35 +115,31 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
         self.ctx.label()
     }
 
-    fn staging(&self) -> Pool {
-        self.pool.clone()
+    fn staging(&self) -> &Pool {
+        &self.pool
     }
 
-    fn worker(&self) -> Result<()> {
-        four_byte_ids::<T>().map_err(|why| self.ctx.error(&format!("collate {} ids", T::NAME), why))
+    fn bind(&mut self, config: &CollateConfig, _rows: usize) -> Result<()> {
+        four_byte_ids::<T>()
+            .map_err(|why| self.ctx.error(&format!("collate {} ids", T::NAME), why))?;
+        self.config.set(config);
+        Ok(())
     }
 
-    fn prepare(
-        &self,
-        _worker: &mut (),
-        staged: StagedBatch<T>,
-        _config: &CollateConfig,
-        pool: &Pool,
-    ) -> Result<RaggedBatch<T>> {
-        Ok(RaggedBatch::new(staged, pool))
+    fn prepare(&self, staged: StagedBatch<T>) -> Result<RaggedBatch<T>> {
+        Ok(RaggedBatch::new(staged, &self.pool))
     }
 
-    fn upload(
-        &self,
-        p: RaggedBatch<T>,
-        batch: u64,
-        config: &CollateConfig,
-    ) -> Result<CudaBatch<T>> {
+    fn upload(&self, p: RaggedBatch<T>, batch: u64) -> Result<CudaBatch<T>> {
+        let ctx = &self.ctx;
+        let config = self.config.get(|| ctx.label())?;
         let (rows, width) = (p.staged.rows, p.staged.width);
         let cells = rows * width;
         let (need, bound) = p.sizes(config);
-        let mut slot = self.acquire(&need, &bound)?;
-        let ctx = &self.ctx;
+        let mut lease = self
+            .slots
+            .acquire(&need, &bound, |sizes| Slot::new(ctx, sizes))?;
+        let slot: &mut Slot = &mut lease;
         let (copy, compute) = (ctx.copy_stream(), ctx.compute_stream());
         let op = format!("upload batch {batch}");
         let fail = ctx.fail(&op);
@@ -223,11 +190,9 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
         }
         slot.ready.record(compute).map_err(&fail)?;
         slot.used = true;
-        p.count(
-            &mut self.stats.lock().unwrap_or_else(|e| e.into_inner()),
-            uploaded,
-            config,
-        );
+        // The compute stream is the default consumer.
+        slot.consumer = compute.clone();
+        p.count(&mut self.slots.stats_mut(), uploaded, config);
         let fields = FieldSet::new(config, rows, width, p.cu_seqlens.as_ref().map(|c| c.len()));
         let RaggedBatch {
             staged,
@@ -249,9 +214,7 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
         )));
         Ok(CudaBatch {
             ctx: self.ctx.clone(),
-            slot: Some(slot),
-            home: self.free.clone(),
-            consumer: compute.clone(),
+            slot: lease,
             pool: self.pool.clone(),
             step,
             rows,
@@ -281,6 +244,7 @@ type Staging = Box<dyn Send + Sync>;
 
 /// One batch's device buffers and events, recycled from batch to batch.
 struct Slot {
+    ctx: Arc<CudaContext>,
     sizes: SlotSizes,
     tokens: CudaSlice<u32>,
     offsets: CudaSlice<u32>,
@@ -302,12 +266,39 @@ struct Slot {
     /// Whether `released` has been recorded (the slot has had a batch).
     used: bool,
     staging: Option<Staging>,
+    /// The stream of the last batch's consumer: `released` is recorded there when the batch is
+    /// dropped.
+    consumer: Arc<CudaStream>,
+}
+
+impl super::ragged::Slot for Slot {
+    const BUFFERS: u64 = 10;
+
+    fn sizes(&self) -> &SlotSizes {
+        &self.sizes
+    }
+
+    /// The slot's pinned staging goes back to the pool once its copies are done; the device
+    /// orders the slot's next copies after its last consumer by the `released` event.
+    fn reuse(&mut self) -> Result<()> {
+        if self.staging.is_some() {
+            self.copied
+                .synchronize()
+                .map_err(self.ctx.fail("wait for a slot's copies"))?;
+            self.staging = None;
+        }
+        Ok(())
+    }
+
+    /// The slot is reused only after the consumer's work so far. Should recording fail (a
+    /// lost device), the slot is dropped rather than reused unordered.
+    fn release(&mut self) -> bool {
+        self.released.record(&self.consumer).is_ok()
+    }
 }
 
 impl Slot {
-    const BUFFERS: u64 = 10;
-
-    fn new(ctx: &CudaContext, sizes: SlotSizes) -> Result<Self> {
+    fn new(ctx: &Arc<CudaContext>, sizes: SlotSizes) -> Result<Self> {
         let stream = ctx.copy_stream();
         let fail = ctx.fail("create batch buffers");
         // Each `alloc` below: the buffers are written before they are read: inputs by the
@@ -316,6 +307,7 @@ impl Slot {
         let u32s = |n: usize| unsafe { stream.alloc::<u32>(n.max(1)) };
         let event = || ctx.driver().new_event(None);
         Ok(Slot {
+            ctx: ctx.clone(),
             sizes,
             tokens: u32s(sizes.tokens).map_err(&fail)?,
             offsets: u32s(sizes.rows + 1).map_err(&fail)?,
@@ -334,6 +326,7 @@ impl Slot {
             released: event().map_err(&fail)?,
             used: false,
             staging: None,
+            consumer: ctx.compute_stream().clone(),
         })
     }
 }
@@ -374,10 +367,7 @@ pub struct CudaField<'a, E> {
 /// stream has passed that point.
 pub struct CudaBatch<T: TokenId> {
     ctx: Arc<CudaContext>,
-    /// Always `Some` until dropped.
-    slot: Option<Slot>,
-    home: Arc<Mutex<Vec<Slot>>>,
-    consumer: Arc<CudaStream>,
+    slot: Lease<Slot>,
     pool: Pool,
     /// The step this batch belongs to.
     pub step: u64,
@@ -401,24 +391,9 @@ impl<T: TokenId> std::fmt::Debug for CudaBatch<T> {
     }
 }
 
-impl<T: TokenId> Drop for CudaBatch<T> {
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            // The slot is reused only after the consumer's work so far. Should recording fail
-            // (a lost device), the slot is dropped rather than reused unordered.
-            if slot.released.record(&self.consumer).is_ok() {
-                self.home
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(slot);
-            }
-        }
-    }
-}
-
 impl<T: TokenId> CudaBatch<T> {
     fn slot(&self) -> &Slot {
-        self.slot.as_ref().expect("a live batch holds its slot")
+        &self.slot
     }
 
     fn field<'a, E>(&'a self, field: Field, buffer: &'a CudaSlice<E>) -> Option<CudaField<'a, E>> {
@@ -480,7 +455,7 @@ impl<T: TokenId> CudaBatch<T> {
         stream
             .wait(self.ready())
             .map_err(self.ctx.fail("wait for a batch"))?;
-        self.consumer = stream.clone();
+        self.slot.consumer = stream.clone();
         Ok(())
     }
 
@@ -556,4 +531,30 @@ fn get<E: DeviceRepr>(
         return Ok(());
     }
     stream.memcpy_dtoh(&src.slice(..dst.len()), dst)
+}
+
+impl<T: TokenId> DeviceBatch<T> for CudaBatch<T> {
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn docs(&self) -> &[DocRef] {
+        &self.docs
+    }
+
+    fn wait(&self) -> Result<()> {
+        CudaBatch::wait(self)
+    }
+
+    fn to_host(&self) -> Result<Batch<T>> {
+        CudaBatch::to_host(self)
+    }
 }

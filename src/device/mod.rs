@@ -1,19 +1,22 @@
 //! Device sinks: where a staged batch leaves the host pipeline.
 //!
-//! A [`DeviceSink`] has two halves. [`DeviceSink::prepare`] runs on the loader's worker threads,
-//! in parallel, with a context of the worker's own ([`DeviceSink::Worker`]: a staging belt, a
-//! copy stream), and does the host-side work (the host sink pads there). [`DeviceSink::upload`]
-//! runs on the caller's thread, in plan order, and does what must be sequential (a device
-//! queue); what it returns carries whatever the caller must wait on before use (a wgpu
-//! submission, a CUDA event).
+//! A [`DeviceSink`] owns its staging memory (the host pool, pinned CUDA memory; see
+//! [`DeviceSink::staging`]) and the collate configuration it was bound with
+//! ([`DeviceSink::bind`], called once when the loader is built). It then has two halves.
+//! [`DeviceSink::prepare`] runs on the loader's worker threads, in parallel, and does the
+//! host-side work (the host sink pads there). [`DeviceSink::upload`] runs on the caller's
+//! thread, in plan order, and does what must be sequential (a device queue); the batch it
+//! returns carries whatever the caller must wait on before use (a wgpu submission, a CUDA
+//! event).
 //!
-//! The sink supplies the staging memory the collator writes ragged ids into
-//! ([`DeviceSink::staging`]): buffers of that pool go back to it when dropped, so a sink whose
-//! copies run asynchronously keeps them in its in-flight batch until the device says it is done.
-//! The loader accounts a batch (position, metrics, statistics) only after its upload succeeded,
-//! so a checkpoint never skips a batch that failed to arrive.
+//! The collator writes staged ids into the sink's pool: buffers of that pool go back to it when
+//! dropped, so a sink whose copies run asynchronously keeps them in its in-flight batch until the
+//! device says it is done. The loader accounts a batch (position, metrics, statistics) only
+//! after its upload succeeded, so a checkpoint never skips a batch that failed to arrive.
 //!
-//! Every sink must produce exactly what [`HostSink`] produces.
+//! Every sink must produce exactly what [`HostSink`] produces, and every batch type implements
+//! [`DeviceBatch`] (step, rows, width, documents, a host copy), so code that takes any sink
+//! reads its batches the same way.
 //!
 //! - [`HostSink`]: padded [`Batch`]es in pooled host memory, the reference.
 //! - [`WgpuSink`] (feature `wgpu`): ragged ids to the device, padded there by
@@ -36,8 +39,10 @@ pub use self::ragged::{Field, FieldShape, RaggedBatch};
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
 
-use crate::collate::{Batch, CollateConfig, Layout, Pool, StagedBatch, pad_host};
-use crate::error::Result;
+use crate::collate::{
+    Batch, CollateConfig, DocRef, Layout, Pool, PooledBuf, StagedBatch, pad_host,
+};
+use crate::error::{Error, Result};
 use crate::shard::TokenId;
 
 /// Counters of a device sink.
@@ -57,22 +62,22 @@ pub struct SinkStats {
 }
 
 /// Where staged batches go: host memory, a wgpu buffer, a CUDA buffer, a Burn tensor.
+///
+/// The loader calls [`DeviceSink::bind`] once when it is built, then [`DeviceSink::prepare`]
+/// on its workers and [`DeviceSink::upload`] on the caller's thread for every batch.
 pub trait DeviceSink<T: TokenId>: Send + Sync + 'static {
-    /// A worker's own state, made once per thread that builds batches.
-    type Worker: Send + 'static;
     /// What `prepare` hands to `upload`.
     type Prepared: Send + 'static;
-    /// The batch the caller receives.
+    /// The batch the caller receives (the built-in sinks' batches implement [`DeviceBatch`]).
     type Output;
 
     /// The device, as errors and reports name it (`host`, `wgpu llvmpipe (LLVM 15.0.6, 256
     /// bits)`).
     fn device(&self) -> String;
 
-    /// The pool the collator takes staging memory from. Host memory by default.
-    fn staging(&self) -> Pool {
-        Pool::new()
-    }
+    /// The sink's staging memory, which the collator takes the staged batches `prepare`
+    /// receives from (host memory, or pinned memory for the CUDA sink).
+    fn staging(&self) -> &Pool;
 
     /// How the collator lays out the staged tokens `prepare` receives: ragged by default (what
     /// crosses a bus); [`Layout::Padded`] for a sink that hands the padded ids out as they are.
@@ -80,39 +85,27 @@ pub trait DeviceSink<T: TokenId>: Send + Sync + 'static {
         Layout::Ragged
     }
 
-    /// Checks, when the loader is built, that the largest batch the stream can make (`rows`
-    /// rows of `config`'s widest row) fits this device, so that a batch past a device limit is
-    /// one line naming the limit before any work, not an error at the first upload. Nothing by
-    /// default (host memory takes any batch the loader allows).
+    /// Binds the sink to the collate configuration of the stream it will take, whose batches
+    /// have at most `rows` rows; the loader calls it once when it is built, before any batch.
+    /// It checks that `T` ids can land on this device and that the largest batch the stream can
+    /// make (`rows` rows of `config`'s widest row) fits it, so that a batch past a device limit
+    /// is one line naming the limit before any work, not an error at the first upload. Binding
+    /// again replaces the configuration.
     ///
     /// # Errors
     ///
-    /// [`crate::Error::Device`] naming the buffer or dispatch and the device limit it passes.
-    fn check_batch(&self, rows: usize, config: &CollateConfig) -> Result<()> {
-        let _ = (rows, config);
-        Ok(())
-    }
+    /// [`crate::Error::Device`] naming the id type or the buffer or dispatch and the device limit
+    /// it passes; the loader fails to build.
+    fn bind(&mut self, config: &CollateConfig, rows: usize) -> Result<()>;
 
-    /// A new worker context.
+    /// Host-side work on a worker thread, under the bound configuration: the staged batch (from
+    /// [`DeviceSink::staging`]) in, what the upload needs out.
     ///
     /// # Errors
     ///
-    /// A sink-specific error (the output type cannot live on this device, a stream cannot be
-    /// created); the loader fails to build.
-    fn worker(&self) -> Result<Self::Worker>;
-
-    /// Host-side work on a worker thread: ragged ids and offsets in, buffers recycled to `pool`.
-    ///
-    /// # Errors
-    ///
-    /// A sink-specific error; the loader reports it for the batch's step.
-    fn prepare(
-        &self,
-        worker: &mut Self::Worker,
-        staged: StagedBatch<T>,
-        config: &CollateConfig,
-        pool: &Pool,
-    ) -> Result<Self::Prepared>;
+    /// A sink-specific error; the loader reports it for the batch's step. [`Error::Device`]
+    /// when the sink was never bound.
+    fn prepare(&self, staged: StagedBatch<T>) -> Result<Self::Prepared>;
 
     /// The sequential part on the caller's thread, in plan order, for batch `batch` (the
     /// loader's batch index).
@@ -121,21 +114,123 @@ pub trait DeviceSink<T: TokenId>: Send + Sync + 'static {
     ///
     /// [`crate::Error::Device`] naming the device and the operation; the batch is not counted
     /// as delivered.
-    fn upload(
-        &self,
-        prepared: Self::Prepared,
-        batch: u64,
-        config: &CollateConfig,
-    ) -> Result<Self::Output>;
+    fn upload(&self, prepared: Self::Prepared, batch: u64) -> Result<Self::Output>;
+}
+
+/// A batch as a sink hands it out, whatever memory holds it: what code generic over sinks (the
+/// demo, the bench, the conformance suite) reads. Implemented by [`Batch`], `WgpuBatch`,
+/// `CudaBatch` and `BurnBatch`.
+pub trait DeviceBatch<T: TokenId> {
+    /// The step this batch belongs to.
+    fn step(&self) -> u64;
+
+    /// Rows, B.
+    fn rows(&self) -> usize;
+
+    /// Columns, T.
+    fn width(&self) -> usize;
+
+    /// The document pieces, in row order (on the host).
+    fn docs(&self) -> &[DocRef];
+
+    /// Blocks until the device has written the batch (nothing to wait for on the host).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] when the device is lost.
+    fn wait(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// A copy of the batch in host memory, field for field: for checks and debugging.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] naming the operation when the batch cannot be read back.
+    fn to_host(&self) -> Result<Batch<T>>;
+}
+
+impl<T: TokenId> DeviceBatch<T> for Batch<T> {
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn docs(&self) -> &[DocRef] {
+        &self.docs
+    }
+
+    fn to_host(&self) -> Result<Batch<T>> {
+        fn copy<E: bytemuck::Pod>(pool: &Pool, from: &[E]) -> PooledBuf<E> {
+            let mut to = pool.take::<E>(from.len());
+            to.copy_from_slice(from);
+            to
+        }
+        let pool = Pool::new();
+        Ok(Batch {
+            step: self.step,
+            rows: self.rows,
+            width: self.width,
+            ids: copy(&pool, &self.ids),
+            lengths: copy(&pool, &self.lengths),
+            attention_mask: self.attention_mask.as_deref().map(|m| copy(&pool, m)),
+            labels: self.labels.as_deref().map(|l| copy(&pool, l)),
+            position_ids: self.position_ids.as_deref().map(|p| copy(&pool, p)),
+            cu_seqlens: self.cu_seqlens.as_deref().map(|c| copy(&pool, c)),
+            docs: copy(&pool, &self.docs),
+        })
+    }
+}
+
+/// The collate configuration a sink was bound with ([`DeviceSink::bind`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Bound(Option<CollateConfig>);
+
+impl Bound {
+    /// Binds to `config`.
+    pub fn set(&mut self, config: &CollateConfig) {
+        self.0 = Some(config.clone());
+    }
+
+    /// The configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] on `device` when the sink was never bound.
+    pub fn get(&self, device: impl FnOnce() -> String) -> Result<&CollateConfig> {
+        self.0.as_ref().ok_or_else(|| Error::Device {
+            device: device(),
+            op: "collate a batch".into(),
+            reason: "the sink is not bound to a collate configuration; call DeviceSink::bind \
+                     first (LoaderBuilder::build does)"
+                .into(),
+        })
+    }
 }
 
 /// The host sink: pads on the worker threads and hands out [`Batch`]es in pooled host memory.
 /// It is the reference that every other sink matches byte for byte.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HostSink;
+#[derive(Clone, Debug, Default)]
+pub struct HostSink {
+    pool: Pool,
+    config: Bound,
+}
+
+impl HostSink {
+    /// A host sink with a pool of its own; the loader binds it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 impl<T: TokenId> DeviceSink<T> for HostSink {
-    type Worker = ();
     type Prepared = Batch<T>;
     type Output = Batch<T>;
 
@@ -143,26 +238,27 @@ impl<T: TokenId> DeviceSink<T> for HostSink {
         "host".into()
     }
 
+    fn staging(&self) -> &Pool {
+        &self.pool
+    }
+
     /// The collator writes the ids in place, padding included: no staging copy.
     fn layout(&self) -> Layout {
         Layout::Padded
     }
 
-    fn worker(&self) -> Result<()> {
+    /// Host memory takes any batch the loader allows.
+    fn bind(&mut self, config: &CollateConfig, _rows: usize) -> Result<()> {
+        self.config.set(config);
         Ok(())
     }
 
-    fn prepare(
-        &self,
-        _worker: &mut (),
-        staged: StagedBatch<T>,
-        config: &CollateConfig,
-        pool: &Pool,
-    ) -> Result<Batch<T>> {
-        Ok(pad_host(staged, config, pool))
+    fn prepare(&self, staged: StagedBatch<T>) -> Result<Batch<T>> {
+        let config = self.config.get(|| "host".into())?;
+        Ok(pad_host(staged, config, &self.pool))
     }
 
-    fn upload(&self, prepared: Batch<T>, _batch: u64, _config: &CollateConfig) -> Result<Batch<T>> {
+    fn upload(&self, prepared: Batch<T>, _batch: u64) -> Result<Batch<T>> {
         Ok(prepared)
     }
 }

@@ -1,6 +1,9 @@
 //! What the device sinks share: a batch's ragged ids with the small index arrays the pad kernels
-//! read ([`RaggedBatch`], built on the workers), the element counts a recycled slot of device
-//! buffers must hold, and the sinks' counters.
+//! read ([`RaggedBatch`], built on the workers), the recycling of slots of device buffers
+//! ([`Slots`], [`Lease`]) with the element counts a slot must hold, the sinks' counters, and the
+//! fields of a padded batch on a device.
+
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::SinkStats;
 use crate::collate::{
@@ -120,6 +123,19 @@ pub(crate) struct SlotSizes {
 }
 
 impl SlotSizes {
+    /// The counts of the largest batch of `rows` rows `config` allows (saturating: a sink checks
+    /// them against its device's limits when it is bound).
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    pub fn widest(config: &CollateConfig, rows: usize) -> SlotSizes {
+        let widest = rows.saturating_mul(config.max_width().unwrap_or(usize::MAX));
+        SlotSizes {
+            tokens: widest,
+            rows,
+            pieces: PIECES_PER_ROW.saturating_mul(rows),
+            cells: widest,
+        }
+    }
+
     pub fn holds(&self, need: &SlotSizes) -> bool {
         self.tokens >= need.tokens
             && self.rows >= need.rows
@@ -133,6 +149,138 @@ impl SlotSizes {
             rows: self.rows.max(other.rows),
             pieces: self.pieces.max(other.pieces),
             cells: self.cells.max(other.cells),
+        }
+    }
+}
+
+/// One batch's device buffers, recycled from batch to batch by [`Slots`].
+pub(crate) trait Slot: Send + Sized + 'static {
+    /// Device buffers in a slot.
+    const BUFFERS: u64;
+
+    /// The element counts the slot holds.
+    fn sizes(&self) -> &SlotSizes;
+
+    /// Readies a free slot for another batch: returns once the device's last use of it (and of
+    /// the staging memory it keeps) is done.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Device`] when the device is lost.
+    fn reuse(&mut self) -> Result<()>;
+
+    /// Called when the batch holding the slot is dropped: whether the slot may be reused (a slot
+    /// whose release cannot be ordered on the device is dropped instead).
+    fn release(&mut self) -> bool {
+        true
+    }
+}
+
+/// A device sink's slots of device buffers and its counters. A slot is lent to one batch
+/// ([`Lease`]) and comes back when the batch is dropped; an upload takes a free slot that fits
+/// its batch, or makes one sized for the largest batch, so a steady stream makes two slots (the
+/// batch the caller holds, the one being written) and then none.
+pub(crate) struct Slots<S: Slot> {
+    free: Arc<Mutex<Vec<S>>>,
+    stats: Mutex<SinkStats>,
+}
+
+impl<S: Slot> Default for Slots<S> {
+    fn default() -> Self {
+        Slots {
+            free: Arc::new(Mutex::new(Vec::new())),
+            stats: Mutex::new(SinkStats::default()),
+        }
+    }
+}
+
+impl<S: Slot> Slots<S> {
+    /// Counters so far.
+    pub fn stats(&self) -> SinkStats {
+        *self.stats_mut()
+    }
+
+    /// The counters, to add an upload to.
+    pub fn stats_mut(&self) -> MutexGuard<'_, SinkStats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A free slot that fits `need`, readied for reuse; or a new one from `make`, sized for
+    /// `need` and `bound` together (later batches fit it too).
+    ///
+    /// # Errors
+    ///
+    /// What [`Slot::reuse`] or `make` returns.
+    pub fn acquire(
+        &self,
+        need: &SlotSizes,
+        bound: &SlotSizes,
+        make: impl FnOnce(SlotSizes) -> Result<S>,
+    ) -> Result<Lease<S>> {
+        let reused = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let found = free.iter().position(|s| s.sizes().holds(need));
+            if found.is_none() {
+                // Free slots too small for this batch go; the new one fits the largest batch.
+                free.clear();
+            }
+            found.map(|i| free.swap_remove(i))
+        };
+        let slot = match reused {
+            Some(mut slot) => {
+                slot.reuse()?;
+                slot
+            }
+            None => {
+                let slot = make(need.max(bound))?;
+                let mut stats = self.stats_mut();
+                stats.slots_created += 1;
+                stats.buffers_created += S::BUFFERS;
+                slot
+            }
+        };
+        Ok(Lease {
+            slot: Some(slot),
+            home: self.free.clone(),
+        })
+    }
+}
+
+/// A slot lent to one batch; it goes back to its sink's free slots when dropped (if
+/// [`Slot::release`] allows).
+pub(crate) struct Lease<S: Slot> {
+    /// Always `Some` until dropped.
+    slot: Option<S>,
+    home: Arc<Mutex<Vec<S>>>,
+}
+
+impl<S: Slot> std::ops::Deref for Lease<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        self.slot
+            .as_ref()
+            .expect("a lease holds its slot until dropped")
+    }
+}
+
+impl<S: Slot> std::ops::DerefMut for Lease<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        self.slot
+            .as_mut()
+            .expect("a lease holds its slot until dropped")
+    }
+}
+
+impl<S: Slot> Drop for Lease<S> {
+    fn drop(&mut self) {
+        if let Some(mut slot) = self.slot.take()
+            && slot.release()
+        {
+            self.home
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(slot);
         }
     }
 }

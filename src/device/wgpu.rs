@@ -12,24 +12,24 @@
 //!
 //! [`pad_host`]: crate::collate::pad_host
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::SinkStats;
-use super::ragged::{Field, FieldSet, RaggedBatch, SlotSizes, four_byte_ids};
-use crate::collate::{Batch, CollateConfig, DocRef, PIECES_PER_ROW, Pool, PooledBuf, StagedBatch};
+use super::ragged::{Field, FieldSet, Lease, RaggedBatch, SlotSizes, Slots, four_byte_ids};
+use super::{Bound, DeviceBatch, SinkStats};
+use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;
 use crate::gpu::{Shader, WgpuContext};
 use crate::shard::TokenId;
-use std::collections::HashMap;
 
 /// Collates batches into wgpu buffers. Build a loader with it:
 /// `LoaderBuilder::new(sources).build(WgpuSink::new(WgpuContext::new()?)?)`.
 pub struct WgpuSink {
     ctx: Arc<WgpuContext>,
-    slots: Mutex<Vec<Arc<Slot>>>,
-    stats: Mutex<SinkStats>,
+    slots: Slots<Slot>,
     pool: Pool,
+    config: Bound,
 }
 
 impl std::fmt::Debug for WgpuSink {
@@ -51,9 +51,9 @@ impl WgpuSink {
         ctx.pipeline(Shader::PadCollate)?;
         Ok(WgpuSink {
             ctx,
-            slots: Mutex::new(Vec::new()),
-            stats: Mutex::new(SinkStats::default()),
+            slots: Slots::default(),
             pool: Pool::new(),
+            config: Bound::default(),
         })
     }
 
@@ -69,37 +69,11 @@ impl WgpuSink {
 
     /// Counters so far.
     pub fn stats(&self) -> SinkStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A free slot that fits `need`, waiting for the device to finish its last use; or a new
-    /// one sized for the batch's bound.
-    fn acquire(&self, need: &SlotSizes, bound: &SlotSizes) -> Result<Arc<Slot>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        // A slot is free when only this list holds it (the caller dropped its batch).
-        let free = |s: &Arc<Slot>| Arc::strong_count(s) == 1;
-        if let Some(slot) = slots.iter().find(|s| free(s) && s.sizes.holds(need)) {
-            let fence = slot.fence.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if fence.is_some() {
-                self.ctx.wait(fence)?;
-            }
-            return Ok(slot.clone());
-        }
-        // Free slots that are too small go; the new one is sized for the largest batch.
-        slots.retain(|s| !free(s) || s.sizes.holds(need));
-        let sizes = need.max(bound);
-        fits_device(&self.ctx, &sizes)?;
-        let slot = Arc::new(Slot::new(&self.ctx, sizes)?);
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats.slots_created += 1;
-        stats.buffers_created += Slot::BUFFERS;
-        slots.push(slot.clone());
-        Ok(slot)
+        self.slots.stats()
     }
 }
 
 impl<T: TokenId> DeviceSink<T> for WgpuSink {
-    type Worker = ();
     type Prepared = RaggedBatch<T>;
     type Output = WgpuBatch<T>;
 
@@ -107,51 +81,37 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
         self.ctx.name().to_string()
     }
 
-    fn staging(&self) -> Pool {
-        self.pool.clone()
+    fn staging(&self) -> &Pool {
+        &self.pool
     }
 
-    fn check_batch(&self, rows: usize, config: &CollateConfig) -> Result<()> {
-        let widest = rows.saturating_mul(config.max_width().unwrap_or(usize::MAX));
-        let sizes = SlotSizes {
-            tokens: widest,
-            rows,
-            pieces: PIECES_PER_ROW.saturating_mul(rows),
-            cells: widest,
-        };
-        fits_device(&self.ctx, &sizes)
-    }
-
-    fn worker(&self) -> Result<()> {
+    fn bind(&mut self, config: &CollateConfig, rows: usize) -> Result<()> {
+        fits_device(&self.ctx, &SlotSizes::widest(config, rows))?;
         four_byte_ids::<T>().map_err(|why| {
             self.ctx.error(
                 format!("collate {} ids", T::NAME),
                 format!("WGSL has no 64-bit integers: {why}"),
             )
-        })
+        })?;
+        self.config.set(config);
+        Ok(())
     }
 
-    fn prepare(
-        &self,
-        _worker: &mut (),
-        staged: StagedBatch<T>,
-        _config: &CollateConfig,
-        pool: &Pool,
-    ) -> Result<RaggedBatch<T>> {
-        Ok(RaggedBatch::new(staged, pool))
+    fn prepare(&self, staged: StagedBatch<T>) -> Result<RaggedBatch<T>> {
+        Ok(RaggedBatch::new(staged, &self.pool))
     }
 
-    fn upload(
-        &self,
-        p: RaggedBatch<T>,
-        batch: u64,
-        config: &CollateConfig,
-    ) -> Result<WgpuBatch<T>> {
+    fn upload(&self, p: RaggedBatch<T>, batch: u64) -> Result<WgpuBatch<T>> {
+        let ctx = &self.ctx;
+        let config = self.config.get(|| ctx.name().to_string())?;
         let s = &p.staged;
         let (rows, width) = (s.rows, s.width);
         let cells = rows * width;
         let (need, bound) = p.sizes(config);
-        let slot = self.acquire(&need, &bound)?;
+        let mut slot = self.slots.acquire(&need, &bound, |sizes| {
+            fits_device(ctx, &sizes)?;
+            Slot::new(ctx, sizes)
+        })?;
         let [pad, ignore, fields] = RaggedBatch::<T>::kernel_words(config);
         let params = [
             rows as u32,
@@ -173,7 +133,6 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
             (&slot.lengths, p.lengths.as_bytes()),
             (&slot.cu_seqlens, cu),
         ];
-        let ctx = &self.ctx;
         let workgroups = cells.div_ceil(4).div_ceil(64) as u32;
         let submission = ctx.scoped(&format!("upload batch {batch}"), || {
             for (buffer, bytes) in writes {
@@ -183,13 +142,9 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
             }
             ctx.dispatch(Shader::PadCollate, &slot.bind_group, workgroups)
         })??;
-        *slot.fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(submission.clone());
         let uploaded: u64 = writes.iter().map(|(_, b)| b.len() as u64).sum();
-        p.count(
-            &mut self.stats.lock().unwrap_or_else(|e| e.into_inner()),
-            uploaded,
-            config,
-        );
+        slot.fence = Some(submission.clone());
+        p.count(&mut self.slots.stats_mut(), uploaded, config);
         let fields = FieldSet::new(config, rows, width, p.cu_seqlens.as_ref().map(|c| c.len()));
         let RaggedBatch { staged, .. } = p;
         Ok(WgpuBatch {
@@ -269,6 +224,7 @@ fn fits_device(ctx: &WgpuContext, sizes: &SlotSizes) -> Result<()> {
 
 /// One batch's device buffers, recycled from batch to batch.
 struct Slot {
+    ctx: Arc<WgpuContext>,
     sizes: SlotSizes,
     params: wgpu::Buffer,
     tokens: wgpu::Buffer,
@@ -282,14 +238,28 @@ struct Slot {
     labels: wgpu::Buffer,
     positions: wgpu::Buffer,
     bind_group: wgpu::BindGroup,
-    /// The submission that last used the slot.
-    fence: Mutex<Option<wgpu::SubmissionIndex>>,
+    /// The submission that last used the slot, until it is waited for.
+    fence: Option<wgpu::SubmissionIndex>,
+}
+
+impl super::ragged::Slot for Slot {
+    const BUFFERS: u64 = 11;
+
+    fn sizes(&self) -> &SlotSizes {
+        &self.sizes
+    }
+
+    /// Waits for the device to finish the slot's last use.
+    fn reuse(&mut self) -> Result<()> {
+        match self.fence.take() {
+            Some(fence) => self.ctx.wait(Some(fence)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Slot {
-    const BUFFERS: u64 = 11;
-
-    fn new(ctx: &WgpuContext, sizes: SlotSizes) -> Result<Self> {
+    fn new(ctx: &Arc<WgpuContext>, sizes: SlotSizes) -> Result<Self> {
         use wgpu::BufferUsages as U;
         let input = U::STORAGE | U::COPY_DST | U::COPY_SRC;
         let output = U::STORAGE | U::COPY_SRC;
@@ -326,6 +296,7 @@ impl Slot {
             cu_seqlens,
         ] = buffers;
         Ok(Slot {
+            ctx: ctx.clone(),
             sizes,
             params,
             tokens,
@@ -339,7 +310,7 @@ impl Slot {
             labels,
             positions,
             bind_group,
-            fence: Mutex::new(None),
+            fence: None,
         })
     }
 }
@@ -365,7 +336,7 @@ pub struct DeviceField<'a> {
 /// is done. The buffers stay this batch's until it is dropped.
 pub struct WgpuBatch<T: TokenId> {
     ctx: Arc<WgpuContext>,
-    slot: Arc<Slot>,
+    slot: Lease<Slot>,
     submission: wgpu::SubmissionIndex,
     pool: Pool,
     /// The step this batch belongs to.
@@ -476,5 +447,31 @@ impl<T: TokenId> WgpuBatch<T> {
                 out.copy_from_slice(&read[&field][..out.len()]);
                 Ok(())
             })
+    }
+}
+
+impl<T: TokenId> DeviceBatch<T> for WgpuBatch<T> {
+    fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn docs(&self) -> &[DocRef] {
+        &self.docs
+    }
+
+    fn wait(&self) -> Result<()> {
+        WgpuBatch::wait(self)
+    }
+
+    fn to_host(&self) -> Result<Batch<T>> {
+        WgpuBatch::to_host(self)
     }
 }

@@ -73,9 +73,9 @@ pub fn quiet_wayland_probe() -> bool {
 pub(crate) enum Shader {
     /// `shaders/pad_collate.wgsl`: ragged ids to padded ids, mask, labels, positions.
     PadCollate,
-    /// `shaders/reduce.wgsl`, entry `sum_f64`/`max_f64`/`min_f64`: stacked ranks, rank order.
+    /// `shaders/reduce_f64.wgsl`: stacked f64 rank buffers reduced (sum, max or min) in rank order.
     ReduceF64,
-    /// `shaders/reduce.wgsl`, entries for u64 held as u32 pairs.
+    /// `shaders/reduce_u64.wgsl`: the same for u64 values held as u32 pairs.
     ReduceU64,
     /// `shaders/sketch.wgsl`: device f32 values into sketch buckets, per dataset.
     Sketch,

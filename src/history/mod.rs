@@ -18,10 +18,17 @@
 //!
 //! A resumed run ([`HistoryWriter::resume`]) appends to the same directory after removing the
 //! rows of steps past the checkpoint's last written step, so no step is ever written twice.
+//!
+//! A training loop writes a loader's history through a [`Recorder`]: it calls
+//! [`Recorder::after_batch`] after every batch, passing the collective that reduces the metrics
+//! (every rank at the same steps), and [`Recorder::checkpoint`] beside the loader's state. The
+//! loader itself knows nothing of histories.
 
+mod recorder;
 mod summary;
 mod table;
 
+pub use recorder::*;
 pub use summary::*;
 
 use std::path::{Path, PathBuf};

@@ -8,13 +8,14 @@ use std::time::Duration;
 use super::collator::{Collator, UserMetric};
 use super::flow::{Mode, spawn};
 use super::job::{Packer, Scheduler, doc_len};
-use super::{Loader, LoaderState, LoaderStats, Position, Scope};
-use crate::collate::{CollateConfig, Pool};
+use super::{Loader, LoaderConfig, LoaderState, LoaderStats, Position, RuntimeConfig, Scope};
+use crate::collate::{CollateConfig, Layout, Pool};
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
 use crate::metrics::{Aggregator, AggregatorState, ClassNames, MetricsConfig, SampleMetrics};
 use crate::order::{
-    Classes, DatasetSpec, OrderConfig, Owners, Partition, Planner, RankRanges, ResumeOptions,
+    Classes, DatasetSpec, OrderConfig, Owners, Partition, Plan, Planner, RankRanges, ResumeOptions,
+    Shuffle,
 };
 use crate::shard::{Access, Dataset, TokenId};
 use crate::transform::{TransformConfig, UserTransform};
@@ -73,111 +74,71 @@ impl Source {
 }
 
 /// The classes in the class files beside a dataset's shards: `web.idx` has `web.classes`, one
-/// little-endian u32 per sequence ([`Classes::read`]), concatenated in shard order.
+/// little-endian u32 per sequence, concatenated in shard order
+/// ([`crate::shard::read_classes_beside`]).
 ///
 /// # Errors
 ///
 /// A missing or unreadable file, named; [`Error::BadClassFile`] for a file whose count of
 /// classes is not its shard's count of sequences.
 pub fn classes_beside(data: &Dataset) -> Result<Classes> {
-    let mut all = Vec::with_capacity(data.len());
-    for shard in data.shards() {
-        let path = shard.path().with_extension(Classes::EXTENSION);
-        let classes = Classes::read(&path)?;
-        if classes.len() != shard.len() as u64 {
-            return Err(Error::BadClassFile {
-                offset: 4 * classes.len().min(shard.len() as u64),
-                reason: format!(
-                    "{} classes for the {} sequences of {}",
-                    classes.len(),
-                    shard.len(),
-                    shard.path().display()
-                ),
-                path,
-            });
-        }
-        all.extend_from_slice(classes.as_slice());
-    }
-    Ok(Classes::new(all))
+    crate::shard::read_classes_beside(data).map(Classes::new)
 }
 
 /// Builds a [`Loader`]: `LoaderBuilder::new(sources).with_workers(2).build_host()`.
+///
+/// It wraps a [`LoaderConfig`] (every setting, with the config's defaults) and holds beside it
+/// what a config cannot: the opened sources, user transforms and metrics, a resumed state and a
+/// start batch. The config's `datasets` are not read: the sources are the datasets.
 pub struct LoaderBuilder<T: TokenId> {
+    config: LoaderConfig,
     sources: Vec<Source>,
-    order: OrderConfig,
-    collate: CollateConfig,
-    transform: TransformConfig,
     user: Vec<UserTransform<T>>,
-    metrics: Option<MetricsConfig>,
     user_metrics: Vec<UserMetric<T>>,
-    workers: usize,
-    prefetch: usize,
-    watchdog: Duration,
-    slow_factor: f64,
-    caller_builds: bool,
-    read_ahead: usize,
     resume: Option<(LoaderState, ResumeOptions)>,
     start: u64,
-    #[cfg(feature = "history")]
-    history: Option<super::HistoryOptions>,
 }
 
 impl<T: TokenId> LoaderBuilder<T> {
-    /// A builder over `sources` with default order, collation and transforms, 2 workers and a
-    /// prefetch depth of 4.
+    /// A builder over `sources` with the defaults of [`LoaderConfig`]: default order, collation
+    /// and transforms, 2 workers and a prefetch depth of 4.
     pub fn new(sources: Vec<Source>) -> Self {
+        Self::from_config(LoaderConfig::default(), sources)
+    }
+
+    /// A builder over `sources` (the opened datasets; `config.datasets` is not read) with every
+    /// setting of `config`.
+    pub fn from_config(config: LoaderConfig, sources: Vec<Source>) -> Self {
         LoaderBuilder {
+            config,
             sources,
-            order: OrderConfig::default(),
-            collate: CollateConfig::default(),
-            transform: TransformConfig::default(),
             user: Vec::new(),
-            metrics: Some(MetricsConfig::default()),
             user_metrics: Vec::new(),
-            workers: 2,
-            prefetch: 4,
-            watchdog: Duration::from_secs(30),
-            slow_factor: 2.0,
-            caller_builds: true,
-            read_ahead: 0,
             resume: None,
             start: 0,
-            #[cfg(feature = "history")]
-            history: None,
         }
     }
 
-    /// Writes the metrics history to `dir` (feature `history`): the data metrics every
-    /// `every_k_steps` steps, and skipped samples; a resumed loader appends to the same history
-    /// and never writes a step twice. See [`crate::history`].
-    #[cfg(feature = "history")]
-    pub fn with_history(self, dir: impl Into<std::path::PathBuf>, every_k_steps: u64) -> Self {
-        self.with_history_options(super::HistoryOptions::new(dir, every_k_steps))
-    }
-
-    /// [`LoaderBuilder::with_history`] with every option: run name, buffer, and a collective
-    /// to reduce the metrics over before rank 0 writes them.
-    #[cfg(feature = "history")]
-    pub fn with_history_options(mut self, options: super::HistoryOptions) -> Self {
-        self.history = Some(options);
-        self
+    /// The settings the loader will be built with.
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
     }
 
     /// The order: seed, shuffle, mixture, partition, rank and world, local batch size, limit.
     pub fn with_order(mut self, order: OrderConfig) -> Self {
-        self.order = order;
+        self.config.order = order;
         self
     }
 
     /// Padding or packing, sequence length, optional fields.
     pub fn with_collate(mut self, collate: CollateConfig) -> Self {
-        self.collate = collate;
+        self.config.collate = collate;
         self
     }
 
     /// Truncation, BOS/EOS, bad-sample policy.
     pub fn with_transform(mut self, transform: TransformConfig) -> Self {
-        self.transform = transform;
+        self.config.transform = transform;
         self
     }
 
@@ -193,7 +154,7 @@ impl<T: TokenId> LoaderBuilder<T> {
         self
     }
 
-    /// Appends a user transform already shared (a named one of a [`super::LoaderConfig`]).
+    /// Appends a user transform already shared (a named one of a [`LoaderConfig`]).
     pub(crate) fn with_user_arc(mut self, f: UserTransform<T>) -> Self {
         self.user.push(f);
         self
@@ -201,7 +162,7 @@ impl<T: TokenId> LoaderBuilder<T> {
 
     /// The standard metrics' settings, or `None` to turn metrics off (on by default).
     pub fn with_metrics(mut self, metrics: Option<MetricsConfig>) -> Self {
-        self.metrics = metrics;
+        self.config.metrics = metrics;
         self
     }
 
@@ -222,15 +183,21 @@ impl<T: TokenId> LoaderBuilder<T> {
         self
     }
 
+    /// Every knob that does not change the stream at once.
+    pub fn with_runtime(mut self, runtime: RuntimeConfig) -> Self {
+        self.config.runtime = runtime;
+        self
+    }
+
     /// Worker threads; 0 builds batches on the caller's thread.
     pub fn with_workers(mut self, workers: usize) -> Self {
-        self.workers = workers;
+        self.config.runtime.workers = workers;
         self
     }
 
     /// Batches planned ahead of the caller at most (at least 1).
     pub fn with_prefetch(mut self, prefetch: usize) -> Self {
-        self.prefetch = prefetch;
+        self.config.runtime.prefetch = prefetch;
         self
     }
 
@@ -241,7 +208,7 @@ impl<T: TokenId> LoaderBuilder<T> {
     /// launches GPU kernels) off batch building entirely: it only waits. With 0 workers the
     /// caller builds every batch regardless.
     pub fn with_caller_builds(mut self, caller_builds: bool) -> Self {
-        self.caller_builds = caller_builds;
+        self.config.runtime.caller_builds = caller_builds;
         self
     }
 
@@ -253,14 +220,14 @@ impl<T: TokenId> LoaderBuilder<T> {
     /// step for each step it plans, and two while it works its way to `steps` ahead after a
     /// start or resume.
     pub fn with_read_ahead(mut self, steps: usize) -> Self {
-        self.read_ahead = steps;
+        self.config.runtime.read_ahead = steps;
         self
     }
 
     /// How long the caller may wait for a batch before the loader logs a warning (it keeps
     /// waiting: a slow disk is not an error).
     pub fn with_watchdog(mut self, watchdog: Duration) -> Self {
-        self.watchdog = watchdog;
+        self.config.runtime.watchdog = watchdog;
         self
     }
 
@@ -269,7 +236,7 @@ impl<T: TokenId> LoaderBuilder<T> {
     /// batch for longer than the watchdog interval is reported stalled. Reports only: see
     /// [`super::WorkerStats`].
     pub fn with_slow_factor(mut self, factor: f64) -> Self {
-        self.slow_factor = factor;
+        self.config.runtime.slow_factor = factor;
         self
     }
 
@@ -302,44 +269,46 @@ impl<T: TokenId> LoaderBuilder<T> {
     ///
     /// As [`LoaderBuilder::build`].
     pub fn build_host(self) -> Result<Loader<T, HostSink>> {
-        self.build(HostSink)
+        self.build(HostSink::new())
     }
 
-    /// Builds the loader and starts its threads.
+    /// Builds the loader and starts its threads: validate, specs and plan, start point,
+    /// assemble.
     ///
     /// # Errors
     ///
     /// The plan's construction errors ([`OrderConfig::init`]); [`Error::Config`] for a bad
-    /// collate or transform configuration; [`Error::Resume`] when the resumed state does not fit
-    /// this configuration.
-    pub fn build<S: DeviceSink<T>>(self, sink: S) -> Result<Loader<T, S>> {
-        let LoaderBuilder {
-            sources,
+    /// collate, transform or runtime configuration; the sink's refusal of the largest batch;
+    /// [`Error::Resume`] when the resumed state does not fit this configuration.
+    pub fn build<S: DeviceSink<T>>(mut self, mut sink: S) -> Result<Loader<T, S>> {
+        self.validate()?;
+        sink.bind(&self.config.collate, self.config.order.local_batch)?;
+        let partition = self.config.order.partition;
+        self.sources = fill_owners(std::mem::take(&mut self.sources), partition)?;
+        let plan = Arc::new(self.config.order.clone().init(specs(&self.sources))?);
+        let start = self.start_point(&plan)?;
+        self.assemble(sink, plan, start)
+    }
+
+    /// The checks of the configuration alone, before any dataset is read.
+    fn validate(&self) -> Result<()> {
+        let LoaderConfig {
             order,
             collate,
             transform,
-            user,
             metrics,
-            user_metrics,
-            workers,
-            prefetch,
-            watchdog,
-            slow_factor,
-            caller_builds,
-            read_ahead,
-            resume,
-            start,
-            #[cfg(feature = "history")]
-            history,
-        } = self;
-        if start > 0 && (collate.pack || resume.is_some()) {
+            runtime,
+            ..
+        } = &self.config;
+        let start = self.start;
+        if start > 0 && (collate.pack || self.resume.is_some()) {
             return Err(Error::Config(format!(
                 "a stream can start at batch {start} only when it is padded and not resumed: a \
                  packed batch depends on every batch before it, and a resumed stream starts at \
                  its checkpoint"
             )));
         }
-        if collate.pack && !user_metrics.is_empty() {
+        if collate.pack && !self.user_metrics.is_empty() {
             return Err(Error::Config(
                 "user metrics cannot be combined with packing: a packed row holds pieces of \
                  several documents"
@@ -348,36 +317,19 @@ impl<T: TokenId> LoaderBuilder<T> {
         }
         collate.check()?;
         transform.check_ids::<T>(collate.pad_id)?;
-        transform.check_room(&collate)?;
-        if let Some(m) = &metrics {
+        transform.check_room(collate)?;
+        if let Some(m) = metrics {
             m.check()?;
         }
-        // The widest row, not the sequence length: padding to a multiple rounds up past it.
-        let width = collate.max_width();
-        let tokens = width.and_then(|w| (order.local_batch as u64).checked_mul(w as u64));
-        if tokens.is_none_or(|t| t > MAX_BATCH_TOKENS) {
-            let width = match collate.padding {
-                crate::collate::Padding::Multiple(m) if width != Some(collate.seq_len) => {
-                    format!(
-                        "sequence length {} rounded up to the padding multiple {m}",
-                        collate.seq_len
-                    )
-                }
-                _ => format!("sequence length {}", collate.seq_len),
-            };
-            return Err(Error::Config(format!(
-                "local batch {} x {width} exceeds the largest batch, {MAX_BATCH_TOKENS} tokens",
-                order.local_batch
-            )));
-        }
-        sink.check_batch(order.local_batch, &collate)?;
-        if collate.pack && !user.is_empty() {
+        check_batch_tokens(order.local_batch, collate)?;
+        if collate.pack && !self.user.is_empty() {
             return Err(Error::Config(
                 "user transforms cannot be combined with packing: the packer lays documents out \
                  from their stored lengths before any worker sees them"
                     .into(),
             ));
         }
+        let sources = &self.sources;
         if collate.pack && transform.extra() == 0 && sources.iter().all(|s| s.data.tokens() == 0) {
             return Err(Error::Config(format!(
                 "packing cannot fill a row: every sequence of {} is empty, and no BOS or EOS is \
@@ -389,148 +341,98 @@ impl<T: TokenId> LoaderBuilder<T> {
                     .join(", ")
             )));
         }
-        if read_ahead > MAX_READ_AHEAD {
-            return Err(Error::Config(format!(
-                "the read-ahead of {read_ahead} steps exceeds the most, {MAX_READ_AHEAD} steps: \
-                 pages advised that far ahead sit in the page cache long before a worker reads \
-                 them, or are evicted first"
-            )));
-        }
-        if prefetch == 0 || prefetch > MAX_PREFETCH {
-            return Err(Error::Config(format!(
-                "the prefetch depth {prefetch} must lie in 1..={MAX_PREFETCH}"
-            )));
-        }
-        if !(slow_factor.is_finite() && slow_factor > 1.0) {
-            return Err(Error::Config(format!(
-                "the slow factor {slow_factor} must be a finite number above 1"
-            )));
-        }
-        if workers > MAX_WORKERS {
-            return Err(Error::Config(format!(
-                "{workers} worker threads: at most {MAX_WORKERS}"
-            )));
-        }
-        // The stratified partition reads the class files beside the shards of a source given
-        // none.
-        let mut owners = Vec::with_capacity(sources.len());
-        for s in &sources {
-            owners.push(match (&s.owners, order.partition) {
-                (None, Partition::Stratified) => Some(Owners::Classes(classes_beside(&s.data)?)),
-                (o, _) => o.clone(),
-            });
-        }
-        let classes: Vec<Option<ClassNames>> = owners
-            .iter()
-            .map(|o| match o {
-                Some(Owners::Classes(c)) => Some(ClassNames::new(c.clone())),
-                _ => None,
-            })
-            .collect();
-        let specs = sources
-            .iter()
-            .zip(owners)
-            .map(|(s, o)| DatasetSpec::new(&s.name, s.data.len() as u64, s.weight).with_owners(o))
-            .collect();
-        let (rank, world) = (order.rank, order.world);
-        let plan = Arc::new(order.init(specs)?);
-        let (planner, shadow, position, skips) = match &resume {
-            None => {
-                let p = Position {
+        runtime.check()
+    }
+
+    /// Where the stream starts: batch `start`, or the resumed state's position (checked against
+    /// the plan), with the planner, its shadow and the skip counts.
+    fn start_point(&self, plan: &Arc<Plan>) -> Result<Start> {
+        let LoaderConfig {
+            order,
+            collate,
+            transform,
+            ..
+        } = &self.config;
+        let Some((state, options)) = &self.resume else {
+            let start = self.start;
+            if plan.position_of(start).is_none() {
+                return Err(Error::Config(format!(
+                    "batch {start} lies beyond the stream's 2^64 rows"
+                )));
+            }
+            let mut planner = Planner::new(plan.clone());
+            planner.skip_to(start);
+            return Ok(Start {
+                planner: planner.clone(),
+                shadow: planner,
+                position: Position {
                     batches: start,
                     plan_step: start,
                     rows_taken: 0,
                     doc_offset: 0,
-                };
-                if plan.position_of(start).is_none() {
-                    return Err(Error::Config(format!(
-                        "batch {start} lies beyond the stream's 2^64 rows"
-                    )));
-                }
-                let mut planner = Planner::new(plan.clone());
-                planner.skip_to(start);
-                (planner.clone(), planner, p, BTreeMap::new())
-            }
-            Some((state, options)) => {
-                check_resume(state, &collate, &transform, rank, world)?;
-                // One resume (checks and a mixture jump); the shadow and the peek are copies.
-                let planner = Planner::resume(plan.clone(), &state.cursor, *options)?;
-                let shadow = planner.clone();
-                if collate.pack {
-                    check_packing(state, planner.clone(), &sources, &transform)?;
-                }
-                let names = plan.names();
-                // World totals live on rank 0 after a resume; a rank's own stay with it.
-                let keep = state.scope == Scope::Rank || rank == 0;
-                let skips = state
-                    .skips
-                    .iter()
-                    .filter(|_| keep)
-                    .filter_map(|s| {
-                        let d = names.iter().position(|n| *n == s.dataset)?;
-                        Some(((d as u32, s.epoch), s.skipped))
-                    })
-                    .collect();
-                (planner, shadow, state.position, skips)
-            }
+                },
+                skips: BTreeMap::new(),
+            });
         };
-        let pool = sink.staging();
-        let stop = Arc::new(AtomicBool::new(false));
-        let datasets: Vec<Dataset> = sources.into_iter().map(|s| s.data).collect();
-        // The kernel's read-ahead follows the order: none for a full shuffle, aggressive for
-        // stored order.
-        let access = match plan.config().shuffle {
-            crate::order::Shuffle::Full => Access::Random,
-            crate::order::Shuffle::None => Access::Sequential,
-            crate::order::Shuffle::Block(_) => Access::Normal,
-        };
-        for d in &datasets {
-            d.advise(access);
+        check_resume(state, collate, transform, order.rank, order.world)?;
+        // One resume (checks and a mixture jump); the shadow and the peek are copies.
+        let planner = Planner::resume(plan.clone(), &state.cursor, *options)?;
+        if collate.pack {
+            check_packing(state, planner.clone(), &self.sources, transform)?;
         }
-        let collator = Arc::new(Collator {
-            datasets: datasets.clone(),
-            names: plan.names().to_vec(),
-            transform: transform.clone(),
-            user,
-            collate: collate.clone(),
-            pool: pool.clone(),
-            classes,
-            layout: sink.layout(),
-            pad_row: vec![collate.pad_value::<T>(); collate.width(collate.seq_len)],
-            host_pool: Pool::new(),
-            stop: stop.clone(),
-            metrics: metrics.clone(),
-            user_metrics,
-        });
-        // The metric totals continue from the checkpoint, so a resumed run reports the same.
-        let aggregator = match (&metrics, resume.as_ref().map(|(s, _)| s)) {
-            (Some(config), Some(state)) => restore_metrics(state, config, rank, world)?,
-            (Some(config), None) => Aggregator::new(config.clone()),
-            (None, _) => Aggregator::default(),
-        };
-        let packer = collate
-            .pack
-            .then(|| Packer::at(position.rows_taken, position.doc_offset));
-        let scheduler = Scheduler::new(
+        let names = plan.names();
+        // World totals live on rank 0 after a resume; a rank's own stay with it.
+        let keep = state.scope == Scope::Rank || order.rank == 0;
+        let skips = state
+            .skips
+            .iter()
+            .filter(|_| keep)
+            .filter_map(|s| {
+                let d = names.iter().position(|n| *n == s.dataset)?;
+                Some(((d as u32, s.epoch), s.skipped))
+            })
+            .collect();
+        Ok(Start {
+            shadow: planner.clone(),
             planner,
-            pool.clone(),
-            datasets,
-            transform.clone(),
-            collate.seq_len,
-            packer,
-            position.batches,
-        )
-        .read_ahead(read_ahead);
+            position: state.position,
+            skips,
+        })
+    }
+
+    /// Starts the threads over the bound sink. Every call on the sink but `bind` is here.
+    fn assemble<S: DeviceSink<T>>(
+        self,
+        sink: S,
+        plan: Arc<Plan>,
+        start: Start,
+    ) -> Result<Loader<T, S>> {
+        let pool = sink.staging().clone();
+        let layout = sink.layout();
+        let runtime = self.config.runtime.clone();
+        let (rank, world) = (self.config.order.rank, self.config.order.world);
+        let state = self.resume.as_ref().map(|(s, _)| s);
+        let aggregator = aggregator(self.config.metrics.as_ref(), state, rank, world)?;
+        let Start {
+            planner,
+            shadow,
+            position,
+            skips,
+        } = start;
+        let (collator, scheduler) = self.pipeline(&plan, pool, layout, planner, &position);
         let sink = Arc::new(sink);
         let busy = Arc::new(AtomicU64::new(0));
         let planned = Arc::new(AtomicU64::new(position.batches));
-        let health = Arc::new(super::health::Health::new(workers, watchdog, slow_factor));
-        let caller_worker = sink.worker()?;
+        let (workers, watchdog) = (runtime.workers, runtime.watchdog);
+        let health = Arc::new(super::health::Health::new(
+            workers,
+            watchdog,
+            runtime.slow_factor,
+        ));
         let mode = if workers == 0 {
             Mode::Inline {
                 scheduler: Box::new(scheduler),
                 scratch: Vec::new(),
-                worker: sink.worker()?,
             }
         } else {
             let meters = super::flow::Meters {
@@ -538,13 +440,15 @@ impl<T: TokenId> LoaderBuilder<T> {
                 planned: planned.clone(),
                 health: health.clone(),
             };
-            spawn(scheduler, &collator, &sink, workers, prefetch, meters)?
+            spawn(
+                scheduler,
+                &collator,
+                &sink,
+                workers,
+                runtime.prefetch,
+                meters,
+            )?
         };
-        #[cfg(feature = "history")]
-        let history = history
-            .map(|o| super::history::HistoryLink::open(o, rank, resume.as_ref().map(|(s, _)| s)))
-            .transpose()?
-            .map(std::sync::Mutex::new);
         Ok(Loader {
             sink,
             collator,
@@ -559,13 +463,159 @@ impl<T: TokenId> LoaderBuilder<T> {
             mode,
             done: false,
             watchdog,
-            caller_builds,
+            caller_builds: runtime.caller_builds,
             scratch: Vec::new(),
-            worker: caller_worker,
             metrics: aggregator,
-            #[cfg(feature = "history")]
-            history,
+            skipped: Vec::new(),
         })
+    }
+}
+
+impl<T: TokenId> LoaderBuilder<T> {
+    /// The batch builder the workers share (over the datasets, advised for the order's access
+    /// pattern) and the scheduler that hands out the plan from `position`.
+    fn pipeline(
+        self,
+        plan: &Plan,
+        pool: Pool,
+        layout: Layout,
+        planner: Planner,
+        position: &Position,
+    ) -> (Arc<Collator<T>>, Scheduler) {
+        let LoaderConfig {
+            collate,
+            transform,
+            metrics,
+            runtime,
+            ..
+        } = self.config;
+        let classes = class_names(&self.sources);
+        let datasets: Vec<Dataset> = self.sources.into_iter().map(|s| s.data).collect();
+        advise(&datasets, plan.config().shuffle);
+        let collator = Arc::new(Collator {
+            datasets: datasets.clone(),
+            names: plan.names().to_vec(),
+            transform: transform.clone(),
+            user: self.user,
+            collate: collate.clone(),
+            pool: pool.clone(),
+            classes,
+            layout,
+            pad_row: vec![collate.pad_value::<T>(); collate.width(collate.seq_len)],
+            host_pool: Pool::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            metrics,
+            user_metrics: self.user_metrics,
+        });
+        let packer = collate
+            .pack
+            .then(|| Packer::at(position.rows_taken, position.doc_offset));
+        let scheduler = Scheduler::new(
+            planner,
+            pool,
+            datasets,
+            transform,
+            collate.seq_len,
+            packer,
+            position.batches,
+        )
+        .read_ahead(runtime.read_ahead);
+        (collator, scheduler)
+    }
+}
+
+/// Where a built loader starts: its planner, the shadow planner the checkpoint follows, the
+/// position and the skip counts so far.
+struct Start {
+    planner: Planner,
+    shadow: Planner,
+    position: Position,
+    skips: BTreeMap<(u32, u64), u64>,
+}
+
+/// The sources with the owners `partition` needs filled in: the stratified partition reads the
+/// class files beside the shards of a source given no classes. Sources that hold owners keep
+/// them, so filling twice reads nothing.
+///
+/// # Errors
+///
+/// The class files' read errors ([`classes_beside`]).
+pub(crate) fn fill_owners(mut sources: Vec<Source>, partition: Partition) -> Result<Vec<Source>> {
+    if partition == Partition::Stratified {
+        for s in sources.iter_mut().filter(|s| s.owners.is_none()) {
+            s.owners = Some(Owners::Classes(classes_beside(&s.data)?));
+        }
+    }
+    Ok(sources)
+}
+
+/// What the plan needs of each source: name, length, weight, owners.
+pub(crate) fn specs(sources: &[Source]) -> Vec<DatasetSpec> {
+    sources
+        .iter()
+        .map(|s| {
+            DatasetSpec::new(&s.name, s.data.len() as u64, s.weight).with_owners(s.owners.clone())
+        })
+        .collect()
+}
+
+/// Each source's class vocabulary, for the standard `class` metric.
+fn class_names(sources: &[Source]) -> Vec<Option<ClassNames>> {
+    sources
+        .iter()
+        .map(|s| match &s.owners {
+            Some(Owners::Classes(c)) => Some(ClassNames::new(c.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The kernel's read-ahead follows the order: none for a full shuffle, aggressive for stored
+/// order.
+fn advise(datasets: &[Dataset], shuffle: Shuffle) {
+    let access = match shuffle {
+        Shuffle::Full => Access::Random,
+        Shuffle::None => Access::Sequential,
+        Shuffle::Block(_) => Access::Normal,
+    };
+    for d in datasets {
+        d.advise(access);
+    }
+}
+
+/// Refuses a batch wider than [`MAX_BATCH_TOKENS`]: the widest row, not the sequence length,
+/// since padding to a multiple rounds up past it.
+fn check_batch_tokens(local_batch: usize, collate: &CollateConfig) -> Result<()> {
+    let width = collate.max_width();
+    let tokens = width.and_then(|w| (local_batch as u64).checked_mul(w as u64));
+    if tokens.is_some_and(|t| t <= MAX_BATCH_TOKENS) {
+        return Ok(());
+    }
+    let width = match collate.padding {
+        crate::collate::Padding::Multiple(m) if width != Some(collate.seq_len) => {
+            format!(
+                "sequence length {} rounded up to the padding multiple {m}",
+                collate.seq_len
+            )
+        }
+        _ => format!("sequence length {}", collate.seq_len),
+    };
+    Err(Error::Config(format!(
+        "local batch {local_batch} x {width} exceeds the largest batch, {MAX_BATCH_TOKENS} tokens"
+    )))
+}
+
+/// The metric totals a loader starts from: the checkpoint's, so a resumed run reports the same.
+fn aggregator(
+    metrics: Option<&MetricsConfig>,
+    state: Option<&LoaderState>,
+    rank: usize,
+    world: usize,
+) -> Result<Aggregator> {
+    match (metrics, state) {
+        (Some(config), Some(state)) => restore_metrics(state, config, rank, world),
+        (Some(config), None) => Ok(Aggregator::new(config.clone())),
+        (None, _) => Ok(Aggregator::default()),
     }
 }
 

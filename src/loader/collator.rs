@@ -44,7 +44,8 @@ pub(crate) struct Collator<T: TokenId> {
     pub transform: TransformConfig,
     pub user: Vec<UserTransform<T>>,
     pub collate: CollateConfig,
-    /// The sink's staging memory (pinned memory for the CUDA sink).
+    /// The sink's staging memory (pinned memory for the CUDA sink), which its `prepare` takes
+    /// the staged batches from.
     pub pool: Pool,
     /// Each dataset's classes, for the standard `class` metric.
     pub classes: Vec<Option<ClassNames>>,

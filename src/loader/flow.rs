@@ -69,7 +69,6 @@ pub(super) enum Mode<T: TokenId, S: DeviceSink<T>> {
     Inline {
         scheduler: Box<Scheduler>,
         scratch: Vec<T>,
-        worker: S::Worker,
     },
     Threads {
         shared: Arc<Shared<S::Prepared>>,
@@ -77,12 +76,10 @@ pub(super) enum Mode<T: TokenId, S: DeviceSink<T>> {
     },
 }
 
-/// What a thread builds batches with: the shared collator and sink, and its own sink context and
-/// scratch space.
+/// What a thread builds batches with: the shared collator and sink, and its own scratch space.
 pub(super) struct Kit<'a, T: TokenId, S: DeviceSink<T>> {
     pub collator: &'a Collator<T>,
     pub sink: &'a S,
-    pub worker: &'a mut S::Worker,
     pub scratch: &'a mut Vec<T>,
 }
 
@@ -94,7 +91,6 @@ pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
     let Kit {
         collator,
         sink,
-        worker,
         scratch,
     } = kit;
     let (collator, sink) = (*collator, *sink);
@@ -124,7 +120,7 @@ pub(super) fn make<T: TokenId, S: DeviceSink<T>>(
             staged.real_tokens(),
             staged.rows * staged.width,
         );
-        let prepared = sink.prepare(worker, staged, &collator.collate, &collator.pool)?;
+        let prepared = sink.prepare(staged)?;
         Ok((
             prepared,
             Info {
@@ -204,13 +200,8 @@ pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
         caller: Condvar::new(),
         workers: Condvar::new(),
     });
-    // Every worker's device context is made here, so that a sink that cannot make one fails
-    // the build instead of a thread.
-    let contexts = (0..workers)
-        .map(|_| sink.worker())
-        .collect::<Result<Vec<_>>>()?;
     let mut threads = Vec::with_capacity(workers);
-    for (w, mut context) in contexts.into_iter().enumerate() {
+    for w in 0..workers {
         let (shared2, collator, sink) = (shared.clone(), collator.clone(), sink.clone());
         let (busy, planned, health) = (
             meters.busy.clone(),
@@ -221,15 +212,7 @@ pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
             .name(format!("shardflow-worker-{w}"))
             .spawn(move || {
                 let me = (w, &*health);
-                work(
-                    &shared2,
-                    &collator,
-                    &*sink,
-                    &mut context,
-                    &busy,
-                    &planned,
-                    me,
-                );
+                work(&shared2, &collator, &*sink, &busy, &planned, me);
                 shared2.lock().alive -= 1;
                 shared2.caller.notify_all();
             });
@@ -328,7 +311,6 @@ fn work<T: TokenId, S: DeviceSink<T>>(
     shared: &Shared<S::Prepared>,
     collator: &Collator<T>,
     sink: &S,
-    worker: &mut S::Worker,
     busy: &AtomicU64,
     planned: &AtomicU64,
     me: (usize, &Health),
@@ -337,7 +319,6 @@ fn work<T: TokenId, S: DeviceSink<T>>(
     let mut kit = Kit {
         collator,
         sink,
-        worker,
         scratch: &mut scratch,
     };
     let mut flow = shared.lock();

@@ -20,15 +20,11 @@ mod collator;
 mod config;
 mod flow;
 mod health;
-#[cfg(feature = "history")]
-mod history;
 mod job;
 mod state;
 
 pub use builder::*;
 pub use config::*;
-#[cfg(feature = "history")]
-pub use history::HistoryOptions;
 pub use state::*;
 
 use std::collections::BTreeMap;
@@ -36,6 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::collate::DocRef;
 use crate::collective::{Collective, all_gather_json};
 use crate::device::{DeviceSink, HostSink};
 use crate::error::{Error, Result};
@@ -69,12 +66,9 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     /// Whether the caller builds the batch it waits for when no worker has started it.
     caller_builds: bool,
     scratch: Vec<T>,
-    /// The sink's context for batches the caller builds itself.
-    worker: S::Worker,
     metrics: Aggregator,
-    /// The metrics history, when the builder asked for one.
-    #[cfg(feature = "history")]
-    history: Option<std::sync::Mutex<history::HistoryLink>>,
+    /// The samples the skip policy skipped in the batch last delivered.
+    skipped: Vec<DocRef>,
 }
 
 impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
@@ -88,8 +82,9 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         &self.sink
     }
 
-    /// The state after the batches the caller has received (not those prefetched). With a
-    /// metrics history, the history is flushed first and its last step on disk recorded.
+    /// The state after the batches the caller has received (not those prefetched). Its
+    /// `history_step` is `None`: a metrics history's recorder fills it in
+    /// (`crate::history::Recorder::checkpoint`).
     pub fn state(&self) -> LoaderState {
         let names = self.plan.names();
         LoaderState {
@@ -110,28 +105,23 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
                 })
                 .collect(),
             scope: Scope::Rank,
-            history_step: self.history_step(),
+            history_step: None,
         }
     }
 
-    /// The history's last step on disk, flushed now (a checkpoint's record of it).
-    #[cfg(feature = "history")]
-    fn history_step(&self) -> Option<u64> {
-        let link = self.history.as_ref()?;
-        link.lock().unwrap_or_else(|e| e.into_inner()).checkpoint()
+    /// Batches delivered so far, counted from the stream's start (a resumed loader continues
+    /// the count): the 1-based step of the batch `next` last returned, 0 before the first.
+    pub fn step(&self) -> u64 {
+        self.position.batches
     }
 
-    #[cfg(not(feature = "history"))]
-    fn history_step(&self) -> Option<u64> {
-        None
-    }
-
-    /// The metrics history, to record per-sample values (losses) into:
-    /// `loader.history().unwrap().record_batch_values(step, &batch.docs, names, "loss", &losses)`.
-    #[cfg(feature = "history")]
-    pub fn history(&mut self) -> Option<&mut crate::history::HistoryWriter> {
-        let link = self.history.as_mut()?;
-        Some(&mut link.get_mut().unwrap_or_else(|e| e.into_inner()).writer)
+    /// The samples the skip policy skipped in the batch `next` last returned (empty before the
+    /// first batch): each with its dataset (an index into [`Plan::names`]), sample, epoch and
+    /// [`DocRef::SKIPPED`] (its row and columns are not kept). A metrics history records them
+    /// (`crate::history::Recorder::after_batch`); read them after every batch, as the next
+    /// batch replaces them.
+    pub fn skipped(&self) -> &[DocRef] {
+        &self.skipped
     }
 
     /// A checkpoint whose metrics and skip counts are the whole world's, reduced over the ranks
@@ -209,11 +199,19 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         // Nothing is counted before the upload succeeds: a checkpoint taken after a failed upload
         // resumes with this batch.
         let batch = info.after.batches - 1;
-        let out = match self.sink.upload(prepared, batch, &self.collator.collate) {
+        let out = match self.sink.upload(prepared, batch) {
             Ok(out) => out,
             Err(e) => return self.fail(e),
         };
+        self.skipped.clear();
         for skip in &info.skips {
+            self.skipped.push(DocRef {
+                sample: skip.sample,
+                epoch: skip.epoch,
+                dataset: skip.dataset,
+                flags: DocRef::SKIPPED,
+                ..DocRef::default()
+            });
             let count = self.skips.entry((skip.dataset, skip.epoch)).or_default();
             *count = count.saturating_add(1);
             self.stats.skipped += 1;
@@ -241,17 +239,6 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         }
         self.position = info.after;
         self.shadow.skip_to(info.after.plan_step);
-        #[cfg(feature = "history")]
-        if let Some(link) = self.history.as_mut() {
-            // `&mut self`: no lock taken on the per-batch path.
-            let link = link.get_mut().unwrap_or_else(|e| e.into_inner());
-            let step = self.position.batches;
-            if let Err(e) =
-                link.after_batch(step, &info.skips, self.plan.names(), &mut self.metrics)
-            {
-                return self.fail(e);
-            }
-        }
         self.stats.batches += 1;
         self.stats.rows += info.rows as u64;
         self.stats.real_tokens += info.real as u64;
@@ -271,17 +258,12 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
         let want = self.position.batches;
         let mut built = Duration::ZERO;
         let outcome = match &mut self.mode {
-            Mode::Inline {
-                scheduler,
-                scratch,
-                worker,
-            } => match next_job(scheduler) {
+            Mode::Inline { scheduler, scratch } => match next_job(scheduler) {
                 Ok(Some(job)) => {
                     self.planned.fetch_add(1, Ordering::Relaxed);
                     let mut kit = Kit {
                         collator: &self.collator,
                         sink: &*self.sink,
-                        worker,
                         scratch,
                     };
                     let t = Instant::now();
@@ -319,7 +301,6 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
                         let mut kit = Kit {
                             collator: &self.collator,
                             sink: &*self.sink,
-                            worker: &mut self.worker,
                             scratch: &mut self.scratch,
                         };
                         let t = Instant::now();
@@ -328,9 +309,7 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
                         continue;
                     }
                     if flow.alive == 0 && flow.end.is_none() {
-                        break Err(Error::Config(format!(
-                            "the loader workers stopped before batch {want} was built"
-                        )));
+                        break Err(Error::WorkersStopped { batch: want });
                     }
                     flow.caller_waits = Some(want);
                     let (next, timeout) = shared
@@ -361,14 +340,6 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
 
 impl<T: TokenId, S: DeviceSink<T>> Drop for Loader<T, S> {
     fn drop(&mut self) {
-        // What the history buffered goes to disk.
-        #[cfg(feature = "history")]
-        if let Some(link) = self.history.as_mut() {
-            let link = link.get_mut().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = link.writer.flush() {
-                tracing::warn!("history: rows of the last steps could not be written: {e}");
-            }
-        }
         self.collator.stop.store(true, Ordering::Relaxed);
         if let Mode::Threads { shared, threads } = &mut self.mode {
             {

@@ -64,8 +64,10 @@ pub struct LoaderState {
     /// Whose totals `metrics` and `skips` hold.
     #[serde(default)]
     pub scope: Scope,
-    /// The last step the metrics history holds on disk (feature `history`): a resumed loader
-    /// removes the history's rows of later steps, so none is written twice.
+    /// The last step a metrics history holds on disk, when the training loop writes one: the
+    /// loader leaves it `None`, `crate::history::Recorder::checkpoint` gives the value, and a
+    /// resumed recorder (`Recorder::resume`) removes the history's rows of later steps, so none
+    /// is written twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_step: Option<u64>,
 }

@@ -1,5 +1,6 @@
 //! Data metrics: kinds, the [`Aggregator`], the distribution [`Sketch`], the fused cross-rank
-//! reduce, and the standard metric transform the loader runs on every batch.
+//! reduce, the standard metric transform the loader runs on every batch, and per-sample training
+//! losses recorded per dataset ([`record_loss_values`]).
 //!
 //! | kind | state | merged by | reported |
 //! |---|---|---|---|
@@ -13,6 +14,7 @@
 mod aggregator;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod device;
+mod loss;
 mod reduce;
 mod report;
 mod sketch;
@@ -20,6 +22,7 @@ mod standard;
 pub mod wire;
 
 pub use aggregator::*;
+pub use loss::*;
 pub use report::*;
 pub use sketch::*;
 pub use standard::*;

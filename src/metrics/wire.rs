@@ -75,7 +75,7 @@ pub(crate) fn max_slots(key: &LayoutKey) -> usize {
 pub(crate) fn fingerprint(layout: &Layout, map: &Mapping) -> f64 {
     let mut bytes = serde_json::to_vec(layout).expect("a layout serializes");
     bytes.extend_from_slice(format!("{map:?}").as_bytes());
-    (crate::shard::trailer::xxh64(&bytes) >> 12) as f64
+    (crate::hash::xxh64(&bytes) >> 12) as f64
 }
 
 impl Aggregator {

@@ -56,8 +56,10 @@ mod partition;
 mod plan;
 mod shuffle;
 
+/// The range partition file, read by [`crate::shard`]; here for the partition that uses it.
+pub use crate::shard::RangeFile;
 pub use cursor::*;
 pub use mixture::{MixtureMode, RESOLUTION};
-pub use partition::{Classes, Owners, Partition, RangeFile, RankRanges};
+pub use partition::{Classes, Owners, Partition, RankRanges};
 pub use plan::*;
-pub use shuffle::{EpochOrder, Permutation, Shuffle, fnv1a, mix64};
+pub use shuffle::{EpochOrder, Permutation, Shuffle};

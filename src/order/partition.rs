@@ -25,11 +25,12 @@
 //! a global batch is split by rows, so any rank can take any sample, and a resume may change
 //! the world size.
 
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use super::shuffle::{Permutation, fnv1a, mix64};
+use super::shuffle::Permutation;
 use crate::error::{Error, Result};
+use crate::hash::{fnv1a, mix64};
+use crate::shard::RangeFile;
 
 /// How samples are divided among ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -142,40 +143,8 @@ impl RankRanges {
     }
 }
 
-/// A range partition file: per dataset name, every rank's ranges.
-///
-/// ```json
-/// {"allow_gaps": false, "datasets": {"web": [[[0, 600]], [[600, 1000]]],
-///                                     "code": [[[0, 40], [80, 100]], [[40, 80]]]}}
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RangeFile {
-    /// Applies to every dataset of the file.
-    #[serde(default)]
-    pub allow_gaps: bool,
-    /// Per dataset, per rank, `[start, end)` ranges.
-    pub datasets: std::collections::BTreeMap<String, Vec<Vec<[u64; 2]>>>,
-}
-
+/// The order's reading of a range partition file (which [`crate::shard`] reads).
 impl RangeFile {
-    /// Reads a range partition file (JSON, as above).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] naming the file; [`Error::Config`] naming it and saying what does not
-    /// parse.
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
-        serde_json::from_str(&text).map_err(|e| {
-            Error::Config(format!(
-                "range partition file {}: {e} (expected {{\"allow_gaps\": false, \"datasets\": \
-                 {{\"NAME\": [[[start, end], ...] per rank]}}}})",
-                path.display()
-            ))
-        })
-    }
-
     /// The ranges of dataset `name`, or `None` when the file lists none.
     pub fn ranges(&self, name: &str) -> Option<RankRanges> {
         self.datasets.get(name).map(|ranks| RankRanges {
@@ -186,14 +155,12 @@ impl RangeFile {
 }
 
 /// A class per sample of one dataset, for [`Partition::Stratified`] and the standard `class`
-/// metric. Shared, so cloning is cheap.
+/// metric. Shared, so cloning is cheap. A class file beside a shard is read by
+/// [`crate::shard::read_class_file`] (or [`crate::shard::read_classes_beside`] for a dataset).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Classes(Arc<[u32]>);
 
 impl Classes {
-    /// The extension of a class file beside a shard: `web.bin` has `web.classes`.
-    pub const EXTENSION: &str = "classes";
-
     /// Classes from a vector, sample i of class `classes[i]`.
     pub fn new(classes: Vec<u32>) -> Self {
         Classes(classes.into())
@@ -202,34 +169,6 @@ impl Classes {
     /// The classes of samples `0..n` by a function of the sample index.
     pub fn from_fn(n: u64, f: impl FnMut(u64) -> u32) -> Self {
         Classes((0..n).map(f).collect())
-    }
-
-    /// Reads a class file: one little-endian u32 per sequence, nothing else (numpy:
-    /// `classes.astype("<u4").tofile(path)`).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] naming the file; [`Error::BadClassFile`] naming it when its length is not a
-    /// multiple of 4.
-    pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
-        if !bytes.len().is_multiple_of(4) {
-            return Err(Error::BadClassFile {
-                path: path.to_path_buf(),
-                offset: (bytes.len() / 4 * 4) as u64,
-                reason: format!(
-                    "a class file holds one little-endian u32 per sequence, but its {} bytes \
-                     are not a multiple of 4",
-                    bytes.len()
-                ),
-            });
-        }
-        Ok(Classes(
-            bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-        ))
     }
 
     /// Samples classified.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use super::cursor::{Cursor, DatasetCursor};
 use super::mixture::{MixState, MixtureMode, RESOLUTION, quantize};
 use super::partition::{Owners, Partition, Split, View};
-use super::shuffle::{EpochOrder, Shuffle, fnv1a, mix64};
+use super::shuffle::{EpochOrder, Shuffle};
 use crate::error::{Error, Result};
+use crate::hash::{fnv1a, mix64};
 
 /// The most rows a global batch (world size x local batch) may hold: planning keeps one step's
 /// draws in memory, 16 bytes a row.
@@ -362,11 +363,7 @@ impl Plan {
             self.config.partition,
             Partition::Range | Partition::Stratified
         )
-        .then(|| {
-            self.splits
-                .iter()
-                .fold(0, |h, s| super::shuffle::mix64(h ^ s.digest()))
-        })
+        .then(|| self.splits.iter().fold(0, |h, s| mix64(h ^ s.digest())))
     }
 
     /// The integer mixture shares, summing to [`RESOLUTION`].

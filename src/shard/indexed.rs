@@ -24,10 +24,11 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::dtype::{CodeMeaning, Dtype, TokenSlice};
-use super::trailer::{Trailer, TrailerError, sample_hash, xxh64};
+use super::trailer::{Trailer, TrailerError, sample_hash};
 use super::{Shard, map_file};
 use crate::atomic::{Recovery, interrupted_pair, recover_pair};
 use crate::error::{Error, Result};
+use crate::hash::xxh64;
 
 /// The 9-byte magic that opens every Megatron `.idx`.
 pub const MAGIC: &[u8; 9] = b"MMIDIDX\0\0";

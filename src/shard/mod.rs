@@ -6,14 +6,18 @@
 //! - [`Dataset`] puts several shards behind one global sample index.
 //! - [`TokenSlice::decode_into`] copies a sequence's ids into a caller's `&mut [i32]`,
 //!   `&mut [i64]` or `&mut [u32]`, with no allocation.
+//! - Class files and range partition files beside shards ([`read_class_file`],
+//!   [`read_classes_beside`], [`RangeFile`]) read into plain data for [`crate::order`].
 //! - [`synthetic`] writes the built-in deterministic corpus that `shardflow demo` and the
 //!   benchmarks use.
-//! - [`trailer`]: the integrity trailer that ties a written `.idx` to its `.bin`.
+//! - [`trailer`]: the integrity trailer that ties a written `.idx` to its `.bin` (its XXH64 is
+//!   the crate's one implementation, shared with the other formats that store a hash).
 
 mod dataset;
 mod dtype;
 mod flat;
 mod indexed;
+mod sidecar;
 pub mod synthetic;
 pub mod trailer;
 mod writer;
@@ -22,6 +26,7 @@ pub use dataset::*;
 pub use dtype::*;
 pub use flat::*;
 pub use indexed::*;
+pub use sidecar::*;
 pub use writer::*;
 
 use std::fs::File;

@@ -7,9 +7,10 @@ use memmap2::Mmap;
 use super::dtype::Dtype;
 use super::indexed::recover_shard;
 use super::indexed::{HEADER_LEN, MAGIC, VERSION, shard_paths};
-use super::trailer::{Trailer, Xxh64};
+use super::trailer::Trailer;
 use crate::atomic::{AtomicFile, check_destination, commit_pair, find_stale};
 use crate::error::{Error, Result};
+use crate::hash::Xxh64;
 
 /// What a finished shard holds.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

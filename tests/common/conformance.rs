@@ -1,14 +1,13 @@
 //! The conformance suite every device sink passes: random staged batches (every padding mode,
 //! packing, every optional field, lengths 0..=T) collated by the sink and read back must equal
-//! the host sink's batches byte for byte. A sink plugs in through a closure that turns a staged
-//! batch into a host `Batch` (upload, then read back).
+//! the host sink's batches byte for byte. A sink is bound to each configuration, and its batches
+//! are read back through [`DeviceBatch::to_host`].
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use shardflow::TokenId;
-use shardflow::collate::{
-    Batch, CollateConfig, DocRef, Layout, Padding, Pool, StagedBatch, pad_host,
-};
+use shardflow::collate::{CollateConfig, DocRef, Layout, Padding, Pool, StagedBatch, pad_host};
+use shardflow::device::{DeviceBatch, DeviceSink};
 
 /// Every combination the suite runs: paddings, packing, and field sets.
 pub fn configs() -> Vec<CollateConfig> {
@@ -123,18 +122,26 @@ pub fn staged<T: TokenId>(
     }
 }
 
-/// Runs the suite: for every config, several seeds and row counts, `sink` must give the host
-/// sink's batch byte for byte. Returns the number of batches compared.
-pub fn check<T: TokenId>(
-    mut sink: impl FnMut(StagedBatch<T>, &CollateConfig) -> Batch<T>,
-) -> usize {
+/// The most rows of a batch the suite makes.
+const MAX_ROWS: usize = 9;
+
+/// Runs the suite: for every config, several seeds and row counts, `sink` (bound to the config)
+/// must give the host sink's batch byte for byte. Returns the number of batches compared.
+pub fn check<T: TokenId, S: DeviceSink<T>>(sink: &mut S) -> usize
+where
+    S::Output: DeviceBatch<T>,
+{
     let pool = Pool::new();
     let mut compared = 0;
     for (c, config) in configs().iter().enumerate() {
-        for rows in [1, 2, 5, 9] {
+        sink.bind(config, MAX_ROWS).unwrap();
+        for rows in [1, 2, 5, MAX_ROWS] {
             let seed = (c * 100 + rows) as u64;
             let want = pad_host(staged::<T>(seed, config, rows, &pool), config, &pool);
-            let got = sink(staged::<T>(seed, config, rows, &pool), config);
+            let prepared = sink
+                .prepare(staged::<T>(seed, config, rows, &pool))
+                .unwrap();
+            let got = sink.upload(prepared, 0).unwrap().to_host().unwrap();
             assert_eq!(
                 got.to_bytes(),
                 want.to_bytes(),

@@ -1,13 +1,13 @@
 //! The device suite every device path passes (wgpu, CUDA): its reductions against the host
 //! engine, a metric reduce against the host's, its sketches against host sketches, and a loader
-//! run through its sink, checkpointed and resumed, against the host run. Each device plugs in
-//! through closures.
+//! run through its sink, checkpointed and resumed, against the host run. A sink's batches are
+//! read back through [`DeviceBatch`].
 
 use std::time::Duration;
 
 use shardflow::collate::{Batch, CollateConfig, Padding};
 use shardflow::collective::{Collective, ReduceOp, in_process};
-use shardflow::device::DeviceSink;
+use shardflow::device::{DeviceBatch, DeviceSink};
 use shardflow::loader::{LoaderBuilder, LoaderState, Source};
 use shardflow::metrics::{Aggregator, Kind, MAX_VALUE, MIN_VALUE, Mapping, Sketch};
 use shardflow::order::{OrderConfig, Shuffle};
@@ -232,12 +232,12 @@ pub fn sketches_equal_the_host(
 
 /// A loader run through `make_sink`'s sinks (12 batches with 2 workers, checkpointed, then 18
 /// more resumed with 1 worker, each batch held while the next is written) equals the host run,
-/// padded and packed. `read` brings a device batch back to the host.
-pub fn loader_resumes_as_the_host<S: DeviceSink<i32>>(
-    sources: &[Source],
-    make_sink: impl Fn() -> S,
-    read: impl Fn(&S::Output) -> Batch<i32>,
-) {
+/// padded and packed; each device batch is read back with [`DeviceBatch::to_host`].
+pub fn loader_resumes_as_the_host<S: DeviceSink<i32>>(sources: &[Source], make_sink: impl Fn() -> S)
+where
+    S::Output: DeviceBatch<i32>,
+{
+    let read = |b: &S::Output| -> Batch<i32> { b.to_host().unwrap() };
     for pack in [false, true] {
         let builder = |workers: usize| {
             LoaderBuilder::<i32>::new(sources.to_vec())
@@ -293,17 +293,13 @@ pub fn loader_resumes_as_the_host<S: DeviceSink<i32>>(
 
 /// The conformance suite through `sink` (`T` ids): every batch it uploads, read back, equals
 /// the host sink's byte for byte.
-pub fn sink_equals_the_host<T, S>(sink: &S, read: impl Fn(&S::Output) -> Batch<T>)
+pub fn sink_equals_the_host<T, S>(sink: &mut S)
 where
     T: shardflow::TokenId,
-    S: DeviceSink<T, Worker = ()>,
+    S: DeviceSink<T>,
+    S::Output: DeviceBatch<T>,
 {
-    sink.worker().unwrap();
-    let pool = sink.staging();
-    let n = super::conformance::check::<T>(|staged, config| {
-        let prepared = sink.prepare(&mut (), staged, config, &pool).unwrap();
-        read(&sink.upload(prepared, 0, config).unwrap())
-    });
+    let n = super::conformance::check::<T, S>(sink);
     assert!(n >= 256, "{n} batches compared");
 }
 

@@ -7,14 +7,9 @@ use shardflow::gpu::WgpuContext;
 /// A context on this machine's adapter. Without one the test is skipped with a printed reason,
 /// unless `SHARDFLOW_REQUIRE_WGPU=1` (CI), which makes it fail.
 pub fn wgpu() -> Option<Arc<WgpuContext>> {
-    match WgpuContext::new() {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("SHARDFLOW_REQUIRE_WGPU").as_deref() == Ok("1") => {
-            panic!("SHARDFLOW_REQUIRE_WGPU=1, but there is no usable wgpu adapter: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
+    super::available(
+        "SHARDFLOW_REQUIRE_WGPU",
+        "there is no usable wgpu adapter",
+        WgpuContext::new(),
+    )
 }

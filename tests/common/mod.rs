@@ -13,6 +13,26 @@ use std::path::Path;
 use shardflow::loader::Source;
 use shardflow::{Dataset, Dtype, IndexedWriter};
 
+/// What a device test needs (an adapter, NVRTC, a CUDA device), as `probe` found it; without it
+/// the test is skipped with `what` and the reason printed, unless `require` is set to `1` (CI),
+/// which makes it fail. The one skip-or-require rule of every device test.
+pub fn available<R, E: std::fmt::Display>(
+    require: &str,
+    what: &str,
+    probe: Result<R, E>,
+) -> Option<R> {
+    match probe {
+        Ok(found) => Some(found),
+        Err(e) if std::env::var(require).as_deref() == Ok("1") => {
+            panic!("{require}=1, but {what}: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped ({what}): {e}");
+            None
+        }
+    }
+}
+
 /// Token j of sample s of dataset d.
 pub fn token(d: usize, s: usize, j: usize) -> i64 {
     (d * 100_000 + s * 100 + j) as i64

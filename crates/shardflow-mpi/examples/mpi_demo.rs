@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use shardflow::collective::{Collective, RunSpec, World, agree_over, in_process};
+use shardflow::collective::{Collective, RunSpec, World, agree, in_process};
 use shardflow::loader::{DatasetConfig, LoaderConfig};
 use shardflow::metrics::Report;
 use shardflow::shard::synthetic::SyntheticCorpus;
@@ -56,8 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     SyntheticCorpus::demo().write(&dir, |_| {})?;
     // The paths differ per rank, so the agreed config names the corpus by its datasets only.
-    let spec = RunSpec::new(&config(std::path::Path::new("corpus")), 2026)?;
-    agree_over(&mpi, &spec)?;
+    let spec = RunSpec::new(&config(std::path::Path::new("corpus")).stream_spec(), 2026)?;
+    agree(&mpi, &spec)?;
     let config = config(&dir);
     let reduced = run(&config, rank, world, &mpi)?;
     println!(
