@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use shardflow::collate::DocRef;
-use shardflow::history::{HistoryConfig, HistoryWriter, Source, summarize};
+use shardflow::history::{HistoryConfig, HistoryFiles, HistoryWriter, summarize};
 
 /// Resident memory of this process in MiB (Linux; 0 elsewhere).
 fn rss_mib() -> f64 {
@@ -79,7 +79,7 @@ fn main() {
         bytes as f64 / rows as f64
     );
     let start = Instant::now();
-    let s = summarize(dir.path(), Source::Parts, Some((10, "loss"))).unwrap();
+    let s = summarize(dir.path(), HistoryFiles::Parts, Some((10, "loss"))).unwrap();
     println!(
         "summarized {} rows with --top 10 in {:.2} s ({:.2} M rows/s), RSS {:.1} MiB; top loss {:?}",
         s.samples,

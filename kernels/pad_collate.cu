@@ -7,6 +7,9 @@
 // row-major: ids (pad after each row's length), the attention mask (one byte per element),
 // labels (the next token of the same piece, else the ignore id) and position ids (0, 1, ... from
 // each piece's start). `fields`: bit 0 the mask, bit 1 labels, bit 2 position ids.
+// `tokens_len` and `pieces_len` are the elements of `tokens` and the pairs of `pieces`: every
+// index formed from the index arrays' contents is clamped below them, so no content reads outside
+// the buffers (on a well-formed batch the clamps change nothing).
 //
 // NVRTC has no standard headers: fixed-width types are spelled out.
 
@@ -14,7 +17,7 @@ typedef unsigned int u32;
 typedef unsigned char u8;
 
 extern "C" __global__ void pad_collate(
-    u32 rows, u32 width, u32 pad, u32 ignore, u32 fields,
+    u32 rows, u32 width, u32 pad, u32 ignore, u32 fields, u32 tokens_len, u32 pieces_len,
     const u32* __restrict__ tokens,
     const u32* __restrict__ offsets,
     const u32* __restrict__ row_pieces,
@@ -33,6 +36,11 @@ extern "C" __global__ void pad_collate(
     u32 t = (u32)(i % width);
     u32 start = offsets[r];
     u32 len = offsets[r + 1] - start;
+    if (start > tokens_len) {
+        len = 0;
+    } else if (len > tokens_len - start) {
+        len = tokens_len - start;
+    }
     u32 id = pad;
     u32 label = ignore;
     u32 pos = 0;
@@ -41,6 +49,9 @@ extern "C" __global__ void pad_collate(
         // The row's last piece starting at or before t (pieces are non-empty and sorted).
         u32 lo = row_pieces[r];
         u32 hi = row_pieces[r + 1];
+        if (hi > pieces_len) {
+            hi = pieces_len;
+        }
         if (lo < hi && pieces[2 * lo] <= t) {
             while (hi - lo > 1) {
                 u32 mid = (lo + hi) / 2;
@@ -54,7 +65,7 @@ extern "C" __global__ void pad_collate(
             u32 p_len = pieces[2 * lo + 1];
             if (t < p_start + p_len) {
                 pos = t - p_start;
-                if (t + 1 < p_start + p_len) {
+                if (t + 1 < p_start + p_len && t + 1 < len) {
                     label = tokens[start + t + 1];
                 }
             }

@@ -10,7 +10,7 @@
 //!   rolled back, or the new one rolled forward), by renames only; readers and writers call it
 //!   when they find a shard's second file missing.
 //! - Temporary files are named `.NAME.XXXXXX.tmp` beside their destination and held under an
-//!   exclusive lock while their writer lives, so [`find_stale`] can tell the leftovers of a
+//!   exclusive lock while their writer lives, so a later write can tell the leftovers of a
 //!   killed write (unlocked) from a write in progress (locked). A write removes the leftovers
 //!   of earlier writes only once its own file (or pair) is in place: until then they may be
 //!   all that is left of the old version.
@@ -115,7 +115,7 @@ impl Drop for Registered {
 /// A temporary directory (see [`tempfile::TempDir`]) that [`interrupt`] removes too; it is
 /// removed when dropped.
 #[derive(Debug)]
-pub struct TempDir {
+pub(crate) struct TempDir {
     // Field order: deregister before the directory goes.
     _reg: Registered,
     dir: tempfile::TempDir,
@@ -530,7 +530,7 @@ impl DirLock {
 
 /// The leftovers of earlier writes to one destination.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stale {
+pub(crate) struct Stale {
     /// Files of writes that died (their lock is free), removed, with their sizes in bytes.
     pub removed: Vec<(PathBuf, u64)>,
     /// Temporary files whose writer still holds them: a write in progress.
@@ -545,7 +545,7 @@ pub struct Stale {
 /// # Errors
 ///
 /// [`Error::Io`] when the directory cannot be listed or a stale file cannot be removed.
-pub fn remove_stale(dest: &Path) -> Result<Stale> {
+pub(crate) fn remove_stale(dest: &Path) -> Result<Stale> {
     let mut stale = Stale::default();
     let mut found = leftovers(dest, TMP_SUFFIX)?;
     found.extend(leftovers(dest, OLD_SUFFIX)?);
@@ -604,7 +604,7 @@ fn still_named(tmp: &NamedTempFile) -> bool {
 /// # Errors
 ///
 /// [`Error::Io`] when the directory cannot be listed.
-pub fn find_stale(dest: &Path) -> Result<Stale> {
+pub(crate) fn find_stale(dest: &Path) -> Result<Stale> {
     let mut stale = Stale::default();
     let mut found = leftovers(dest, TMP_SUFFIX)?;
     found.extend(leftovers(dest, OLD_SUFFIX)?);

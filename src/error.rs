@@ -553,12 +553,29 @@ pub enum Error {
 
     /// Every loader worker thread ended while the caller waited for a batch that none of them
     /// had built (a worker's panic or error is reported as its own error first; this one means
-    /// the threads are gone without one).
+    /// the threads are gone without one), or a worker stopped building a batch because the
+    /// loader was dropped.
     #[error("batch {batch}: every loader worker stopped before building it")]
     WorkersStopped {
         /// The batch (step, 0-based) the caller waited for.
         batch: u64,
     },
+
+    /// A thread or process could not be started (the system's limit on threads or processes,
+    /// a program that does not exist or is not executable).
+    #[error("cannot start {what}: {error}")]
+    Spawn {
+        /// What was being started: `loader worker thread 3 of 8`, `"python" for rank 1`.
+        what: String,
+        /// The system's reason.
+        error: std::io::Error,
+    },
+
+    /// A self-check of the command found a result other than the one it proves (`shardflow
+    /// demo`: a stream that ended early, ranks that received rows other than their slices).
+    /// This is a defect in shardflow, or a corrupted run: please report it.
+    #[error("check failed: {0}")]
+    CheckFailed(String),
 
     /// A configuration that cannot work; the message says which setting and why.
     #[error("invalid configuration: {0}")]

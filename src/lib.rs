@@ -64,14 +64,16 @@
 //!
 //! - `cli` (default): the `shardflow` command and what only it needs (clap, indicatif); turns on
 //!   `history`. Library users can turn it off with `default-features = false`.
-//! - `wgpu` (default): the wgpu context, device sink, reduction engine and sketch binning.
-//! - `cuda`: the CUDA context, the CUDA sink, CUDA reductions and sketches, and the NCCL engine,
-//!   through cudarc with dynamic loading: the CUDA C kernels of `kernels/` are compiled at run
-//!   time by NVRTC, and libcuda, libnvrtc and libnccl are loaded when needed (no CUDA toolkit at
+//! - `wgpu` (default): the wgpu context, device sink and sketch binning.
+//! - `cuda`: the CUDA context, the CUDA sink, CUDA sketches, and the NCCL engine, through
+//!   cudarc with dynamic loading: the CUDA C kernels of `kernels/` are compiled at run time by
+//!   NVRTC, and libcuda, libnvrtc and libnccl are loaded when needed (no CUDA toolkit at
 //!   build time).
 //! - `history`: the metrics history in Parquet (the parquet crate, without arrow).
 //! - `burn`: Burn tensors from batches, Burn's `DataLoader` over a shardflow stream, per-dataset
-//!   training losses (Burn 0.22.1 with the Flex, NdArray and wgpu devices); turns on `wgpu`.
+//!   training losses (Burn 0.22.1 with the Flex, NdArray and wgpu devices). Host-padded
+//!   batches (`BurnSink`) need nothing more; the shader sink (`BurnShaderSink`), which pads on
+//!   Burn's own wgpu device, needs `wgpu` too.
 //! - `fault-injection`: for tests only; lets a test stop a shard write at any step.
 //!
 //! `libc` is a dependency with every feature set: shards drop their pages from the page cache
@@ -102,7 +104,10 @@ pub mod order;
 pub mod shard;
 pub mod transform;
 
+// What a user types every day, at the root: `shardflow::LoaderConfig`, `shardflow::Batch`.
+pub use collate::Batch;
 pub use error::{Error, Result};
+pub use loader::{DatasetConfig, Loader, LoaderConfig, LoaderState};
 pub use shard::{
     Dataset, Dtype, FlatShard, IndexedShard, IndexedWriter, LengthStats, Shard, ShardSummary,
     TokenId, TokenSlice,

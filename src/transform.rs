@@ -118,30 +118,6 @@ impl TransformConfig {
         }
     }
 
-    /// Checks that the longest sample leaves room for at least one token besides BOS and EOS:
-    /// `max_len` (or, when padding, the collate sequence length, whichever is smaller) must
-    /// exceed the tokens BOS and EOS add.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the lengths.
-    pub fn check_room(&self, collate: &crate::collate::CollateConfig) -> Result<()> {
-        let longest = match (collate.pack, self.max_len) {
-            (true, cap) => cap,
-            (false, cap) => Some(cap.map_or(collate.seq_len, |c| c.min(collate.seq_len))),
-        };
-        if let Some(longest) = longest.filter(|&l| l <= self.extra()) {
-            return Err(Error::Config(format!(
-                "the longest sample, {longest} tokens (max_len {:?}, sequence length {}), leaves \
-                 no room for content beside the {} BOS/EOS tokens",
-                self.max_len,
-                collate.seq_len,
-                self.extra()
-            )));
-        }
-        Ok(())
-    }
-
     /// Checks that BOS, EOS and `pad` fit the output id type `T`.
     ///
     /// # Errors

@@ -492,6 +492,138 @@ fn a_pipeline_error_reaches_burn_as_a_dataset_error() {
     );
 }
 
+/// A Burn training loop records a metrics history after each batch through
+/// `BurnLoader::with_last_batch` (Flex device): the rows read back are the host loader's history
+/// of the same stream, the metrics every 4 steps and the skipped sample with its step.
+#[cfg(feature = "history")]
+#[test]
+fn a_burn_loop_records_the_history_the_host_loader_records() {
+    use shardflow::history::{
+        HistoryConfig, HistoryFiles, Recorder, SampleStatus, read_samples, read_steps,
+    };
+    use shardflow::transform::BadSamplePolicy;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = mixture_config(data.path());
+    config.transforms = vec!["reject_web_7".into()];
+    config.transform.bad_samples = BadSamplePolicy::Skip { max_per_epoch: 1 };
+    let named = || {
+        NamedTransforms::new().with("reject_web_7", |info, _ids| {
+            if info.dataset == "web" && info.sample == 7 {
+                Err("web sample 7 is rejected".into())
+            } else {
+                Ok(())
+            }
+        })
+    };
+    // Every steps row (but its wall time) and every samples row, sorted.
+    let rows = |dir: &Path| {
+        let mut steps: Vec<_> = read_steps(dir, HistoryFiles::Parts)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.step,
+                    r.rank,
+                    r.dataset,
+                    r.metric,
+                    r.stat,
+                    r.value.to_bits(),
+                )
+            })
+            .collect();
+        let mut samples: Vec<_> = read_samples(dir, HistoryFiles::Parts)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.step, r.dataset, r.sample, r.epoch, r.name, r.value, r.status,
+                )
+            })
+            .collect();
+        steps.sort();
+        samples.sort_by_key(|r| (r.0, r.2));
+        (steps, samples)
+    };
+
+    // The Burn loop: batches converted to their step, the history recorded after each one.
+    let loader = BurnLoader::new(config.clone(), 0, 1, &Device::flex(), |b: BurnBatch| b.step)
+        .unwrap()
+        .with_transforms(named());
+    assert!(loader.with_last_batch(|_| ()).is_none(), "no iterator yet");
+    let burn_dir = tempfile::tempdir().unwrap();
+    let history = HistoryConfig::new(burn_dir.path(), "run", 0);
+    let mut recorder = Recorder::create(history, 4, loader.names()).unwrap();
+    let (mut batches, mut skipped) = (0, Vec::new());
+    for step in loader.iter() {
+        let step = step.unwrap();
+        loader
+            .with_last_batch(|b| {
+                assert_eq!(b.step, step + 1, "the step of the batch just yielded");
+                skipped.extend(b.skipped.iter().map(|d| (b.step, d.dataset, d.sample)));
+                recorder.after_batch(b.step, b.skipped, b.metrics, None)
+            })
+            .expect("the iterator is live")
+            .unwrap();
+        batches += 1;
+    }
+    assert!(
+        loader.with_last_batch(|_| ()).is_none(),
+        "the iterator ended"
+    );
+    assert_eq!(recorder.checkpoint().unwrap(), Some(32));
+    drop(recorder);
+    // One epoch of the 125-sample mixture: 32 batches; web (dataset 0) sample 7 skipped once.
+    assert_eq!(batches, 32);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    let (skip_step, web, sample) = skipped[0];
+    assert_eq!((web, sample), (0, 7));
+
+    // The host loader over the same stream, recorded the same way.
+    let mut host = config
+        .builder_with::<i32>(0, 1, &named())
+        .unwrap()
+        .build_host()
+        .unwrap();
+    let names = host.plan().names().to_vec();
+    let host_dir = tempfile::tempdir().unwrap();
+    let history = HistoryConfig::new(host_dir.path(), "run", 0);
+    let mut recorder = Recorder::create(history, 4, &names).unwrap();
+    while let Some(batch) = host.next() {
+        batch.unwrap();
+        let last = host.last_batch();
+        recorder
+            .after_batch(last.step, last.skipped, last.metrics, None)
+            .unwrap();
+    }
+    drop(recorder);
+    let want = rows(host_dir.path());
+
+    let (steps, samples) = rows(burn_dir.path());
+    assert_eq!((&steps, &samples), (&want.0, &want.1));
+    let at: std::collections::BTreeSet<u64> = steps.iter().map(|r| r.0).collect();
+    assert_eq!(at, (1..=8).map(|k| 4 * k).collect());
+    assert!(steps.iter().all(|r| r.1 == "0"), "this rank's own metrics");
+    let last = |metric: &str| {
+        let value = |r: &(u64, String, String, String, String, u64)| f64::from_bits(r.5);
+        let of = |r: &&(u64, String, String, String, String, u64)| r.0 == 32 && r.3 == metric;
+        steps.iter().filter(of).map(value).sum::<f64>()
+    };
+    // At the last step: every sample of the epoch but the skipped one seen, that one failed.
+    assert_eq!((last("samples_seen"), last("samples_failed")), (124.0, 1.0));
+    assert_eq!(
+        samples,
+        vec![(
+            skip_step,
+            "web".to_string(),
+            7,
+            0,
+            "skip".to_string(),
+            None,
+            SampleStatus::Skipped
+        )]
+    );
+}
+
 /// The built-in mixture with a 128-token vocabulary, 32 tokens a row, 8 rows a batch.
 fn train_config(dir: &Path, steps: u64) -> LoaderConfig {
     let mut corpus = SyntheticCorpus::demo();

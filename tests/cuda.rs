@@ -3,14 +3,13 @@
 //! the reason, unless SHARDFLOW_REQUIRE_NVRTC=1 (CI), which makes them fail. Without a driver:
 //! the context, the sink and the NCCL engine are errors, never panics. On a CUDA device (skipped
 //! elsewhere with the reason, failed under SHARDFLOW_REQUIRE_CUDA=1): the sink against the host
-//! sink, device reductions and sketches against the host's, a loader run through the sink
+//! sink, device sketches against the host's, a loader run through the sink
 //! against the host run, slot recycling, and NCCL over every visible GPU against the host world.
 #![cfg(feature = "cuda")]
 
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use shardflow::Error;
 use shardflow::TokenId;
@@ -224,23 +223,6 @@ fn i64_ids_are_refused_by_the_cuda_sink_with_a_clear_error() {
 }
 
 #[test]
-fn cuda_reductions_equal_the_host_engine_bit_for_bit() {
-    use shardflow::collective::cuda_world;
-    let Some(ctx) = cuda() else { return };
-    let world = cuda_world(4, Duration::from_secs(20), ctx).unwrap();
-    assert!(world[0].f64_on_device());
-    suite::reductions_equal_the_host(suite::boxed(world));
-}
-
-#[test]
-fn a_metric_reduce_over_the_cuda_engine_equals_the_host_engine() {
-    use shardflow::collective::cuda_world;
-    let Some(ctx) = cuda() else { return };
-    let world = cuda_world(3, Duration::from_secs(20), ctx).unwrap();
-    suite::metric_reduce_equals_the_host(suite::boxed(world));
-}
-
-#[test]
 fn cuda_sketches_equal_host_sketches_bucket_for_bucket() {
     use shardflow::metrics::Mapping;
     use shardflow::metrics::device::{bucket_table, cuda_sketches};
@@ -339,16 +321,16 @@ fn a_kernel_image_is_cubin_for_known_architectures_and_ptx_for_newer_ones() {
     // A device newer than this NVRTC gets PTX of the newest architecture below it, which its
     // driver compiles.
     let newest = *archs.iter().max().unwrap();
-    let future = image(Kernel::Reduce, (99, 9)).unwrap();
+    let future = image(Kernel::Sketch, (99, 9)).unwrap();
     assert_eq!(future.arch, format!("compute_{newest}"));
     let ptx = String::from_utf8_lossy(&future.data);
-    assert!(ptx.contains(".entry reduce_f64"), "{ptx}");
+    assert!(ptx.contains(".entry sketch"), "{ptx}");
     assert_eq!(
         future.data.last(),
         Some(&0),
         "PTX is NUL-terminated for the driver"
     );
     // A device older than every architecture it knows is an error naming the kernel.
-    let e = image(Kernel::Sketch, (1, 0)).unwrap_err();
-    assert!(e.to_string().contains("sketch.cu"), "{e}");
+    let e = image(Kernel::PadCollate, (1, 0)).unwrap_err();
+    assert!(e.to_string().contains("pad_collate.cu"), "{e}");
 }

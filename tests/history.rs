@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use shardflow::history::{
-    HistoryConfig, HistoryWriter, Recorder, SampleOf, SampleRow, SampleStatus, Source, StepRow,
-    compact, read_samples, read_steps, summarize,
+    HistoryConfig, HistoryFiles, HistoryWriter, Recorder, SampleOf, SampleRow, SampleStatus,
+    StepRow, compact, read_samples, read_steps, summarize,
 };
 use shardflow::metrics::{Aggregator, Kind};
 
@@ -72,8 +72,8 @@ fn every_row_round_trips_through_the_parts_and_the_merged_file() {
     write_run(&mut other, 0..3, 2);
     other.flush().unwrap();
     let compacted = w.finish().unwrap();
-    let steps = read_steps(dir.path(), Source::Parts).unwrap();
-    let samples = read_samples(dir.path(), Source::Parts).unwrap();
+    let steps = read_steps(dir.path(), HistoryFiles::Parts).unwrap();
+    let samples = read_samples(dir.path(), HistoryFiles::Parts).unwrap();
     assert_eq!(compacted.steps_rows, steps.len() as u64);
     assert_eq!(compacted.samples_rows, samples.len() as u64);
     assert_eq!(samples.len(), 20 * 9 + 3 * 2);
@@ -128,8 +128,11 @@ fn every_row_round_trips_through_the_parts_and_the_merged_file() {
     assert_eq!(rank0.len(), 180);
 
     // The merged files hold the same rows.
-    assert_eq!(read_steps(dir.path(), Source::Merged).unwrap(), steps);
-    assert_eq!(read_samples(dir.path(), Source::Merged).unwrap(), samples);
+    assert_eq!(read_steps(dir.path(), HistoryFiles::Merged).unwrap(), steps);
+    assert_eq!(
+        read_samples(dir.path(), HistoryFiles::Merged).unwrap(),
+        samples
+    );
 }
 
 #[test]
@@ -196,8 +199,8 @@ fn a_killed_writer_leaves_whole_parts_and_the_resumed_run_writes_no_step_twice()
     child.wait().unwrap();
 
     // Every part is whole and readable; rows are what the child wrote.
-    let steps = read_steps(dir.path(), Source::Parts).unwrap();
-    let samples = read_samples(dir.path(), Source::Parts).unwrap();
+    let steps = read_steps(dir.path(), HistoryFiles::Parts).unwrap();
+    let samples = read_samples(dir.path(), HistoryFiles::Parts).unwrap();
     assert!(samples.len() >= 8 * 300, "{} samples", samples.len());
     let last = samples.iter().map(|r| r.step).max().unwrap();
     for r in &samples {
@@ -210,8 +213,8 @@ fn a_killed_writer_leaves_whole_parts_and_the_resumed_run_writes_no_step_twice()
     let mut w = HistoryWriter::resume(config(dir.path(), 300), Some(at)).unwrap();
     write_run(&mut w, at + 1..last + 5, 40);
     w.flush().unwrap();
-    let steps = read_steps(dir.path(), Source::Parts).unwrap();
-    let samples = read_samples(dir.path(), Source::Parts).unwrap();
+    let steps = read_steps(dir.path(), HistoryFiles::Parts).unwrap();
+    let samples = read_samples(dir.path(), HistoryFiles::Parts).unwrap();
     let kept: Vec<StepRow> = steps.iter().filter(|r| r.step <= at).cloned().collect();
     assert_eq!(kept, before, "rows up to the checkpoint are untouched");
     let mut seen = HashSet::new();
@@ -265,7 +268,7 @@ fn the_buffer_stays_bounded_over_a_million_rows() {
     w.flush().unwrap();
     assert_eq!(w.buffered_bytes(), 0);
     assert_eq!(part_count(dir.path()), 1_000_000usize.div_ceil(max_rows));
-    let summary = summarize(dir.path(), Source::Parts, None).unwrap();
+    let summary = summarize(dir.path(), HistoryFiles::Parts, None).unwrap();
     assert_eq!(summary.samples, 1_000_000);
 }
 
@@ -275,9 +278,9 @@ fn the_summary_and_top_match_values_computed_from_the_rows() {
     let mut w = HistoryWriter::create(config(dir.path(), 50)).unwrap();
     write_run(&mut w, 0..30, 13);
     w.finish().unwrap();
-    let steps = read_steps(dir.path(), Source::Parts).unwrap();
-    let samples = read_samples(dir.path(), Source::Parts).unwrap();
-    for source in [Source::Parts, Source::Merged] {
+    let steps = read_steps(dir.path(), HistoryFiles::Parts).unwrap();
+    let samples = read_samples(dir.path(), HistoryFiles::Parts).unwrap();
+    for source in [HistoryFiles::Parts, HistoryFiles::Merged] {
         let s = summarize(dir.path(), source, Some((5, "loss"))).unwrap();
         assert_eq!(s.steps, 30);
         assert_eq!(s.step_rows, steps.len() as u64);
@@ -340,7 +343,7 @@ fn a_part_of_another_table_or_not_parquet_is_an_error_naming_it() {
         .join("steps")
         .join("r00009-00000000-s0-0.parquet");
     std::fs::write(&bad, b"not parquet at all").unwrap();
-    let e = read_steps(dir.path(), Source::Parts).unwrap_err();
+    let e = read_steps(dir.path(), HistoryFiles::Parts).unwrap_err();
     assert!(
         e.to_string().contains("r00009-00000000-s0-0.parquet"),
         "{e}"
@@ -354,7 +357,7 @@ fn a_part_of_another_table_or_not_parquet_is_an_error_naming_it() {
         .unwrap()
         .path();
     std::fs::copy(&sample_part, &bad).unwrap();
-    let e = read_steps(dir.path(), Source::Parts).unwrap_err();
+    let e = read_steps(dir.path(), HistoryFiles::Parts).unwrap_err();
     assert!(e.to_string().contains("not the steps table's"), "{e}");
     // Without the stray file the parts compact again.
     std::fs::remove_file(&bad).unwrap();
@@ -363,7 +366,7 @@ fn a_part_of_another_table_or_not_parquet_is_an_error_naming_it() {
     assert_eq!(c.steps_parts, parts);
     assert_eq!(
         c.steps_rows,
-        read_steps(dir.path(), Source::Parts).unwrap().len() as u64
+        read_steps(dir.path(), HistoryFiles::Parts).unwrap().len() as u64
     );
 }
 
@@ -371,7 +374,7 @@ mod common;
 
 /// (step, rank, dataset, metric, stat, value bits) of every steps row, sorted.
 fn step_keys(dir: &Path) -> Vec<(u64, String, String, String, String, u64)> {
-    let mut keys: Vec<_> = read_steps(dir, Source::Parts)
+    let mut keys: Vec<_> = read_steps(dir, HistoryFiles::Parts)
         .unwrap()
         .into_iter()
         .map(|r| {
@@ -507,7 +510,7 @@ fn the_recorder_writes_each_skipped_sample_at_its_step_with_status_skipped() {
     assert!(loader.next().is_none());
     assert_eq!(recorder.checkpoint().unwrap(), Some(3));
     let rows: Vec<(u64, String, u64, String, Option<f64>, SampleStatus)> =
-        read_samples(dir.path(), Source::Parts)
+        read_samples(dir.path(), HistoryFiles::Parts)
             .unwrap()
             .into_iter()
             .map(|r| (r.step, r.dataset, r.sample, r.name, r.value, r.status))
@@ -525,7 +528,11 @@ fn the_recorder_writes_each_skipped_sample_at_its_step_with_status_skipped() {
     };
     assert_eq!(rows, vec![skipped(1, 1), skipped(3, 4)]);
     // No reporting step was reached: no metrics rows.
-    assert!(read_steps(dir.path(), Source::Parts).unwrap().is_empty());
+    assert!(
+        read_steps(dir.path(), HistoryFiles::Parts)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -576,7 +583,7 @@ fn ranks_reduce_their_metrics_and_rank_0_writes_them_as_all() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let rows = read_steps(dir.path(), Source::Parts).unwrap();
+    let rows = read_steps(dir.path(), HistoryFiles::Parts).unwrap();
     assert!(
         rows.iter().all(|r| r.rank == "all" && r.run == "ddp"),
         "rank 0 alone writes"
@@ -612,8 +619,10 @@ fn the_history_command_summarizes_compacts_and_names_a_missing_directory() {
     // Both sides through JSON text (serde_json's float parsing may differ from the value in the
     // last bit).
     let want: serde_json::Value = serde_json::from_str(
-        &serde_json::to_string(&summarize(dir.path(), Source::Parts, Some((4, "loss"))).unwrap())
-            .unwrap(),
+        &serde_json::to_string(
+            &summarize(dir.path(), HistoryFiles::Parts, Some((4, "loss"))).unwrap(),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(got, want);
@@ -625,8 +634,8 @@ fn the_history_command_summarizes_compacts_and_names_a_missing_directory() {
     let compacted = ok(&["history", "compact", p(dir.path())]);
     assert!(compacted.contains("84 samples rows"), "{compacted}");
     assert_eq!(
-        read_samples(dir.path(), Source::Merged).unwrap(),
-        read_samples(dir.path(), Source::Parts).unwrap()
+        read_samples(dir.path(), HistoryFiles::Merged).unwrap(),
+        read_samples(dir.path(), HistoryFiles::Parts).unwrap()
     );
     let merged = ok(&["history", p(dir.path()), "--merged", "--json"]);
     assert_eq!(
@@ -763,7 +772,7 @@ fn top_by_an_unknown_name_lists_the_names_the_history_holds() {
     let mut w = HistoryWriter::create(config(bare.path(), 40)).unwrap();
     w.record_report(0, None, &report(0)).unwrap();
     w.flush().unwrap();
-    let e = summarize(bare.path(), Source::Parts, Some((3, "loss"))).unwrap_err();
+    let e = summarize(bare.path(), HistoryFiles::Parts, Some((3, "loss"))).unwrap_err();
     assert_eq!(
         e.to_string(),
         format!(
@@ -781,7 +790,7 @@ fn compactions_at_once_all_succeed_with_every_row() {
     let mut w = HistoryWriter::create(config(dir.path(), 3)).unwrap();
     write_run(&mut w, 0..6, 2);
     w.flush().unwrap();
-    let want = read_samples(dir.path(), Source::Parts).unwrap();
+    let want = read_samples(dir.path(), HistoryFiles::Parts).unwrap();
     let (threads, rounds) = (4, 30);
     let barrier = std::sync::Barrier::new(threads);
     std::thread::scope(|s| {
@@ -801,7 +810,10 @@ fn compactions_at_once_all_succeed_with_every_row() {
             r.join().unwrap();
         }
     });
-    assert_eq!(read_samples(dir.path(), Source::Merged).unwrap(), want);
+    assert_eq!(
+        read_samples(dir.path(), HistoryFiles::Merged).unwrap(),
+        want
+    );
 }
 
 #[test]
@@ -824,8 +836,8 @@ fn a_compaction_waits_for_the_one_in_progress() {
         assert_eq!(c.samples_rows, 12);
     });
     assert_eq!(
-        read_samples(dir.path(), Source::Merged).unwrap(),
-        read_samples(dir.path(), Source::Parts).unwrap()
+        read_samples(dir.path(), HistoryFiles::Merged).unwrap(),
+        read_samples(dir.path(), HistoryFiles::Parts).unwrap()
     );
 }
 
@@ -841,7 +853,7 @@ fn a_reader_tolerates_parts_dropped_while_it_reads() {
     drop(w);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let kept = |rows: &[SampleRow]| rows.iter().filter(|r| r.step <= 3).count();
-    let want = kept(&read_samples(dir.path(), Source::Parts).unwrap());
+    let want = kept(&read_samples(dir.path(), HistoryFiles::Parts).unwrap());
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
             for _ in 0..60 {
@@ -853,10 +865,10 @@ fn a_reader_tolerates_parts_dropped_while_it_reads() {
         });
         let mut reads = 0;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let rows = read_samples(dir.path(), Source::Parts)
+            let rows = read_samples(dir.path(), HistoryFiles::Parts)
                 .unwrap_or_else(|e| panic!("read {reads}: {e}"));
             assert_eq!(kept(&rows), want, "read {reads}");
-            summarize(dir.path(), Source::Parts, Some((3, "loss")))
+            summarize(dir.path(), HistoryFiles::Parts, Some((3, "loss")))
                 .unwrap_or_else(|e| panic!("summary {reads}: {e}"));
             reads += 1;
         }

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 
 use common::cmd::{p, shardflow};
 
-use shardflow::shard::trailer::{TRAILER_LEN, TRAILER_MAGIC};
+use shardflow::shard::{TRAILER_LEN, TRAILER_MAGIC};
 use shardflow::{Dtype, Error, IndexedShard, IndexedWriter, Shard};
 
 /// Every sequence's tokens, or the error opening gives.

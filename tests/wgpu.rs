@@ -1,5 +1,5 @@
 //! The wgpu path on a real adapter (lavapipe in CI): the sink against the host sink, device
-//! reductions against the host engine, device sketches against host sketches, a loader run
+//! sketches against host sketches, a loader run
 //! through the sink against the host run, and buffer recycling. Without an adapter each test
 //! prints why it skips, unless SHARDFLOW_REQUIRE_WGPU=1.
 #![cfg(feature = "wgpu")]
@@ -9,8 +9,6 @@ mod common;
 use shardflow::TokenId;
 use shardflow::collate::CollateConfig;
 use shardflow::device::{DeviceSink, WgpuSink};
-
-use std::time::Duration;
 
 use common::device_suite as suite;
 use common::gpu::wgpu;
@@ -73,23 +71,6 @@ fn adapter_probe() {
         Ok(ctx) => println!("found {}", ctx.name()),
         Err(e) => println!("{e}"),
     }
-}
-
-#[test]
-fn device_reductions_equal_the_host_engine_bit_for_bit() {
-    use shardflow::collective::wgpu_world;
-    let Some(ctx) = wgpu() else { return };
-    let world = wgpu_world(4, Duration::from_secs(20), ctx.clone()).unwrap();
-    assert_eq!(world[0].f64_on_device(), ctx.has_f64());
-    suite::reductions_equal_the_host(suite::boxed(world));
-}
-
-#[test]
-fn a_metric_reduce_over_the_device_engine_equals_the_host_engine() {
-    use shardflow::collective::wgpu_world;
-    let Some(ctx) = wgpu() else { return };
-    let world = wgpu_world(3, Duration::from_secs(20), ctx).unwrap();
-    suite::metric_reduce_equals_the_host(suite::boxed(world));
 }
 
 #[test]

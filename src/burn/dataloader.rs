@@ -9,7 +9,7 @@ use ::burn::tensor::Device;
 use super::{BurnBatch, BurnSink};
 use crate::error::{Error, Result};
 use crate::loader::{
-    Loader, LoaderConfig, LoaderState, NamedTransforms, Source, fill_owners, specs,
+    LastBatch, Loader, LoaderConfig, LoaderState, NamedTransforms, Source, fill_owners, specs,
 };
 use crate::order::Plan;
 
@@ -176,6 +176,18 @@ impl<O: 'static> BurnLoader<O> {
             Some(slot) => lock(&slot).as_ref().map(Loader::state).or(last),
             None => last,
         }
+    }
+
+    /// Runs `f` on the batch the latest iterator yielded last ([`Loader::last_batch`]: its
+    /// step, the samples it skipped, the metrics so far), for the training loop to record after
+    /// each batch; `None` when no iterator is live (before `iter()`, or once its iterator has
+    /// ended or been dropped). With a metrics history's recorder, after each batch:
+    /// `loader.with_last_batch(|b| recorder.after_batch(b.step, b.skipped, b.metrics, None))`.
+    pub fn with_last_batch<R>(&self, f: impl FnOnce(LastBatch<'_>) -> R) -> Option<R> {
+        // One lock at a time, as in `state`.
+        let current = lock(&self.live).current.upgrade()?;
+        let mut slot = lock(&current);
+        slot.as_mut().map(|loader| f(loader.last_batch()))
     }
 
     /// The configuration it builds its loaders from.

@@ -173,7 +173,7 @@ pub fn run() -> Result<ExitCode> {
         out.show()?;
         Ok(ExitCode::SUCCESS)
     } else {
-        Err(Error::Config(format!(
+        Err(Error::CheckFailed(format!(
             "ranks {wrong:?} received rows other than their slices of the plan"
         )))
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::{Out, outln};
-use crate::history::{Source, Summary, compact, summarize};
+use crate::history::{HistoryFiles, Summary, compact, summarize};
 use crate::{Error, Result};
 
 /// The arguments of `history`.
@@ -53,9 +53,9 @@ pub fn run(a: HistoryArgs) -> Result<ExitCode> {
         [dir] => {
             let dir = existing(dir)?;
             let source = if a.merged {
-                Source::Merged
+                HistoryFiles::Merged
             } else {
-                Source::Parts
+                HistoryFiles::Parts
             };
             let s = summarize(&dir, source, a.top.map(|k| (k, a.by.as_str())))?;
             if a.json {

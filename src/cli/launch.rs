@@ -101,10 +101,10 @@ pub fn run(args: LaunchArgs) -> Result<ExitCode> {
             Ok(c) => c,
             Err(e) => {
                 Ranks::new(&mut children, args.grace).stop_all();
-                return Err(Error::Config(format!(
-                    "cannot start {:?} for rank {rank}: {e}",
-                    args.command[0]
-                )));
+                return Err(Error::Spawn {
+                    what: format!("{:?} for rank {rank}", args.command[0]),
+                    error: e,
+                });
             }
         };
         signals::forward_to(child.id() as libc::pid_t);

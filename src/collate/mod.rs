@@ -22,9 +22,10 @@ pub use pool::*;
 
 use crate::error::{Error, Result};
 use crate::shard::TokenId;
+use crate::transform::TransformConfig;
 
 /// Packed pieces per row that staging memory is sized for (more still work; they allocate).
-pub const PIECES_PER_ROW: usize = 8;
+pub(crate) const PIECES_PER_ROW: usize = 8;
 
 /// How rows are padded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -124,6 +125,30 @@ impl CollateConfig {
             }
             _ => Some(self.seq_len),
         }
+    }
+
+    /// Checks that the longest sample leaves room for at least one token besides the BOS and
+    /// EOS of `transform`: its `max_len` (or, when padding, the sequence length, whichever is
+    /// smaller) must exceed the tokens BOS and EOS add.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the lengths.
+    pub fn check_room(&self, transform: &TransformConfig) -> Result<()> {
+        let longest = match (self.pack, transform.max_len) {
+            (true, cap) => cap,
+            (false, cap) => Some(cap.map_or(self.seq_len, |c| c.min(self.seq_len))),
+        };
+        if let Some(longest) = longest.filter(|&l| l <= transform.extra()) {
+            return Err(Error::Config(format!(
+                "the longest sample, {longest} tokens (max_len {:?}, sequence length {}), leaves \
+                 no room for content beside the {} BOS/EOS tokens",
+                transform.max_len,
+                self.seq_len,
+                transform.extra()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -405,7 +430,7 @@ pub(crate) fn fill_padded<T: TokenId, E: Copy, M: Copy, F: Fn(T) -> E, P: Fn(usi
 
 /// Document boundaries over the real tokens of a packed batch of `rows` rows, row-major: 0, then
 /// the running sum of every non-empty piece's length.
-pub fn cu_seqlens(docs: &[DocRef], rows: usize, pool: &Pool) -> PooledBuf<i32> {
+pub(crate) fn cu_seqlens(docs: &[DocRef], rows: usize, pool: &Pool) -> PooledBuf<i32> {
     let pieces = docs.iter().filter(|d| d.len > 0);
     let mut cu = pool.take_within::<i32>(pieces.clone().count() + 1, PIECES_PER_ROW * rows + 1);
     cu[0] = 0;

@@ -5,10 +5,6 @@
 //!   order so every rank gets bitwise the same result; a rank that does not arrive in time is an
 //!   error naming it, never a hang.
 //! - [`Counting`]: wraps any engine and counts its calls and bytes (for tests and benchmarks).
-//! - [`wgpu_world`] (feature `wgpu`): an in-process world whose all-reduces run on a wgpu
-//!   device, one dispatch per call, bit for bit the host engine's results where the adapter has
-//!   f64.
-//! - `cuda_world` (feature `cuda`): the same on a CUDA device, `kernels/reduce.cu`.
 //! - `NcclCollective` (feature `cuda`): NCCL over cudarc, one rank per GPU, the communicator
 //!   owned by a thread of its own.
 //! - [`Served`]: an [`Engine`] whose handles cannot cross threads (MPI, NCCL), served from a
@@ -23,10 +19,6 @@
 //! - [`World::from_env`]: rank, world size and local rank as torchrun, SLURM or Open MPI set
 //!   them; [`JobId::from_env`]: the job id that the launcher gives.
 
-#[cfg(feature = "cuda")]
-mod cuda;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod device;
 mod env;
 mod join;
 #[cfg(feature = "cuda")]
@@ -35,16 +27,8 @@ mod served;
 mod spec;
 mod store;
 mod wait;
-#[cfg(feature = "wgpu")]
-mod wgpu;
 mod world;
 
-#[cfg(feature = "cuda")]
-pub use self::cuda::*;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub use self::device::{DeviceRank, Elem, StackedReduce, device_world};
-#[cfg(feature = "wgpu")]
-pub use self::wgpu::*;
 pub use env::{JOB_ENV, JobId, World};
 pub use join::{Rendezvous, STORE_TIMEOUT_ENV};
 #[cfg(feature = "cuda")]

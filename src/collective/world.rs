@@ -147,7 +147,7 @@ impl WorldRank {
     }
 
     /// Every rank's f64 buffer for this call, in rank order, and the call's number.
-    pub(crate) fn gather_f64(&self, buf: &[f64], op: ReduceOp) -> Result<(u64, Vec<Vec<f64>>)> {
+    fn gather_f64(&self, buf: &[f64], op: ReduceOp) -> Result<(u64, Vec<Vec<f64>>)> {
         let (call, parts) = self.exchange_call(Part::F64(buf.to_vec(), op))?;
         let vecs = parts.into_iter().map(|p| match p {
             Part::F64(v, _) => v,
@@ -157,7 +157,7 @@ impl WorldRank {
     }
 
     /// Every rank's u64 buffer for this call, in rank order, and the call's number.
-    pub(crate) fn gather_u64(&self, buf: &[u64], op: ReduceOp) -> Result<(u64, Vec<Vec<u64>>)> {
+    fn gather_u64(&self, buf: &[u64], op: ReduceOp) -> Result<(u64, Vec<Vec<u64>>)> {
         let (call, parts) = self.exchange_call(Part::U64(buf.to_vec(), op))?;
         let vecs = parts.into_iter().map(|p| match p {
             Part::U64(v, _) => v,
@@ -202,8 +202,8 @@ fn reduce<T: Copy>(out: &mut [T], parts: impl IntoIterator<Item = Vec<T>>, f: im
 }
 
 /// Reduces f64 buffers on the host, in rank order. Max and min keep the earlier value on ties
-/// (`-0.0` against `0.0`), as the device engines do, so every engine gives the same bits.
-pub(crate) fn reduce_f64(out: &mut [f64], parts: Vec<Vec<f64>>, op: ReduceOp) {
+/// (`-0.0` against `0.0`), so every rank gets the same bits.
+fn reduce_f64(out: &mut [f64], parts: Vec<Vec<f64>>, op: ReduceOp) {
     match op {
         ReduceOp::Sum => reduce(out, parts, |a, b| a + b),
         ReduceOp::Max => reduce(out, parts, |a, b| if b > a { b } else { a }),
@@ -212,7 +212,7 @@ pub(crate) fn reduce_f64(out: &mut [f64], parts: Vec<Vec<f64>>, op: ReduceOp) {
 }
 
 /// Reduces u64 buffers on the host, in rank order; sums wrap.
-pub(crate) fn reduce_u64(out: &mut [u64], parts: Vec<Vec<u64>>, op: ReduceOp) {
+fn reduce_u64(out: &mut [u64], parts: Vec<Vec<u64>>, op: ReduceOp) {
     match op {
         ReduceOp::Sum => reduce(out, parts, u64::wrapping_add),
         ReduceOp::Max => reduce(out, parts, u64::max),

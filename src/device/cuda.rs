@@ -22,31 +22,29 @@
 //! allocates nothing, on the device or in pinned memory ([`CudaSink::stats`],
 //! [`CudaSink::staging_pool`]).
 //!
+//! The pinned memory and the kernel launch are the CUDA context's ([`crate::gpu::cuda`]): this
+//! module holds no unsafe launch.
+//!
 //! [`pad_host`]: crate::collate::pad_host
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaEvent, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DeviceRepr};
 
 use super::ragged::{Field, FieldSet, Lease, RaggedBatch, SlotSizes, Slots, four_byte_ids};
 use super::{Bound, DeviceBatch, SinkStats};
-use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch};
+use crate::collate::{Batch, CollateConfig, DocRef, HostMemory, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;
-use crate::gpu::cuda::CudaContext;
+use crate::gpu::cuda::{CudaContext, PadCollateArgs, PinnedMemory, launch_pad_collate};
 use crate::gpu::nvrtc::Kernel;
 use crate::shard::TokenId;
-
-/// Threads per block of the pad kernel.
-const BLOCK: u32 = 256;
 
 /// Collates batches into CUDA device buffers. Build a loader with it:
 /// `LoaderBuilder::new(sources).build(CudaSink::new(CudaContext::for_local_rank(r)?)?)`.
 pub struct CudaSink {
     ctx: Arc<CudaContext>,
-    collate: CudaFunction,
     slots: Slots<Slot>,
     pool: Pool,
     config: Bound,
@@ -69,11 +67,10 @@ impl CudaSink {
     /// [`crate::Error::Kernel`] or [`crate::Error::Device`] when the kernel cannot be compiled
     /// or loaded for this device.
     pub fn new(ctx: Arc<CudaContext>) -> Result<Self> {
-        let collate = ctx.function(Kernel::PadCollate, "pad_collate")?;
-        let pool = ctx.pinned_pool();
+        ctx.function(Kernel::PadCollate, "pad_collate")?;
+        let pool = Pool::with_memory(Arc::new(PinnedStaging(ctx.pinned_memory())));
         Ok(CudaSink {
             ctx,
-            collate,
             slots: Slots::default(),
             pool,
             config: Bound::default(),
@@ -134,7 +131,6 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
         let ctx = &self.ctx;
         let config = self.config.get(|| ctx.label())?;
         let (rows, width) = (p.staged.rows, p.staged.width);
-        let cells = rows * width;
         let (need, bound) = p.sizes(config);
         let mut lease = self
             .slots
@@ -160,34 +156,26 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
         slot.copied.record(copy).map_err(&fail)?;
         // 2. The kernel, after the copies.
         compute.wait(&slot.copied).map_err(&fail)?;
-        if cells > 0 {
-            let [pad, ignore, fields] = RaggedBatch::<T>::kernel_words(config);
-            let (rows32, width32) = (rows as u32, width as u32);
-            let cfg = LaunchConfig {
-                grid_dim: ((cells as u32).div_ceil(BLOCK), 1, 1),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut launch = compute.launch_builder(&self.collate);
-            launch
-                .arg(&rows32)
-                .arg(&width32)
-                .arg(&pad)
-                .arg(&ignore)
-                .arg(&fields)
-                .arg(&slot.tokens)
-                .arg(&slot.offsets)
-                .arg(&slot.row_pieces)
-                .arg(&slot.pieces)
-                .arg(&mut slot.ids)
-                .arg(&mut slot.mask)
-                .arg(&mut slot.labels)
-                .arg(&mut slot.positions);
-            // SAFETY: the arguments follow pad_collate's signature in kernels/pad_collate.cu; the
-            // slot holds `cells` outputs and the batch's inputs (sized by `need`), and the kernel
-            // reads and writes only below those counts.
-            unsafe { launch.launch(cfg) }.map_err(&fail)?;
-        }
+        let [pad, ignore, fields] = RaggedBatch::<T>::kernel_words(config);
+        launch_pad_collate(
+            ctx,
+            compute,
+            PadCollateArgs {
+                rows,
+                width,
+                pad,
+                ignore,
+                fields,
+                tokens: &slot.tokens,
+                offsets: &slot.offsets,
+                row_pieces: &slot.row_pieces,
+                pieces: &slot.pieces,
+                ids: &mut slot.ids,
+                mask: &mut slot.mask,
+                labels: &mut slot.labels,
+                positions: &mut slot.positions,
+            },
+        )?;
         slot.ready.record(compute).map_err(&fail)?;
         slot.used = true;
         // The compute stream is the default consumer.
@@ -223,6 +211,34 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
             fields,
             _t: std::marker::PhantomData,
         })
+    }
+}
+
+/// The sink's staging memory: the context's page-locked memory, as a pool's source.
+struct PinnedStaging(PinnedMemory);
+
+// SAFETY: `allocate` hands out only memory fresh from `PinnedMemory::allocate`: at least `bytes`
+// bytes, zeroed, owned by the caller until released; a pointer not 64-byte aligned (the driver
+// gives page-aligned memory, so never in practice) is given back and `None` returned.
+unsafe impl HostMemory for PinnedStaging {
+    fn name(&self) -> &str {
+        "cuda pinned"
+    }
+
+    fn allocate(&self, bytes: usize) -> Option<NonNull<u8>> {
+        let ptr = self.0.allocate(bytes)?;
+        if !(ptr.as_ptr() as usize).is_multiple_of(64) {
+            // SAFETY: just allocated by this memory, never handed out.
+            unsafe { self.0.release(ptr) };
+            return None;
+        }
+        Some(ptr)
+    }
+
+    unsafe fn release(&self, ptr: NonNull<u8>, _bytes: usize) {
+        // SAFETY: the pool's contract: `ptr` came from `allocate` above (so from
+        // `PinnedMemory::allocate`) and is not used afterwards.
+        unsafe { self.0.release(ptr) }
     }
 }
 

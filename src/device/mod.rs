@@ -35,7 +35,9 @@ mod wgpu;
 #[cfg(feature = "cuda")]
 pub use self::cuda::*;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub use self::ragged::{Field, FieldShape, RaggedBatch};
+pub(crate) use self::ragged::RaggedBatch;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use self::ragged::{Field, FieldShape};
 #[cfg(feature = "wgpu")]
 pub use self::wgpu::*;
 

@@ -14,6 +14,9 @@ use crate::shard::TokenId;
 
 /// A staged batch and the index arrays the device's pad kernel reads, all in the sink's staging
 /// memory: what a worker prepares for the upload. Only these cross the bus.
+///
+/// Crate-internal: `pub` only because it is the device sinks' [`super::DeviceSink::Prepared`]
+/// type; no public path names it.
 pub struct RaggedBatch<T: TokenId> {
     /// The ragged ids, row offsets and document pieces.
     pub staged: StagedBatch<T>,
@@ -29,7 +32,7 @@ pub struct RaggedBatch<T: TokenId> {
 
 impl<T: TokenId> RaggedBatch<T> {
     /// Builds the index arrays of `staged` from `pool`.
-    pub fn new(staged: StagedBatch<T>, pool: &Pool) -> Self {
+    pub(crate) fn new(staged: StagedBatch<T>, pool: &Pool) -> Self {
         let rows = staged.rows;
         let mut row_pieces = pool.take::<u32>(rows + 1);
         let mut pieces = pool.take_within::<[u32; 2]>(staged.docs.len(), PIECES_PER_ROW * rows);

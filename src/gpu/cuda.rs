@@ -1,18 +1,24 @@
 //! The CUDA context (feature `cuda`): a device picked as `local_rank % device_count`, a compute
-//! stream and a copy stream, over cudarc's driver API.
+//! stream and a copy stream, over cudarc's driver API; its page-locked host memory; and the
+//! kernels of `kernels/` behind typed safe launch functions ([`launch_pad_collate`],
+//! [`launch_sketch`]).
 //!
 //! cudarc loads libcuda when first used and panics when it is missing, so every entry point here
 //! checks [`cuda_present`] first: no libcuda, no device or a driver error is an [`Error::Device`]
 //! saying which, never a panic.
 
+mod launch;
+mod pinned;
+
+pub use launch::*;
+pub(crate) use pinned::{PinnedBuffer, PinnedMemory};
+
 use std::collections::HashMap;
-use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext as Driver, CudaFunction, CudaModule, CudaStream, DriverError};
 
 use super::nvrtc::{self, Kernel};
-use crate::collate::{HostMemory, Pool};
 use crate::error::{Error, Result};
 
 /// Whether libcuda (the driver library) can be loaded.
@@ -90,6 +96,8 @@ pub struct CudaContext {
     memory: usize,
     /// The kernels of `kernels/` loaded into this context, each once.
     modules: Mutex<HashMap<Kernel, Arc<CudaModule>>>,
+    /// The entry points the launch functions use, each looked up once.
+    entries: Mutex<HashMap<(Kernel, &'static str), CudaFunction>>,
 }
 
 impl std::fmt::Debug for CudaContext {
@@ -154,6 +162,7 @@ impl CudaContext {
             capability,
             memory,
             modules: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -236,6 +245,25 @@ impl CudaContext {
             .map_err(|e| self.error(&format!("find {function} in {}", kernel.file()), e))
     }
 
+    /// [`CudaContext::function`], looked up once per context: for the launch functions.
+    pub(crate) fn entry(&self, kernel: Kernel, function: &'static str) -> Result<CudaFunction> {
+        let cached = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(kernel, function))
+            .cloned();
+        if let Some(f) = cached {
+            return Ok(f);
+        }
+        let f = self.function(kernel, function)?;
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((kernel, function), f.clone());
+        Ok(f)
+    }
+
     /// The bandwidth (bytes/s) of `copies` host-to-device copies of `bytes` bytes each from
     /// pinned memory on the copy stream, as the CUDA sink's uploads run: the bus roofline
     /// `shardflow bench --device cuda` compares the sink with.
@@ -244,64 +272,30 @@ impl CudaContext {
     ///
     /// [`Error::Device`] with the driver's reason.
     pub fn pinned_copy_bandwidth(&self, bytes: usize, copies: usize) -> Result<f64> {
-        let fail = self.fail("time pinned copies");
+        let op = "time pinned copies";
+        let fail = self.fail(op);
         let stream = &self.copy;
-        let pool = self.pinned_pool();
-        let src = pool.take::<u8>(bytes);
+        let src = PinnedBuffer::new(self.pinned_memory(), bytes).ok_or_else(|| {
+            device_error(
+                &self.label(),
+                op,
+                format!("the driver gave no {bytes} pinned bytes"),
+            )
+        })?;
         let mut dst = stream.alloc_zeros::<u8>(bytes).map_err(&fail)?;
         let mut copy = || stream.memcpy_htod(&src[..], &mut dst).map_err(&fail);
-        copy()?;
-        stream.synchronize().map_err(&fail)?;
-        let t0 = std::time::Instant::now();
-        for _ in 0..copies {
+        let timed = (|| {
             copy()?;
-        }
-        stream.synchronize().map_err(&fail)?;
-        Ok((bytes * copies) as f64 / t0.elapsed().as_secs_f64())
-    }
-
-    /// A staging pool of page-locked (pinned) host memory: device copies from it run
-    /// asynchronously at full bus speed. When pinned memory runs out the pool falls back to the
-    /// heap (counted in its stats), so a batch is never lost to it.
-    pub fn pinned_pool(&self) -> Pool {
-        Pool::with_memory(Arc::new(Pinned {
-            driver: self.driver.clone(),
-        }))
-    }
-}
-
-/// Page-locked host memory from `cuMemHostAlloc` (portable: usable by every context).
-struct Pinned {
-    driver: Arc<Driver>,
-}
-
-// SAFETY: cuMemHostAlloc returns page-aligned memory of the requested size, owned until
-// cuMemFreeHost.
-unsafe impl HostMemory for Pinned {
-    fn name(&self) -> &str {
-        "cuda pinned"
-    }
-
-    fn allocate(&self, bytes: usize) -> Option<NonNull<u8>> {
-        self.driver.bind_to_thread().ok()?;
-        // SAFETY: a plain allocation; the memory is zeroed below before anyone reads it.
-        let ptr = unsafe {
-            cudarc::driver::result::malloc_host(
-                bytes,
-                cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE,
-            )
-        }
-        .ok()?;
-        let ptr = NonNull::new(ptr as *mut u8)?;
-        // SAFETY: `bytes` bytes at `ptr` were just allocated for us.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, bytes) };
-        Some(ptr)
-    }
-
-    unsafe fn release(&self, ptr: NonNull<u8>, _bytes: usize) {
-        if self.driver.bind_to_thread().is_ok() {
-            // SAFETY: from cuMemHostAlloc above, released once.
-            let _ = unsafe { cudarc::driver::result::free_host(ptr.as_ptr() as *mut _) };
-        }
+            stream.synchronize().map_err(&fail)?;
+            let t0 = std::time::Instant::now();
+            for _ in 0..copies {
+                copy()?;
+            }
+            stream.synchronize().map_err(&fail)?;
+            Ok((bytes * copies) as f64 / t0.elapsed().as_secs_f64())
+        })();
+        // The copies read `src`: they are done before it is freed, on the error path too.
+        let _ = stream.synchronize();
+        timed
     }
 }

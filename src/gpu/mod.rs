@@ -4,7 +4,8 @@
 //!   from Burn or any other wgpu 30 user), and the compute pipelines of `shaders/`, compiled once
 //!   per context.
 //! - [`cuda`] (feature `cuda`): a CUDA device with a compute and a copy stream, every entry
-//!   guarded against a missing driver.
+//!   guarded against a missing driver; its page-locked (pinned) host memory; and the kernels of
+//!   `kernels/` behind typed safe launch functions, the only unsafe launches in the crate.
 //! - [`nvrtc`] (feature `cuda`): the CUDA C kernels of `kernels/`, compiled at run time by NVRTC.
 
 #[cfg(feature = "wgpu")]

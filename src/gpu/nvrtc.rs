@@ -18,21 +18,18 @@ use crate::error::{Error, Result};
 pub enum Kernel {
     /// `kernels/pad_collate.cu`: ragged ids to every padded field.
     PadCollate,
-    /// `kernels/reduce.cu`: elementwise SUM, MAX, MIN of stacked f64 and u64 buffers.
-    Reduce,
     /// `kernels/sketch.cu`: device f32 values into the host's sketch buckets.
     Sketch,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 3] = [Kernel::PadCollate, Kernel::Reduce, Kernel::Sketch];
+    pub const ALL: [Kernel; 2] = [Kernel::PadCollate, Kernel::Sketch];
 
     /// The file name, as errors name it.
     pub fn file(self) -> &'static str {
         match self {
             Kernel::PadCollate => "pad_collate.cu",
-            Kernel::Reduce => "reduce.cu",
             Kernel::Sketch => "sketch.cu",
         }
     }
@@ -41,7 +38,6 @@ impl Kernel {
     pub fn source(self) -> &'static str {
         match self {
             Kernel::PadCollate => include_str!("../../kernels/pad_collate.cu"),
-            Kernel::Reduce => include_str!("../../kernels/reduce.cu"),
             Kernel::Sketch => include_str!("../../kernels/sketch.cu"),
         }
     }
@@ -50,7 +46,6 @@ impl Kernel {
     pub fn functions(self) -> &'static [&'static str] {
         match self {
             Kernel::PadCollate => &["pad_collate"],
-            Kernel::Reduce => &["reduce_f64", "reduce_u64"],
             Kernel::Sketch => &["sketch"],
         }
     }

@@ -73,27 +73,16 @@ pub fn quiet_wayland_probe() -> bool {
 pub(crate) enum Shader {
     /// `shaders/pad_collate.wgsl`: ragged ids to padded ids, mask, labels, positions.
     PadCollate,
-    /// `shaders/reduce_f64.wgsl`: stacked f64 rank buffers reduced (sum, max or min) in rank order.
-    ReduceF64,
-    /// `shaders/reduce_u64.wgsl`: the same for u64 values held as u32 pairs.
-    ReduceU64,
     /// `shaders/sketch.wgsl`: device f32 values into sketch buckets, per dataset.
     Sketch,
 }
 
 impl Shader {
-    const ALL: [Shader; 4] = [
-        Shader::PadCollate,
-        Shader::ReduceF64,
-        Shader::ReduceU64,
-        Shader::Sketch,
-    ];
+    const ALL: [Shader; 2] = [Shader::PadCollate, Shader::Sketch];
 
     fn source(self) -> &'static str {
         match self {
             Shader::PadCollate => include_str!("../../shaders/pad_collate.wgsl"),
-            Shader::ReduceF64 => include_str!("../../shaders/reduce_f64.wgsl"),
-            Shader::ReduceU64 => include_str!("../../shaders/reduce_u64.wgsl"),
             Shader::Sketch => include_str!("../../shaders/sketch.wgsl"),
         }
     }
@@ -101,15 +90,13 @@ impl Shader {
     fn name(self) -> &'static str {
         match self {
             Shader::PadCollate => "pad_collate.wgsl",
-            Shader::ReduceF64 => "reduce_f64.wgsl",
-            Shader::ReduceU64 => "reduce_u64.wgsl",
             Shader::Sketch => "sketch.wgsl",
         }
     }
 
     /// Whether the shader uses f64 (the adapter needs `SHADER_F64`).
     fn needs_f64(self) -> bool {
-        matches!(self, Shader::ReduceF64 | Shader::Sketch)
+        matches!(self, Shader::Sketch)
     }
 
     fn index(self) -> usize {
@@ -123,7 +110,7 @@ pub struct WgpuContext {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     name: String,
-    pipelines: [OnceLock<std::result::Result<Pipeline, String>>; 4],
+    pipelines: [OnceLock<std::result::Result<Pipeline, String>>; Shader::ALL.len()],
 }
 
 /// A compiled pipeline and its bind group layout.
@@ -265,8 +252,8 @@ impl WgpuContext {
         &self.name
     }
 
-    /// Whether shaders may use f64 (`SHADER_F64`): device reductions then equal the host's bit
-    /// for bit, and device sketches carry exact sums.
+    /// Whether shaders may use f64 (`SHADER_F64`): device sketches then run on the device with
+    /// exact sums (without it the values come back and the host bins them).
     pub fn has_f64(&self) -> bool {
         self.device.features().contains(wgpu::Features::SHADER_F64)
     }

@@ -525,7 +525,7 @@ fn table_dir(dir: &Path, table: &TableDef) -> PathBuf {
 }
 
 /// The merged file of `table`.
-pub fn merged_path(dir: &Path, table: &str) -> PathBuf {
+pub(crate) fn merged_path(dir: &Path, table: &str) -> PathBuf {
     dir.join(format!("{table}.parquet"))
 }
 
@@ -634,7 +634,7 @@ pub struct Compacted {
 ///
 /// [`Error::Io`]; [`Error::History`] naming a part that cannot be read.
 pub fn compact(dir: &Path) -> Result<Compacted> {
-    check_history(dir, Source::Parts)?;
+    check_history(dir, HistoryFiles::Parts)?;
     // Two compactions at once (two ranks calling `finish`, a user running `history compact`
     // beside the run) take turns, so that neither's temporary file meets the other's commit.
     let _lock = CompactLock::acquire(dir)?;
@@ -752,7 +752,7 @@ fn for_each_part_group(
 ///
 /// [`Error::History`] naming `dir`, saying what it expected and, where it can tell, where the
 /// history is (the parent of a table directory, a subdirectory, the merged files).
-pub fn check_history(dir: &Path, source: Source) -> Result<()> {
+pub(crate) fn check_history(dir: &Path, source: HistoryFiles) -> Result<()> {
     let has_parts = |d: &Path| [&STEPS, &SAMPLES].iter().any(|t| table_dir(d, t).is_dir());
     let has_merged = |d: &Path| {
         [&STEPS, &SAMPLES]
@@ -760,9 +760,9 @@ pub fn check_history(dir: &Path, source: Source) -> Result<()> {
             .any(|t| merged_path(d, t.name).is_file())
     };
     let reason = match source {
-        Source::Parts if has_parts(dir) => return Ok(()),
-        Source::Merged if has_merged(dir) => return Ok(()),
-        Source::Parts => {
+        HistoryFiles::Parts if has_parts(dir) => return Ok(()),
+        HistoryFiles::Merged if has_merged(dir) => return Ok(()),
+        HistoryFiles::Parts => {
             let mut r = "not a metrics history: it holds no steps/ or samples/ directory of part \
                          files"
                 .to_string();
@@ -771,7 +771,7 @@ pub fn check_history(dir: &Path, source: Source) -> Result<()> {
             }
             r
         }
-        Source::Merged => {
+        HistoryFiles::Merged => {
             let mut r = "holds no merged history (steps.parquet, samples.parquet)".to_string();
             if has_parts(dir) {
                 r.push_str(&format!(
@@ -828,7 +828,7 @@ fn histories_inside(dir: &Path, is_history: impl Fn(&Path) -> bool) -> Vec<Strin
 
 /// Where rows are read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub enum HistoryFiles {
     /// Every rank's part files.
     Parts,
     /// The merged files [`compact`] wrote.
@@ -843,13 +843,13 @@ pub enum Source {
 fn for_each_group(
     dir: &Path,
     table: &'static TableDef,
-    source: Source,
+    source: HistoryFiles,
     mut each: impl FnMut(&Rows) -> Result<()>,
 ) -> Result<()> {
     check_history(dir, source)?;
     match source {
-        Source::Parts => for_each_part_group(dir, table, each).map(drop),
-        Source::Merged => {
+        HistoryFiles::Parts => for_each_part_group(dir, table, each).map(drop),
+        HistoryFiles::Merged => {
             let path = merged_path(dir, table.name);
             table::read_groups(table, &path, |rows| each(&rows)).map_err(|e| at(&path, e))
         }
@@ -861,7 +861,7 @@ fn for_each_group(
 /// # Errors
 ///
 /// As [`compact`].
-pub fn read_steps(dir: &Path, source: Source) -> Result<Vec<StepRow>> {
+pub fn read_steps(dir: &Path, source: HistoryFiles) -> Result<Vec<StepRow>> {
     let mut out = Vec::new();
     for_each_group(dir, &STEPS, source, |rows| {
         out.extend((0..rows.len()).map(|i| StepRow::from_rows(rows, i)));
@@ -875,7 +875,7 @@ pub fn read_steps(dir: &Path, source: Source) -> Result<Vec<StepRow>> {
 /// # Errors
 ///
 /// As [`compact`]; [`Error::History`] for an unknown status.
-pub fn read_samples(dir: &Path, source: Source) -> Result<Vec<SampleRow>> {
+pub fn read_samples(dir: &Path, source: HistoryFiles) -> Result<Vec<SampleRow>> {
     let mut out = Vec::new();
     for_each_group(dir, &SAMPLES, source, |rows| {
         for i in 0..rows.len() {

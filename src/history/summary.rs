@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::Path;
 
 use super::table::{SAMPLES, STEPS};
-use super::{SampleRow, Source, for_each_group};
+use super::{HistoryFiles, SampleRow, for_each_group};
 use crate::error::{Error, Result};
 
 /// A value's course over the run.
@@ -89,7 +89,7 @@ impl Ord for Ranked {
 ///
 /// As [`super::read_steps`]; [`Error::History`] listing the names the samples hold when none is
 /// `name`.
-pub fn summarize(dir: &Path, source: Source, top: Option<(usize, &str)>) -> Result<Summary> {
+pub fn summarize(dir: &Path, source: HistoryFiles, top: Option<(usize, &str)>) -> Result<Summary> {
     let mut out = Summary::default();
     let mut steps = BTreeSet::new();
     let mut series: BTreeMap<(String, String, String, String), Acc> = BTreeMap::new();

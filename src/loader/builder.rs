@@ -317,7 +317,7 @@ impl<T: TokenId> LoaderBuilder<T> {
         }
         collate.check()?;
         transform.check_ids::<T>(collate.pad_id)?;
-        transform.check_room(collate)?;
+        collate.check_room(transform)?;
         if let Some(m) = metrics {
             m.check()?;
         }
@@ -429,24 +429,24 @@ impl<T: TokenId> LoaderBuilder<T> {
             watchdog,
             runtime.slow_factor,
         ));
+        let meters = super::flow::Meters {
+            busy,
+            planned,
+            health,
+        };
         let mode = if workers == 0 {
             Mode::Inline {
                 scheduler: Box::new(scheduler),
                 scratch: Vec::new(),
             }
         } else {
-            let meters = super::flow::Meters {
-                busy: busy.clone(),
-                planned: planned.clone(),
-                health: health.clone(),
-            };
             spawn(
                 scheduler,
                 &collator,
                 &sink,
                 workers,
                 runtime.prefetch,
-                meters,
+                meters.clone(),
             )?
         };
         Ok(Loader {
@@ -457,9 +457,7 @@ impl<T: TokenId> LoaderBuilder<T> {
             position,
             skips,
             stats: LoaderStats::default(),
-            busy,
-            planned,
-            health,
+            meters,
             mode,
             done: false,
             watchdog,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::collate::{CollateConfig, DocRef, Layout, Pool, StagedBatch};
+use crate::collate::{CollateConfig, DocRef, Layout, Pool, PooledBuf, StagedBatch};
 use crate::error::{Error, Result};
 use crate::metrics::{Aggregator, ClassNames, MetricsConfig, SampleMetrics};
 use crate::shard::{Dataset, TokenId, TokenSlice};
@@ -134,6 +134,8 @@ impl<T: TokenId> Collator<T> {
         Some(width)
     }
 
+    /// Builds a padded batch, one sample per row: padded in place at the planned width (the
+    /// host sink), else staged ragged.
     fn build_padded(
         &self,
         mut job: Job,
@@ -143,36 +145,17 @@ impl<T: TokenId> Collator<T> {
         mut partial: Option<&mut Aggregator>,
     ) -> Result<StagedBatch<T>> {
         let rows = job.rows;
-        // Padded in place at the planned width (the host sink), else ragged: every row fits
-        // `max_len`, so that bound sizes the buffer without a pass over the lengths.
         let stride = self.planned_width(&job.pieces);
-        let mut tokens = match stride {
-            Some(w) => self
-                .pool
-                .take_within::<T>(rows * w, rows * self.collate.seq_len.max(w)),
-            None => self.pool.take::<T>(rows * self.max_len()),
-        };
+        let mut tokens = self.take_tokens(rows, stride);
         let mut offsets = self.pool.take::<u32>(rows + 1);
         let mut pos = 0;
         let mut longest = 0;
-        // Rows are read in plan order from random places: while a row is decoded, the first
-        // cache lines of the row PREFETCH_ROWS ahead are requested, and the index entries of
-        // the row twice as far ahead.
         for r in 0..rows {
             if self.stop.load(Ordering::Relaxed) {
-                return Err(Error::Config("the loader was dropped".into()));
+                return Err(Error::WorkersStopped { batch: job.batch });
             }
             // Planning the width read the index entries already.
-            if stride.is_none()
-                && let Some(later) = job.pieces.get(r + 2 * PREFETCH_ROWS)
-            {
-                self.dataset(later).prefetch_entry(later.sample as usize);
-            }
-            if let Some(next) = job.pieces.get(r + PREFETCH_ROWS)
-                && let Some(slice) = self.dataset(next).get(next.sample as usize)
-            {
-                slice.prefetch(PREFETCH_LINES);
-            }
+            self.prefetch_ahead(&job.pieces, r, stride.is_none());
             let piece = &mut job.pieces[r];
             *current = Some((piece.dataset, piece.sample));
             offsets[r] = pos as u32;
@@ -184,40 +167,10 @@ impl<T: TokenId> Collator<T> {
                 Ok(n) => {
                     piece.len = n as u32;
                     piece.doc_len = n as u32;
-                    if let Some(agg) = partial
-                        .as_deref_mut()
-                        .filter(|_| !self.user_metrics.is_empty())
-                    {
-                        let name = &self.names[piece.dataset as usize];
-                        let info = SampleInfo {
-                            dataset: name,
-                            sample: piece.sample,
-                            epoch: piece.epoch,
-                        };
-                        for f in &self.user_metrics {
-                            f(&info, &row[..n], &mut SampleMetrics::new(agg, name)).map_err(
-                                |r| self.sample_error(job.batch, piece, format!("metric: {r}")),
-                            )?;
-                        }
-                    }
+                    self.record_metrics(job.batch, piece, &row[..n], partial.as_deref_mut())?;
                     n
                 }
-                Err(reason) => match self.transform.bad_samples {
-                    BadSamplePolicy::Error => {
-                        return Err(self.sample_error(job.batch, piece, reason));
-                    }
-                    BadSamplePolicy::Skip { .. } => {
-                        piece.flags |= DocRef::SKIPPED;
-                        piece.len = 0;
-                        skips.push(Skip {
-                            dataset: piece.dataset,
-                            epoch: piece.epoch,
-                            sample: piece.sample,
-                            reason,
-                        });
-                        0
-                    }
-                },
+                Err(reason) => self.skip_or_fail(job.batch, piece, reason, skips)?,
             };
             if stride.is_some() {
                 let rest = row.len() - n;
@@ -228,23 +181,7 @@ impl<T: TokenId> Collator<T> {
         }
         offsets[rows] = pos as u32;
         let width = self.collate.width(longest);
-        let layout = match stride {
-            None => {
-                tokens.truncate(pos);
-                Layout::Ragged
-            }
-            Some(w) => {
-                // A skipped sample leaves the batch narrower than planned: close up the rows
-                // (each holds its tokens and padding within the first `width` columns).
-                if w != width {
-                    for r in 1..rows {
-                        tokens.copy_within(r * w..r * w + width, r * width);
-                    }
-                    tokens.truncate(rows * width);
-                }
-                Layout::Padded
-            }
-        };
+        let layout = close_up(&mut tokens, rows, stride, pos, width);
         Ok(StagedBatch {
             step: job.batch,
             rows,
@@ -255,6 +192,84 @@ impl<T: TokenId> Collator<T> {
             packed: false,
             layout,
         })
+    }
+
+    /// Staging for a padded batch's ids: `rows` rows of the planned width `stride`, or without
+    /// one room for `rows` samples of `max_len` tokens (every row fits that bound, so it sizes
+    /// the buffer without a pass over the lengths).
+    fn take_tokens(&self, rows: usize, stride: Option<usize>) -> PooledBuf<T> {
+        match stride {
+            Some(w) => self
+                .pool
+                .take_within::<T>(rows * w, rows * self.collate.seq_len.max(w)),
+            None => self.pool.take::<T>(rows * self.max_len()),
+        }
+    }
+
+    /// Rows are read in plan order from random places: while row `r` is decoded, the first
+    /// cache lines of the row PREFETCH_ROWS ahead are requested, and (with `entries`) the index
+    /// entries of the row twice as far ahead.
+    #[inline]
+    fn prefetch_ahead(&self, pieces: &[DocRef], r: usize, entries: bool) {
+        if entries && let Some(later) = pieces.get(r + 2 * PREFETCH_ROWS) {
+            self.dataset(later).prefetch_entry(later.sample as usize);
+        }
+        if let Some(next) = pieces.get(r + PREFETCH_ROWS)
+            && let Some(slice) = self.dataset(next).get(next.sample as usize)
+        {
+            slice.prefetch(PREFETCH_LINES);
+        }
+    }
+
+    /// Records the user metrics of a row's sample (`ids`, after every transform) into the
+    /// batch's partial, if there is one.
+    #[inline]
+    fn record_metrics(
+        &self,
+        step: u64,
+        piece: &DocRef,
+        ids: &[T],
+        partial: Option<&mut Aggregator>,
+    ) -> Result<()> {
+        let Some(agg) = partial.filter(|_| !self.user_metrics.is_empty()) else {
+            return Ok(());
+        };
+        let name = &self.names[piece.dataset as usize];
+        let info = SampleInfo {
+            dataset: name,
+            sample: piece.sample,
+            epoch: piece.epoch,
+        };
+        for f in &self.user_metrics {
+            f(&info, ids, &mut SampleMetrics::new(agg, name))
+                .map_err(|r| self.sample_error(step, piece, format!("metric: {r}")))?;
+        }
+        Ok(())
+    }
+
+    /// Applies the bad-sample policy to a row whose sample failed: an error, or an empty row
+    /// (length 0) and the sample listed in `skips`.
+    fn skip_or_fail(
+        &self,
+        step: u64,
+        piece: &mut DocRef,
+        reason: String,
+        skips: &mut Vec<Skip>,
+    ) -> Result<usize> {
+        match self.transform.bad_samples {
+            BadSamplePolicy::Error => Err(self.sample_error(step, piece, reason)),
+            BadSamplePolicy::Skip { .. } => {
+                piece.flags |= DocRef::SKIPPED;
+                piece.len = 0;
+                skips.push(Skip {
+                    dataset: piece.dataset,
+                    epoch: piece.epoch,
+                    sample: piece.sample,
+                    reason,
+                });
+                Ok(0)
+            }
+        }
     }
 
     /// Writes one padded row's sample at the start of `out`; returns its length.
@@ -430,6 +445,34 @@ impl<T: TokenId> Collator<T> {
             dataset: self.names[p.dataset as usize].clone(),
             sample: p.sample,
             reason,
+        }
+    }
+}
+
+/// The layout of a padded batch's `tokens` once its rows are written: ragged (`stride` `None`:
+/// cut to the `len` tokens written), or padded to `width`. A skipped sample leaves the batch
+/// narrower than the planned `stride`: then the rows are closed up (each holds its tokens and
+/// padding within the first `width` columns).
+fn close_up<T: TokenId>(
+    tokens: &mut PooledBuf<T>,
+    rows: usize,
+    stride: Option<usize>,
+    len: usize,
+    width: usize,
+) -> Layout {
+    match stride {
+        None => {
+            tokens.truncate(len);
+            Layout::Ragged
+        }
+        Some(w) => {
+            if w != width {
+                for r in 1..rows {
+                    tokens.copy_within(r * w..r * w + width, r * width);
+                }
+                tokens.truncate(rows * width);
+            }
+            Layout::Padded
         }
     }
 }

@@ -311,7 +311,7 @@ impl RuntimeConfig {
 /// # let dir = tempfile::tempdir().unwrap();
 /// # shardflow::shard::synthetic::SyntheticCorpus::single("web", 20_000, 50.0, 1)
 /// #     .write(dir.path(), |_| {})?;
-/// use shardflow::loader::{DatasetConfig, LoaderConfig};
+/// use shardflow::{DatasetConfig, LoaderConfig};
 ///
 /// let config = LoaderConfig::new(vec![DatasetConfig::new(dir.path())])
 ///     .with_batch_size(8)

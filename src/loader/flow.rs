@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::collator::{Collator, Current, Skip};
 use super::health::Health;
@@ -170,6 +170,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// The counters a loader's threads add to: build time, batches planned, per-worker health.
+#[derive(Clone)]
 pub(super) struct Meters {
     pub busy: Arc<AtomicU64>,
     pub planned: Arc<AtomicU64>,
@@ -225,9 +226,10 @@ pub(super) fn spawn<T: TokenId, S: DeviceSink<T>>(
                 for t in threads {
                     let _ = t.join();
                 }
-                return Err(Error::Config(format!(
-                    "cannot start loader worker thread {w} of {workers}: {e}"
-                )));
+                return Err(Error::Spawn {
+                    what: format!("loader worker thread {w} of {workers}"),
+                    error: e,
+                });
             }
         }
     }
@@ -304,6 +306,86 @@ pub(super) fn build_unlocked<'a, T: TokenId, S: DeviceSink<T>>(
         shared.caller.notify_one();
     }
     flow
+}
+
+/// The next batch planned and built on the caller's thread (a loader without workers); `None`
+/// at the end of the stream. The time spent building is added to `built`.
+pub(super) fn build_inline<T: TokenId, S: DeviceSink<T>>(
+    scheduler: &mut Scheduler,
+    kit: &mut Kit<'_, T, S>,
+    planned: &AtomicU64,
+    built: &mut Duration,
+) -> Option<Outcome<S::Prepared>> {
+    match next_job(scheduler) {
+        Ok(Some(job)) => {
+            planned.fetch_add(1, Ordering::Relaxed);
+            let t = Instant::now();
+            let outcome = make(kit, job);
+            *built += t.elapsed();
+            Some(outcome)
+        }
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// The caller's loop: waits for batch `want` in the reorder buffer, `None` at the end of the
+/// stream. With a `kit`, rather than sleep, the caller builds the batch it waits for when no
+/// worker has started it (on few cores this saves a thread handoff per batch); never a later
+/// one, which would hold it past the moment its batch is ready. A wait longer than `watchdog`
+/// logs a warning (`start`: when the caller asked) and goes on. The time spent building is
+/// added to `built`.
+pub(super) fn wait_ready<T: TokenId, S: DeviceSink<T>>(
+    shared: &Shared<S::Prepared>,
+    want: u64,
+    mut kit: Option<Kit<'_, T, S>>,
+    meters: &Meters,
+    watchdog: Duration,
+    start: Instant,
+    built: &mut Duration,
+) -> Option<Outcome<S::Prepared>> {
+    let mut flow = shared.lock();
+    loop {
+        if let Some(outcome) = flow.ready.remove(&want) {
+            flow.delivered = want + 1;
+            if flow.idle_workers > 0 {
+                shared.workers.notify_one();
+            }
+            return Some(outcome);
+        }
+        if flow.end.is_some_and(|end| want >= end) {
+            return None;
+        }
+        if let Some(kit) = kit.as_mut()
+            && flow.scheduler.batch == want
+            && let Turn::Build(job) = plan_next(&mut flow, shared, &meters.planned)
+        {
+            let t = Instant::now();
+            flow = build_unlocked(shared, flow, job, kit, &meters.busy, None);
+            *built += t.elapsed();
+            continue;
+        }
+        if flow.alive == 0 && flow.end.is_none() {
+            return Some(Err(Error::WorkersStopped { batch: want }));
+        }
+        flow.caller_waits = Some(want);
+        let (next, timeout) = shared
+            .caller
+            .wait_timeout(flow, watchdog)
+            .unwrap_or_else(|e| e.into_inner());
+        flow = next;
+        flow.caller_waits = None;
+        if timeout.timed_out() {
+            // Names a stalled or slow worker, if one is the cause.
+            meters.health.snapshot();
+            tracing::warn!(
+                batch = want,
+                waited_s = start.elapsed().as_secs_f64(),
+                ready = flow.ready.len(),
+                "no batch has arrived for a while; still waiting"
+            );
+        }
+    }
 }
 
 /// A worker's loop: plan the next batch under the lock, build it outside, file it as ready.

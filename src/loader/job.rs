@@ -141,6 +141,50 @@ impl Packer {
             empty_runs: Vec::new(),
         }
     }
+
+    /// Makes sure a document is at hand, planning the next step when the current one is spent;
+    /// `false` at the end of the stream.
+    fn has_doc(&mut self, planner: &mut Planner) -> bool {
+        while self.fresh || self.next == self.rows.len() {
+            if !self.fresh {
+                self.next = 0;
+                self.offset = 0;
+            }
+            self.plan_step = planner.step();
+            if !planner.next_rows(&mut self.rows) {
+                return false;
+            }
+            self.fresh = false;
+            if self.next >= self.rows.len() {
+                // Resumed at the end of a step: that step is spent.
+                self.next = self.rows.len();
+            }
+        }
+        true
+    }
+
+    /// Takes up to `room` tokens of the current document (`len` tokens after the transforms)
+    /// from where its last piece ended, moving on to the next document once it is used up.
+    /// Returns the document offset the piece starts at and its length.
+    fn advance(&mut self, len: usize, room: usize) -> (usize, usize) {
+        let (offset, take) = (self.offset, (len - self.offset).min(room));
+        self.offset += take;
+        if self.offset == len {
+            self.next += 1;
+            self.offset = 0;
+        }
+        (offset, take)
+    }
+
+    /// The stream position once `batches` batches are delivered, the last ending here.
+    fn position(&self, batches: u64) -> Position {
+        Position {
+            batches,
+            plan_step: self.plan_step,
+            rows_taken: self.next as u64,
+            doc_offset: self.offset as u64,
+        }
+    }
 }
 
 impl Scheduler {
@@ -241,21 +285,8 @@ impl Scheduler {
         'rows: for row in 0..b {
             let mut col = 0;
             while col < t {
-                if p.fresh || p.next == p.rows.len() {
-                    if !p.fresh {
-                        p.next = 0;
-                        p.offset = 0;
-                    }
-                    p.plan_step = planner.step();
-                    if !planner.next_rows(&mut p.rows) {
-                        break 'rows;
-                    }
-                    p.fresh = false;
-                    if p.next >= p.rows.len() {
-                        // Resumed at the end of a step: that step is spent.
-                        p.next = p.rows.len();
-                        continue;
-                    }
+                if !p.has_doc(planner) {
+                    break 'rows;
                 }
                 any = true;
                 let r = p.rows[p.next];
@@ -267,8 +298,8 @@ impl Scheduler {
                         reason,
                     })?;
                 note_emptiness(p, planner.plan(), r.dataset as usize, doc_len)?;
-                let take = (doc_len - p.offset).min(t - col);
-                if take > 0 || (p.offset == 0 && flags != 0) {
+                let (doc_offset, take) = p.advance(doc_len, t - col);
+                if take > 0 || (doc_offset == 0 && flags != 0) {
                     out.push(DocRef {
                         sample: r.sample,
                         epoch: r.epoch,
@@ -276,7 +307,7 @@ impl Scheduler {
                         row: row as u32,
                         start: col as u32,
                         len: take as u32,
-                        doc_offset: p.offset as u32,
+                        doc_offset: doc_offset as u32,
                         flags,
                         doc_len: doc_len as u32,
                         reserved: 0,
@@ -284,11 +315,6 @@ impl Scheduler {
                 }
                 used_rows = row + 1;
                 col += take;
-                p.offset += take;
-                if p.offset == doc_len {
-                    p.next += 1;
-                    p.offset = 0;
-                }
             }
         }
         if !any {
@@ -297,18 +323,12 @@ impl Scheduler {
         // Pieces per packed batch vary with document lengths; one size class serves them all.
         let mut pieces = pool.take_within::<DocRef>(out.len(), PIECES_PER_ROW * b);
         pieces.copy_from_slice(out);
-        let after = Position {
-            batches: batch + 1,
-            plan_step: p.plan_step,
-            rows_taken: p.next as u64,
-            doc_offset: p.offset as u64,
-        };
         Ok(Some(Job {
             batch,
             rows: used_rows,
             packed: true,
             pieces,
-            after,
+            after: p.position(batch + 1),
         }))
     }
 }

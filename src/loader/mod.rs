@@ -29,7 +29,7 @@ pub use state::*;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::collate::DocRef;
@@ -41,8 +41,7 @@ use crate::order::{Plan, Planner};
 use crate::shard::TokenId;
 use crate::transform::BadSamplePolicy;
 use collator::Collator;
-use flow::{Kit, Mode, Outcome, Turn, build_unlocked, make, next_job, plan_next};
-use health::Health;
+use flow::{Kit, Meters, Mode, Outcome, build_inline, wait_ready};
 pub use health::{WorkerHealth, WorkerStats, WorkerStatus};
 
 /// A stream of batches in plan order, ending when the plan's stream limit is reached.
@@ -57,9 +56,7 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     position: Position,
     skips: BTreeMap<(u32, u64), u64>,
     stats: LoaderStats,
-    busy: Arc<AtomicU64>,
-    planned: Arc<AtomicU64>,
-    health: Arc<Health>,
+    meters: Meters,
     mode: Mode<T, S>,
     done: bool,
     watchdog: Duration,
@@ -69,6 +66,18 @@ pub struct Loader<T: TokenId, S: DeviceSink<T> = HostSink> {
     metrics: Aggregator,
     /// The samples the skip policy skipped in the batch last delivered.
     skipped: Vec<DocRef>,
+}
+
+/// The batch a loader delivered last, as the training loop records it after that batch
+/// ([`Loader::last_batch`]).
+#[derive(Debug)]
+pub struct LastBatch<'a> {
+    /// Its 1-based step ([`Loader::step`]).
+    pub step: u64,
+    /// The samples the skip policy skipped in it ([`Loader::skipped`]).
+    pub skipped: &'a [DocRef],
+    /// The metrics of the batches delivered so far ([`Loader::metrics_mut`]).
+    pub metrics: &'a mut Aggregator,
 }
 
 impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
@@ -124,6 +133,18 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
         &self.skipped
     }
 
+    /// The batch `next` last returned, as the training loop records it: its step, the samples
+    /// it skipped and the metrics so far, borrowed together. They are the arguments of a metrics
+    /// history's `crate::history::Recorder::after_batch`, with no copy of the skipped samples:
+    /// `recorder.after_batch(last.step, last.skipped, last.metrics, collective)`.
+    pub fn last_batch(&mut self) -> LastBatch<'_> {
+        LastBatch {
+            step: self.position.batches,
+            skipped: &self.skipped,
+            metrics: &mut self.metrics,
+        }
+    }
+
     /// A checkpoint whose metrics and skip counts are the whole world's, reduced over the ranks
     /// through `collective`: resuming it with any world size continues the same reduced
     /// totals (rank 0 restores them; the other ranks start from zero). Every rank must call it
@@ -170,19 +191,20 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
     /// Counters so far.
     pub fn stats(&self) -> LoaderStats {
         let mut s = self.stats.clone();
-        s.worker_busy = Duration::from_nanos(self.busy.load(Ordering::Relaxed));
+        s.worker_busy = Duration::from_nanos(self.meters.busy.load(Ordering::Relaxed));
         s.queue_depth = self
+            .meters
             .planned
             .load(Ordering::Relaxed)
             .saturating_sub(self.position.batches) as usize;
         s.pool = self.collator.pool.stats();
-        s.workers = self.health.snapshot();
+        s.workers = self.meters.health.snapshot();
         s
     }
 
     /// A handle on the workers' health that another thread can read while this loader runs.
     pub fn health(&self) -> WorkerHealth {
-        WorkerHealth(Arc::clone(&self.health))
+        WorkerHealth(Arc::clone(&self.meters.health))
     }
 
     fn fail(&mut self, e: Error) -> Option<Result<S::Output>> {
@@ -255,81 +277,30 @@ impl<T: TokenId, S: DeviceSink<T>> Iterator for Loader<T, S> {
             return None;
         }
         let start = Instant::now();
-        let want = self.position.batches;
         let mut built = Duration::ZERO;
         let outcome = match &mut self.mode {
-            Mode::Inline { scheduler, scratch } => match next_job(scheduler) {
-                Ok(Some(job)) => {
-                    self.planned.fetch_add(1, Ordering::Relaxed);
-                    let mut kit = Kit {
-                        collator: &self.collator,
-                        sink: &*self.sink,
-                        scratch,
-                    };
-                    let t = Instant::now();
-                    let outcome = make(&mut kit, job);
-                    built += t.elapsed();
-                    outcome
-                }
-                Ok(None) => {
-                    self.done = true;
-                    return None;
-                }
-                Err(e) => Err(e),
-            },
-            Mode::Threads { shared, .. } => {
-                let mut flow = shared.lock();
-                loop {
-                    if let Some(outcome) = flow.ready.remove(&want) {
-                        flow.delivered = want + 1;
-                        if flow.idle_workers > 0 {
-                            shared.workers.notify_one();
-                        }
-                        break outcome;
-                    }
-                    if flow.end.is_some_and(|end| want >= end) {
-                        self.done = true;
-                        return None;
-                    }
-                    // Rather than sleep, the caller builds the batch it waits for when no worker
-                    // has started it (on few cores this saves a thread handoff per batch); never
-                    // a later one, which would hold it past the moment its batch is ready.
-                    if self.caller_builds
-                        && flow.scheduler.batch == want
-                        && let Turn::Build(job) = plan_next(&mut flow, shared, &self.planned)
-                    {
-                        let mut kit = Kit {
-                            collator: &self.collator,
-                            sink: &*self.sink,
-                            scratch: &mut self.scratch,
-                        };
-                        let t = Instant::now();
-                        flow = build_unlocked(shared, flow, job, &mut kit, &self.busy, None);
-                        built += t.elapsed();
-                        continue;
-                    }
-                    if flow.alive == 0 && flow.end.is_none() {
-                        break Err(Error::WorkersStopped { batch: want });
-                    }
-                    flow.caller_waits = Some(want);
-                    let (next, timeout) = shared
-                        .caller
-                        .wait_timeout(flow, self.watchdog)
-                        .unwrap_or_else(|e| e.into_inner());
-                    flow = next;
-                    flow.caller_waits = None;
-                    if timeout.timed_out() {
-                        // Names a stalled or slow worker, if one is the cause.
-                        self.health.snapshot();
-                        tracing::warn!(
-                            batch = want,
-                            waited_s = start.elapsed().as_secs_f64(),
-                            ready = flow.ready.len(),
-                            "no batch has arrived for a while; still waiting"
-                        );
-                    }
-                }
+            Mode::Inline { scheduler, scratch } => {
+                let mut kit = Kit {
+                    collator: &self.collator,
+                    sink: &*self.sink,
+                    scratch,
+                };
+                build_inline(scheduler, &mut kit, &self.meters.planned, &mut built)
             }
+            Mode::Threads { shared, .. } => {
+                let kit = self.caller_builds.then(|| Kit {
+                    collator: &self.collator,
+                    sink: &*self.sink,
+                    scratch: &mut self.scratch,
+                });
+                let want = self.position.batches;
+                let meters = &self.meters;
+                wait_ready(shared, want, kit, meters, self.watchdog, start, &mut built)
+            }
+        };
+        let Some(outcome) = outcome else {
+            self.done = true;
+            return None;
         };
         let out = self.deliver(outcome);
         self.stats.wait += start.elapsed().saturating_sub(built);

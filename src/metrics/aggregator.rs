@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::report::{Report, ReportValue};
 use super::sketch::{Mapping, Sketch};
-use super::wire::Layout;
+use super::wire::MetricLayout;
 use crate::error::{Error, Result};
 
 /// How values of a metric combine.
@@ -239,7 +239,7 @@ pub struct AggregatorState {
     /// dataset → metric → state.
     pub entries: BTreeMap<String, BTreeMap<String, State>>,
     /// The names agreed with the other ranks at the last reduce.
-    pub layout: Layout,
+    pub(crate) layout: MetricLayout,
 }
 
 impl AggregatorState {
@@ -368,7 +368,7 @@ pub struct Aggregator {
     pub(super) config: MetricsConfig,
     pub(super) map: Mapping,
     pub(super) entries: BTreeMap<String, BTreeMap<String, State>>,
-    pub(super) layout: Layout,
+    pub(super) layout: MetricLayout,
 }
 
 impl Default for Aggregator {
@@ -384,7 +384,7 @@ impl Aggregator {
             map: Mapping::new(config.alpha),
             config,
             entries: BTreeMap::new(),
-            layout: Layout::default(),
+            layout: MetricLayout::default(),
         }
     }
 

@@ -19,11 +19,10 @@ mod reduce;
 mod report;
 mod sketch;
 mod standard;
-pub mod wire;
+pub(crate) mod wire;
 
 pub use aggregator::*;
 pub use loss::*;
 pub use report::*;
 pub use sketch::*;
 pub use standard::*;
-pub use wire::{Layout, LayoutKey};

@@ -8,14 +8,14 @@
 use std::collections::BTreeMap;
 
 use super::aggregator::{Aggregator, Kind, State};
-use super::wire::{LayoutKey, fingerprint};
+use super::wire::{MetricKey, fingerprint};
 use crate::collective::{Collective, ReduceOp, all_gather_json};
 use crate::error::{Error, Result};
 
 impl Aggregator {
     /// Names this rank has that the layout lacks: whole keys (with their categories), and new
     /// categories of agreed categorical keys.
-    fn new_names(&self) -> Vec<LayoutKey> {
+    fn new_names(&self) -> Vec<MetricKey> {
         let mut out = Vec::new();
         for (d, metrics) in &self.entries {
             for (m, state) in metrics {
@@ -24,7 +24,7 @@ impl Aggregator {
                     _ => Vec::new(),
                 };
                 match self.layout.find(d, m) {
-                    None => out.push(LayoutKey {
+                    None => out.push(MetricKey {
                         dataset: d.clone(),
                         metric: m.clone(),
                         kind: state.kind(),
@@ -36,7 +36,7 @@ impl Aggregator {
                             .filter(|c| k.categories.binary_search(c).is_err())
                             .collect();
                         if !fresh.is_empty() || k.kind != state.kind() {
-                            out.push(LayoutKey {
+                            out.push(MetricKey {
                                 dataset: d.clone(),
                                 metric: m.clone(),
                                 kind: state.kind(),
@@ -51,7 +51,7 @@ impl Aggregator {
     }
 
     /// Folds every rank's new names into the layout: the sorted union, the same on every rank.
-    fn agree(&mut self, gathered: Vec<Vec<LayoutKey>>) -> Result<()> {
+    fn agree(&mut self, gathered: Vec<Vec<MetricKey>>) -> Result<()> {
         let mut keys: BTreeMap<(String, String), (Kind, usize, Vec<String>)> = self
             .layout
             .keys
@@ -86,7 +86,7 @@ impl Aggregator {
             .map(|((dataset, metric), (kind, _, mut categories))| {
                 categories.sort();
                 categories.dedup();
-                LayoutKey {
+                MetricKey {
                     dataset,
                     metric,
                     kind,

@@ -26,7 +26,7 @@ use super::sketch::{Mapping, Sketch};
 
 /// One agreed metric key, and for a categorical its agreed categories (sorted).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub struct LayoutKey {
+pub(crate) struct MetricKey {
     /// The dataset.
     pub dataset: String,
     /// The metric.
@@ -39,13 +39,13 @@ pub struct LayoutKey {
 
 /// The names every rank has agreed on, sorted: the order of the reduce buffers.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Layout {
+pub(crate) struct MetricLayout {
     /// The keys, sorted by (dataset, metric).
-    pub keys: Vec<LayoutKey>,
+    pub keys: Vec<MetricKey>,
 }
 
-impl Layout {
-    pub(crate) fn find(&self, dataset: &str, metric: &str) -> Option<&LayoutKey> {
+impl MetricLayout {
+    pub(crate) fn find(&self, dataset: &str, metric: &str) -> Option<&MetricKey> {
         self.keys
             .binary_search_by(|k| (k.dataset.as_str(), k.metric.as_str()).cmp(&(dataset, metric)))
             .ok()
@@ -53,7 +53,7 @@ impl Layout {
     }
 }
 
-pub(crate) fn sum_slots(key: &LayoutKey, map: &Mapping) -> usize {
+pub(crate) fn sum_slots(key: &MetricKey, map: &Mapping) -> usize {
     match key.kind {
         Kind::Sum => 1,
         Kind::Mean => 2,
@@ -63,7 +63,7 @@ pub(crate) fn sum_slots(key: &LayoutKey, map: &Mapping) -> usize {
     }
 }
 
-pub(crate) fn max_slots(key: &LayoutKey) -> usize {
+pub(crate) fn max_slots(key: &MetricKey) -> usize {
     match key.kind {
         Kind::Max | Kind::Min => 1,
         Kind::Distribution => 2,
@@ -72,7 +72,7 @@ pub(crate) fn max_slots(key: &LayoutKey) -> usize {
 }
 
 /// The layout's fingerprint as an f64 integer below 2^52 (exact in f64, so `-h` is too).
-pub(crate) fn fingerprint(layout: &Layout, map: &Mapping) -> f64 {
+pub(crate) fn fingerprint(layout: &MetricLayout, map: &Mapping) -> f64 {
     let mut bytes = serde_json::to_vec(layout).expect("a layout serializes");
     bytes.extend_from_slice(format!("{map:?}").as_bytes());
     (crate::hash::xxh64(&bytes) >> 12) as f64

@@ -31,15 +31,15 @@ use crate::error::{Error, Result};
 use crate::hash::xxh64;
 
 /// The 9-byte magic that opens every Megatron `.idx`.
-pub const MAGIC: &[u8; 9] = b"MMIDIDX\0\0";
+pub(crate) const MAGIC: &[u8; 9] = b"MMIDIDX\0\0";
 /// The only `.idx` version Megatron writes.
-pub const VERSION: u64 = 1;
+pub(crate) const VERSION: u64 = 1;
 /// Header length: magic, version, dtype code, N, D.
-pub const HEADER_LEN: usize = 34;
+pub(crate) const HEADER_LEN: usize = 34;
 
 /// The prefix a user meant: `data/web.idx` and `data/web.bin` name the shard `data/web`
 /// (unless `data/web.idx.idx` exists).
-pub fn resolve_prefix(prefix: &Path) -> PathBuf {
+pub(crate) fn resolve_prefix(prefix: &Path) -> PathBuf {
     let named_file = prefix.extension().is_some_and(|e| e == "idx" || e == "bin");
     if named_file && !shard_paths(prefix).0.exists() {
         prefix.with_extension("")
@@ -49,7 +49,7 @@ pub fn resolve_prefix(prefix: &Path) -> PathBuf {
 }
 
 /// The paths of a shard's two files, from its prefix.
-pub fn shard_paths(prefix: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn shard_paths(prefix: &Path) -> (PathBuf, PathBuf) {
     let with = |ext: &str| {
         let mut s = prefix.as_os_str().to_owned();
         s.push(ext);
@@ -112,7 +112,7 @@ pub struct IndexedShard {
 
 impl IndexedShard {
     /// Opens `PREFIX.idx` and `PREFIX.bin` and validates them. A prefix given with its `.idx`
-    /// or `.bin` extension is taken without it ([`resolve_prefix`]).
+    /// or `.bin` extension is taken without it.
     ///
     /// # Errors
     ///

@@ -10,8 +10,8 @@
 //!   [`read_classes_beside`], [`RangeFile`]) read into plain data for [`crate::order`].
 //! - [`synthetic`] writes the built-in deterministic corpus that `shardflow demo` and the
 //!   benchmarks use.
-//! - [`trailer`]: the integrity trailer that ties a written `.idx` to its `.bin` (its XXH64 is
-//!   the crate's one implementation, shared with the other formats that store a hash).
+//! - [`Trailer`]: the integrity trailer that ties a written `.idx` to its `.bin`, and its format
+//!   ([`TRAILER_MAGIC`], [`TRAILER_LEN`]).
 
 mod dataset;
 mod dtype;
@@ -19,7 +19,7 @@ mod flat;
 mod indexed;
 mod sidecar;
 pub mod synthetic;
-pub mod trailer;
+mod trailer;
 mod writer;
 
 pub use dataset::*;
@@ -27,6 +27,7 @@ pub use dtype::*;
 pub use flat::*;
 pub use indexed::*;
 pub use sidecar::*;
+pub use trailer::{TRAILER_LEN, TRAILER_MAGIC, Trailer};
 pub use writer::*;
 
 use std::fs::File;
@@ -213,7 +214,7 @@ impl LengthStats {
 }
 
 /// The name a shard prefix gives its dataset: its file name (`data/web` → `web`).
-pub fn prefix_name(prefix: &Path) -> String {
+pub(crate) fn prefix_name(prefix: &Path) -> String {
     resolve_prefix(prefix)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

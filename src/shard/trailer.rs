@@ -1,23 +1,9 @@
-//! shardflow's integrity trailer: 48 bytes after a Megatron `.idx`'s document indices that tie
-//! the index to its `.bin`. Megatron-core reads its arrays at fixed offsets and ignores them.
-//!
-//! | offset | bytes | field |
-//! |---|---|---|
-//! | 0 | 8 | magic `SFPAIR01` |
-//! | 8 | 8 | u64 length of the `.bin` in bytes |
-//! | 16 | 8 | u64 XXH64 (seed 0) of the whole `.bin` (`xxhsum -H64` prints it) |
-//! | 24 | 8 | u64 XXH64 of a sample of the `.bin`: its length, then 16 blocks of 4 KiB at evenly spaced offsets (the whole file when it is at most 64 KiB) |
-//! | 32 | 8 | u64 XXH64 of the `.idx` bytes before the trailer |
-//! | 40 | 8 | u64 XXH64 of trailer bytes 0..40 |
-//!
-//! Opening a shard checks the `.bin` length, the sampled hash and the index hash: a `.bin` from
-//! another write is an error, at the cost of reading 64 KiB of it. [`crate::IndexedShard::verify`]
-//! (`shardflow inspect --verify`) checks the whole `.bin` against the full hash. Shards written
-//! by other tools have no trailer and get the structural checks only.
+//! shardflow's integrity trailer: the format is documented on [`Trailer`], which the shard module
+//! re-exports with [`TRAILER_MAGIC`] and [`TRAILER_LEN`]; the parsing and hashing stay here.
 
 use crate::hash::{Xxh64, xxh64};
 
-/// The trailer's magic.
+/// The trailer's magic, its first 8 bytes.
 pub const TRAILER_MAGIC: &[u8; 8] = b"SFPAIR01";
 /// The trailer's length in bytes.
 pub const TRAILER_LEN: usize = 48;
@@ -25,14 +11,30 @@ pub const TRAILER_LEN: usize = 48;
 const SAMPLE_BLOCKS: usize = 16;
 const SAMPLE_BLOCK: usize = 4096;
 
-/// What a trailer records.
+/// shardflow's integrity trailer: 48 bytes after a Megatron `.idx`'s document indices that tie
+/// the index to its `.bin`. Megatron-core reads its arrays at fixed offsets and ignores them.
+///
+/// | offset | bytes | field |
+/// |---|---|---|
+/// | 0 | 8 | magic `SFPAIR01` ([`TRAILER_MAGIC`]) |
+/// | 8 | 8 | u64 length of the `.bin` in bytes |
+/// | 16 | 8 | u64 XXH64 (seed 0) of the whole `.bin` (`xxhsum -H64` prints it) |
+/// | 24 | 8 | u64 XXH64 of a sample of the `.bin`: its length, then 16 blocks of 4 KiB at evenly spaced offsets (the whole file when it is at most 64 KiB) |
+/// | 32 | 8 | u64 XXH64 of the `.idx` bytes before the trailer |
+/// | 40 | 8 | u64 XXH64 of trailer bytes 0..40 |
+///
+/// All integers are little-endian; the trailer is [`TRAILER_LEN`] bytes. Opening a shard checks
+/// the `.bin` length, the sampled hash and the index hash: a `.bin` from another write is an
+/// error, at the cost of reading 64 KiB of it. [`crate::IndexedShard::verify`] (`shardflow
+/// inspect --verify`) checks the whole `.bin` against the full hash. Shards written by other
+/// tools have no trailer and get the structural checks only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Trailer {
     /// The `.bin` length in bytes.
     pub bin_len: u64,
     /// XXH64 of the whole `.bin`.
     pub bin_hash: u64,
-    /// XXH64 of the `.bin`'s sample ([`sample_hash`]).
+    /// XXH64 of the `.bin`'s sample (its length, then 16 blocks of 4 KiB; see the table above).
     pub bin_sample: u64,
     /// XXH64 of the `.idx` bytes before the trailer.
     pub idx_hash: u64,
@@ -47,7 +49,7 @@ pub(crate) enum TrailerError {
 
 impl Trailer {
     /// The trailer of `bin` for an index whose bytes before the trailer hash to `idx_hash`.
-    pub fn of(bin: &[u8], idx_hash: u64) -> Self {
+    pub(crate) fn of(bin: &[u8], idx_hash: u64) -> Self {
         Trailer {
             bin_len: bin.len() as u64,
             bin_hash: xxh64(bin),
@@ -57,7 +59,7 @@ impl Trailer {
     }
 
     /// The 48 bytes.
-    pub fn to_bytes(&self) -> [u8; TRAILER_LEN] {
+    pub(crate) fn to_bytes(self) -> [u8; TRAILER_LEN] {
         let mut out = [0u8; TRAILER_LEN];
         out[..8].copy_from_slice(TRAILER_MAGIC);
         for (i, v) in [self.bin_len, self.bin_hash, self.bin_sample, self.idx_hash]
@@ -92,7 +94,7 @@ impl Trailer {
 
 /// XXH64 of a sample of `bin`: its length, then 16 blocks of 4096
 /// bytes at evenly spaced offsets (first and last included), or the whole of a small file.
-pub fn sample_hash(bin: &[u8]) -> u64 {
+pub(crate) fn sample_hash(bin: &[u8]) -> u64 {
     let mut h = Xxh64::new(0);
     h.update(&(bin.len() as u64).to_le_bytes());
     if bin.len() <= SAMPLE_BLOCKS * SAMPLE_BLOCK {

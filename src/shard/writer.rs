@@ -33,7 +33,7 @@ pub struct ShardSummary {
 /// [`IndexedWriter::finish`] with [`commit_pair`]: the old pair is moved aside, then the new
 /// `.bin` and the new `.idx` are renamed in, so a crash at any moment leaves the old pair, the
 /// new pair, or a missing `.idx` that opening reports, never an old file beside a new one. The
-/// `.idx` ends with an integrity [trailer](super::trailer) (the `.bin`'s length and hashes) that
+/// `.idx` ends with an integrity [trailer](super::Trailer) (the `.bin`'s length and hashes) that
 /// opening checks. A writer dropped before `finish` leaves nothing behind. A killed write leaves
 /// hidden temporary (and, during the commit, moved-aside) files: the next reader or writer puts
 /// a whole pair back by renames ([`recover_shard`](super::recover_shard)), and the next write

@@ -1,12 +1,12 @@
-//! The device suite every device path passes (wgpu, CUDA): its reductions against the host
-//! engine, a metric reduce against the host's, its sketches against host sketches, and a loader
+//! The device suite every device path passes (wgpu, CUDA): a metric reduce over its collective
+//! (NCCL) against the host's, its sketches against host sketches, and a loader
 //! run through its sink, checkpointed and resumed, against the host run. A sink's batches are
 //! read back through [`DeviceBatch`].
 
 use std::time::Duration;
 
 use shardflow::collate::{Batch, CollateConfig, Padding};
-use shardflow::collective::{Collective, ReduceOp, in_process};
+use shardflow::collective::{Collective, in_process};
 use shardflow::device::{DeviceBatch, DeviceSink};
 use shardflow::loader::{LoaderBuilder, LoaderState, Source};
 use shardflow::metrics::{Aggregator, Kind, MAX_VALUE, MIN_VALUE, Mapping, Sketch};
@@ -29,90 +29,12 @@ pub fn boxed<C: Collective + 'static>(ranks: Vec<C>) -> Ranks {
         .collect()
 }
 
-/// Deterministic pseudo-random numbers for the reduction and sketch inputs.
+/// Deterministic pseudo-random numbers for the sketch inputs.
 pub fn lcg(seed: &mut u64) -> u64 {
     *seed = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
     *seed >> 11
-}
-
-/// Every rank's f64 and u64 inputs: specials (signed zeros, infinities, subnormals), random
-/// values, and u64s near the top of their range.
-fn reduction_inputs(n: usize) -> Vec<(Vec<f64>, Vec<u64>)> {
-    let specials = [
-        0.0,
-        -0.0,
-        f64::NEG_INFINITY,
-        1e300,
-        -1e-300,
-        5e-324,
-        0.1,
-        3.0,
-    ];
-    (0..n)
-        .map(|r| {
-            let mut seed = r as u64 + 7;
-            let f = (0..300)
-                .map(|i| {
-                    if i < specials.len() * n {
-                        specials[(i + r) % specials.len()]
-                    } else {
-                        (lcg(&mut seed) as f64 / 1e6) * if i % 3 == 0 { -1.0 } else { 1.0 }
-                    }
-                })
-                .collect();
-            let u = (0..300)
-                .map(|i| match i % 4 {
-                    0 => u64::MAX - lcg(&mut seed) % 1000,
-                    1 => (1 << 32) - 1 - r as u64,
-                    2 => lcg(&mut seed),
-                    _ => r as u64,
-                })
-                .collect();
-            (f, u)
-        })
-        .collect()
-}
-
-/// Every rank's SUM, MAX and MIN results over `ranks`, f64 as bits.
-fn reductions(ranks: Ranks) -> Vec<(Vec<u64>, Vec<u64>)> {
-    let inputs = reduction_inputs(ranks.len());
-    std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
-            .into_iter()
-            .enumerate()
-            .map(|(r, c)| {
-                let (f, u) = inputs[r].clone();
-                s.spawn(move || {
-                    let mut out = Vec::new();
-                    for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
-                        let (mut a, mut b) = (f.clone(), u.clone());
-                        c.all_reduce_f64(&mut a, op).unwrap();
-                        c.all_reduce_u64(&mut b, op).unwrap();
-                        out.push((a.iter().map(|x| x.to_bits()).collect(), b));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    })
-}
-
-/// A device world of 4 reduces bit for bit as the host engine does.
-pub fn reductions_equal_the_host(device: Ranks) {
-    let n = device.len();
-    let host = reductions(host_world(n));
-    let got = reductions(device);
-    assert_eq!(got.len(), 3 * n);
-    for (i, (d, h)) in got.iter().zip(&host).enumerate() {
-        assert_eq!(d.0, h.0, "f64 result {i}");
-        assert_eq!(d.1, h.1, "u64 result {i}");
-    }
 }
 
 /// Every rank's metric report over `ranks`: distributions, sums, maxima, minima, categories.

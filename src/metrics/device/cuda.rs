@@ -1,12 +1,11 @@
 //! Device sketches on CUDA: `kernels/sketch.cu`, the port of `shaders/sketch.wgsl`, with the
 //! same table, layout and chunked sums, so its sketches equal the host's bucket for bucket.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::CudaSlice;
 
 use super::{CHUNK, bucket_table, initial_counts, sketches_from};
 use crate::error::Result;
-use crate::gpu::cuda::CudaContext;
-use crate::gpu::nvrtc::Kernel;
+use crate::gpu::cuda::{CudaContext, SketchArgs, launch_sketch};
 use crate::metrics::{Aggregator, Mapping, Sketch};
 
 /// The sketches of the first `n` f32 values of `values`, each counted for the dataset
@@ -37,7 +36,6 @@ pub fn cuda_sketches(
             ),
         ));
     }
-    let function = ctx.function(Kernel::Sketch, "sketch")?;
     let stream = ctx.compute_stream();
     let datasets = names.len();
     let nb = map.buckets();
@@ -49,24 +47,21 @@ pub fn cuda_sketches(
     let mut partials = stream
         .alloc_zeros::<f64>((chunks * datasets).max(1))
         .map_err(&fail)?;
-    if n > 0 {
-        let (n32, d32, nb32, chunk32) = (n as u32, datasets as u32, nb as u32, CHUNK as u32);
-        let mut launch = stream.launch_builder(&function);
-        launch
-            .arg(&n32)
-            .arg(&d32)
-            .arg(&nb32)
-            .arg(&chunk32)
-            .arg(values)
-            .arg(dataset_of)
-            .arg(&table)
-            .arg(&mut counts)
-            .arg(&mut partials);
-        // SAFETY: the arguments follow sketch's signature in kernels/sketch.cu (f32 values
-        // travel as their bits); `values` and `dataset_of` hold at least n elements (checked
-        // above), `counts` D * (8 + 2 nb) and `partials` chunks * D, as the kernel indexes.
-        unsafe { launch.launch(LaunchConfig::for_num_elems(chunks as u32)) }.map_err(&fail)?;
-    }
+    launch_sketch(
+        ctx,
+        stream,
+        SketchArgs {
+            n,
+            datasets,
+            buckets: nb,
+            chunk: CHUNK,
+            values,
+            dataset_of,
+            table: &table,
+            counts: &mut counts,
+            partials: &mut partials,
+        },
+    )?;
     let counts = stream.clone_dtoh(&counts).map_err(&fail)?;
     let partials = stream.clone_dtoh(&partials).map_err(&fail)?;
     sketches_from(map, &counts, &partials, n, names)

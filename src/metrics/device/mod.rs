@@ -11,7 +11,7 @@
 //! entry at or below a value's bits is its host bucket: the device compares integers only.
 //!
 //! Buckets, count, zero count, minimum and maximum are therefore exactly the host's. The sum is
-//! added in chunks of [`CHUNK`] values (in order within a chunk, then chunk by chunk), not one by
+//! added in chunks of 256 values (in order within a chunk, then chunk by chunk), not one by
 //! one, so it may differ from the host's running sum in the last bits: both lie within
 //! `n * 2^-53 * sum |v|` of the exact sum of `n` values.
 
@@ -30,10 +30,11 @@ use super::sketch::{MAX_VALUE, MIN_VALUE, Mapping, Sketch};
 use crate::error::{Error, Result};
 
 /// Values one shader invocation adds up (llvmpipe bounds the loop iterations of an invocation).
-pub const CHUNK: usize = 256;
+pub(crate) const CHUNK: usize = 256;
 
 /// The table of f32 bit patterns: entry `j` is the smallest positive f32 whose bucket under `map`
 /// is at least `map.min_index + j`; entry 0 is the smallest f32 that is not counted as zero.
+#[doc(hidden)] // Public for the device conformance tests only (tests/wgpu.rs, tests/cuda.rs).
 pub fn bucket_table(map: &Mapping) -> Vec<u32> {
     let host = |bits: u32| map.index((f32::from_bits(bits) as f64).min(MAX_VALUE));
     let first = |pred: &dyn Fn(u32) -> bool| {
