@@ -6,9 +6,6 @@
 //! - [`error`]: the one [`Error`] type; every variant names the file, offset, dataset or rank.
 //! - [`atomic`]: atomic file writes (temporary name, fsync, rename, directory fsync), shard
 //!   pairs that never mix, and the cleanup of interrupted writes.
-//! - [`gpu`]: GPU contexts: the wgpu context (adapter, device, queue, compiled shaders of
-//!   `shaders/`; feature `wgpu`) and the CUDA context (streams, pinned memory, the kernels of
-//!   `kernels/` compiled by NVRTC; feature `cuda`).
 //! - [`shard`]: Megatron `.bin/.idx` shards (read, validate, write), flat token files,
 //!   multi-shard datasets, host decoding of token ids, the class and range files that lie
 //!   beside shards ([`shard::read_class_file`], [`shard::RangeFile`]), the built-in synthetic
@@ -17,17 +14,20 @@
 //!   partitions, and the [`order::Cursor`] a checkpoint stores. Pure: it reads no file.
 //! - [`transform`]: per-sample truncation, BOS/EOS, user transforms, the bad-sample policy.
 //! - [`collate`]: padding and packing into staged batches in pooled, aligned memory.
-//! - [`collective`]: the [`collective::Collective`] trait and its engines: solo, in-process
-//!   worlds (on the host, on wgpu, on CUDA), NCCL (feature `cuda`), engines served from a thread
+//! - [`gpu`]: GPU contexts: the wgpu context (adapter, device, queue, compiled shaders of
+//!   `shaders/`; feature `wgpu`) and the CUDA context (streams, pinned memory, the kernels of
+//!   `kernels/` compiled by NVRTC; feature `cuda`).
+//! - [`device`]: the [`device::DeviceSink`] seam and its sinks: the host reference sink, the wgpu
+//!   sink (feature `wgpu`) and the CUDA sink (feature `cuda`: pinned staging, async copies, padding
+//!   on the device).
+//! - [`collective`]: the [`collective::Collective`] trait and its engines: solo, the in-process
+//!   world of threads, NCCL (feature `cuda`), engines served from a thread
 //!   of their own ([`collective::Served`]); the [`collective::FileStore`] rendezvous for separate
 //!   processes, the run spec and config agreement, [`collective::World::from_env`]. (MPI is the
 //!   workspace crate `crates/shardflow-mpi`.)
 //! - [`metrics`]: metric kinds, the aggregator, the distribution sketch, the fused reduce.
 //! - `history` (feature `history`): per-step and per-sample records streamed to Parquet part
 //!   files, and the summary reader.
-//! - [`device`]: the [`device::DeviceSink`] seam and its sinks: the host reference sink, the wgpu
-//!   sink (feature `wgpu`) and the CUDA sink (feature `cuda`: pinned staging, async copies, padding
-//!   on the device).
 //! - [`loader`]: the config and builder, planner, workers, reorder buffer, checkpoint state and
 //!   statistics.
 //! - `burn` (feature `burn`): batches as Burn tensors, Burn's `DataLoader` over a stream,

@@ -1,7 +1,7 @@
 //! The CUDA context (feature `cuda`): a device picked as `local_rank % device_count`, a compute
 //! stream and a copy stream, over cudarc's driver API; its page-locked host memory; and the
-//! kernels of `kernels/` behind typed safe launch functions ([`launch_pad_collate`],
-//! [`launch_sketch`]).
+//! kernels of `kernels/` behind typed safe launch functions (`launch_pad_collate`,
+//! `launch_sketch`, crate-private: the device sink and the sketch binning call them).
 //!
 //! cudarc loads libcuda when first used and panics when it is missing, so every entry point here
 //! checks [`cuda_present`] first: no libcuda, no device or a driver error is an [`Error::Device`]
@@ -10,7 +10,7 @@
 mod launch;
 mod pinned;
 
-pub use launch::*;
+pub(crate) use launch::*;
 pub(crate) use pinned::{PinnedBuffer, PinnedMemory};
 
 use std::collections::HashMap;

@@ -116,7 +116,7 @@ pub fn compile(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
 /// # Errors
 ///
 /// As [`compile`].
-pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
+pub(crate) fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
     run(name, source, arch, Output::Ptx)
 }
 

@@ -24,7 +24,7 @@ const MAX_GRID_X: u64 = (1 << 31) - 1;
 /// The arguments of `kernels/pad_collate.cu`: a batch of `rows` ragged rows padded to `width`
 /// columns. Ids travel as their 4-byte bits.
 #[derive(Debug)]
-pub struct PadCollateArgs<'a> {
+pub(crate) struct PadCollateArgs<'a> {
     /// Rows, B.
     pub rows: usize,
     /// Columns, T.
@@ -62,7 +62,7 @@ pub struct PadCollateArgs<'a> {
 /// [`Error::Device`] naming the argument when a buffer is too small, a size passes u32 or the
 /// grid limit, or a buffer or `stream` belongs to another context; [`Error::Kernel`] or
 /// [`Error::Device`] when the kernel cannot be compiled or loaded; the driver's error.
-pub fn launch_pad_collate(
+pub(crate) fn launch_pad_collate(
     ctx: &CudaContext,
     stream: &Arc<CudaStream>,
     args: PadCollateArgs<'_>,
@@ -145,7 +145,7 @@ pub fn launch_pad_collate(
 /// dataset `dataset_of` names, binned by `table` into per-dataset counts and summed into
 /// per-chunk partials.
 #[derive(Debug)]
-pub struct SketchArgs<'a> {
+pub(crate) struct SketchArgs<'a> {
     /// Values to bin, from the buffers' starts.
     pub n: usize,
     /// Datasets, D (values naming a dataset past it are skipped).
@@ -172,7 +172,7 @@ pub struct SketchArgs<'a> {
 /// # Errors
 ///
 /// As [`launch_pad_collate`].
-pub fn launch_sketch(
+pub(crate) fn launch_sketch(
     ctx: &CudaContext,
     stream: &Arc<CudaStream>,
     args: SketchArgs<'_>,
