@@ -546,6 +546,14 @@ pub(crate) struct Stale {
 ///
 /// [`Error::Io`] when the directory cannot be listed or a stale file cannot be removed.
 pub(crate) fn remove_stale(dest: &Path) -> Result<Stale> {
+    scan_stale(dest, true)
+}
+
+/// Lists the leftovers of `dest` by their locks: unlocked ones in [`Stale::removed`] (removed
+/// first when `remove` is set, while the lock is held: a writer that created the file a moment
+/// ago and locks it now finds its path gone and makes another, see `still_named`), locked ones
+/// in [`Stale::busy`].
+fn scan_stale(dest: &Path, remove: bool) -> Result<Stale> {
     let mut stale = Stale::default();
     let mut found = leftovers(dest, TMP_SUFFIX)?;
     found.extend(leftovers(dest, OLD_SUFFIX)?);
@@ -555,20 +563,21 @@ pub(crate) fn remove_stale(dest: &Path) -> Result<Stale> {
         };
         match file.try_lock() {
             Ok(()) => {
-                // Removed while this holds the lock: a writer that created the file a moment
-                // ago and locks it now finds its path gone and makes another (`still_named`).
                 let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                match fault("remove a leftover file").and_then(|()| std::fs::remove_file(&path)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(Error::io(
-                            &path,
-                            "remove the leftover of an interrupted write",
-                            e,
-                        ));
+                if remove {
+                    match fault("remove a leftover file").and_then(|()| std::fs::remove_file(&path))
+                    {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(Error::io(
+                                &path,
+                                "remove the leftover of an interrupted write",
+                                e,
+                            ));
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                    tracing::debug!(file = %path.display(), bytes = len, "removed the leftover of an earlier write");
                 }
-                tracing::debug!(file = %path.display(), bytes = len, "removed the leftover of an earlier write");
                 stale.removed.push((path, len));
             }
             Err(std::fs::TryLockError::WouldBlock) => stale.busy.push(path),
@@ -605,25 +614,7 @@ fn still_named(tmp: &NamedTempFile) -> bool {
 ///
 /// [`Error::Io`] when the directory cannot be listed.
 pub(crate) fn find_stale(dest: &Path) -> Result<Stale> {
-    let mut stale = Stale::default();
-    let mut found = leftovers(dest, TMP_SUFFIX)?;
-    found.extend(leftovers(dest, OLD_SUFFIX)?);
-    for path in found {
-        let Ok(file) = File::open(&path) else {
-            continue;
-        };
-        match file.try_lock() {
-            Ok(()) => {
-                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                stale.removed.push((path, len));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => stale.busy.push(path),
-            Err(std::fs::TryLockError::Error(_)) => {}
-        }
-    }
-    stale.removed.sort();
-    stale.busy.sort();
-    Ok(stale)
+    scan_stale(dest, false)
 }
 
 /// A tag for the files one pair commit moves aside: unique in this process and across processes
