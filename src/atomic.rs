@@ -331,11 +331,13 @@ pub fn write_atomic(dest: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
 pub fn commit_pair(first: AtomicFile, second: AtomicFile) -> Result<()> {
     let first = first.sync()?;
     let second = second.sync()?;
-    let commit = begin_commit(&second.dest)?;
     let dir = parent_dir(&second.dest).to_path_buf();
+    // The directory first, with a deadline: waiting on another process's lock must not hold the
+    // commit mutex every atomic write of this process needs.
+    let lock = DirLock::new(&dir)?;
+    let commit = begin_commit(&second.dest)?;
     let first_dest = first.dest.clone();
     let second_dest = second.dest.clone();
-    let lock = DirLock::new(&dir);
     let tag = aside_tag();
     let mut aside: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut first_placed = false;
@@ -374,10 +376,10 @@ pub fn commit_pair(first: AtomicFile, second: AtomicFile) -> Result<()> {
         }
         return Err(e);
     }
-    drop(lock);
     drop(commit);
     // The new pair is in place. Remove the old files and the leftovers of earlier killed writes
-    // even when an fsync fails, then report the first error.
+    // (still under the directory lock, so that no other commit's moved-aside files are taken
+    // for leftovers) even when an fsync fails, then report the first error.
     let mut first_error = sync_dir_path(&dir)
         .map_err(|e| Error::io(&dir, "fsync the directory", e))
         .err();
@@ -391,6 +393,7 @@ pub fn commit_pair(first: AtomicFile, second: AtomicFile) -> Result<()> {
     {
         first_error.get_or_insert(Error::io(&dir, "fsync the directory", e));
     }
+    drop(lock);
     first_error.map_or(Ok(()), Err)
 }
 
@@ -430,7 +433,7 @@ pub fn recover_pair(
         return Ok(Recovery::Untouched);
     }
     let dir = parent_dir(second);
-    let _lock = DirLock::new(dir);
+    let _lock = DirLock::new(dir)?;
     if std::fs::symlink_metadata(second).is_ok() {
         // A commit finished while this waited for the lock.
         return Ok(Recovery::Untouched);
@@ -444,7 +447,15 @@ pub fn recover_pair(
         sync_dir(to)
     };
     if std::fs::metadata(first).is_ok_and(|m| m.is_file()) {
-        if let Some(old) = old_seconds.iter().find(|s| pairs(first, s)) {
+        // The `first` in place is the old one only if its commit did not move it aside (no
+        // moved-aside `first` shares the old `second`'s tag): an old `second` is never put
+        // beside a new `first`, however well they seem to validate (a `second` without a
+        // trailer is checked against the structure alone).
+        let first_is_old = |s: &PathBuf| !old_firsts.iter().any(|f| tag_of(f) == tag_of(s));
+        if let Some(old) = old_seconds
+            .iter()
+            .find(|s| first_is_old(s) && pairs(first, s))
+        {
             restore(old, second)?;
             tracing::warn!(file = %second.display(), "rolled back an interrupted write: the old pair is in place");
             return Ok(Recovery::RolledBack);
@@ -459,15 +470,12 @@ pub fn recover_pair(
             return Ok(Recovery::RolledForward);
         }
     }
-    // The old pair, both aside; files of one commit share a tag, so try those first.
-    let mut candidates: Vec<(&PathBuf, &PathBuf)> = Vec::new();
-    for s in &old_seconds {
-        for f in &old_firsts {
-            candidates.push((f, s));
-        }
-    }
-    candidates.sort_by_key(|(f, s)| tag_of(f) != tag_of(s));
-    if let Some((old_first, old_second)) = candidates.into_iter().find(|(f, s)| pairs(f, s)) {
+    // The old pair, both aside: the files one commit moved share its tag.
+    let old_pair = old_seconds.iter().find_map(|s| {
+        let f = old_firsts.iter().find(|f| tag_of(f) == tag_of(s))?;
+        pairs(f, s).then_some((f, s))
+    });
+    if let Some((old_first, old_second)) = old_pair {
         restore(old_first, first)?;
         restore(old_second, second)?;
         tracing::warn!(file = %second.display(), "rolled back an interrupted write: the old pair is in place");
@@ -514,7 +522,16 @@ fn leftovers(dest: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
 /// Whether nobody holds `path`'s lock (its writer is gone). A file that cannot be opened or
 /// locked counts as held: it is left alone.
 fn unlocked(path: &Path) -> bool {
-    File::open(path).is_ok_and(|f| f.try_lock().is_ok())
+    open_to_lock(path).is_ok_and(|f| f.try_lock().is_ok())
+}
+
+/// Opens a leftover to test its lock: for writing too, since NFS emulates `flock` with POSIX
+/// locks, which refuse an exclusive lock on a file opened for reading only.
+fn open_to_lock(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
 }
 
 /// An exclusive lock on a directory, held while a pair is committed or recovered there. A file
@@ -522,9 +539,38 @@ fn unlocked(path: &Path) -> bool {
 /// still excludes others through `COMMIT`).
 struct DirLock(#[allow(dead_code)] Option<File>);
 
+/// How long a commit or a recovery waits for another process's hold on the directory (a commit
+/// holds it for a few renames and fsyncs).
+const DIR_LOCK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl DirLock {
-    fn new(dir: &Path) -> Self {
-        DirLock(File::open(dir).ok().filter(|d| d.lock().is_ok()))
+    /// Takes the lock, waiting at most [`DIR_LOCK_DEADLINE`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming the directory when another process holds it past the deadline.
+    fn new(dir: &Path) -> Result<Self> {
+        let Ok(file) = File::open(dir) else {
+            return Ok(DirLock(None));
+        };
+        let started = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(DirLock(Some(file))),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                // No locks on this file system.
+                Err(std::fs::TryLockError::Error(_)) => return Ok(DirLock(None)),
+            }
+            if started.elapsed() > DIR_LOCK_DEADLINE {
+                return Err(Error::Io {
+                    path: dir.to_path_buf(),
+                    action: "lock the directory for a shard commit (another process has held it \
+                             for 120 s: a write or recovery that is stuck)",
+                    error: std::io::ErrorKind::TimedOut.into(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
@@ -558,7 +604,7 @@ fn scan_stale(dest: &Path, remove: bool) -> Result<Stale> {
     let mut found = leftovers(dest, TMP_SUFFIX)?;
     found.extend(leftovers(dest, OLD_SUFFIX)?);
     for path in found {
-        let Ok(file) = File::open(&path) else {
+        let Ok(file) = open_to_lock(&path) else {
             continue;
         };
         match file.try_lock() {

@@ -543,6 +543,18 @@ fn a_failing_transform_is_an_error_or_a_counted_skip() {
             .contains("dataset d skipped more than 1 samples in epoch 0"),
         "{e}"
     );
+    // The batch that passed the limit is not accounted: its skip does not count in the state, so
+    // a checkpoint taken now resumes with that batch and counts its skip once.
+    let mut limited = make(BadSamplePolicy::Skip { max_per_epoch: 1 });
+    assert!(limited.find_map(|b| b.err()).is_some());
+    let state = limited.state();
+    let skipped: u64 = state.skips.iter().map(|c| c.skipped).sum();
+    assert_eq!(
+        (skipped, limited.stats().skipped),
+        (1, 1),
+        "{:?}",
+        state.skips
+    );
 }
 
 #[test]

@@ -225,20 +225,21 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
             Ok(out) => out,
             Err(e) => return self.fail(e),
         };
-        self.skipped.clear();
+        // The skip limit and the metrics are checked first; the batch's skips count only once
+        // the whole batch is accounted, so a failure here leaves the state as it was before it.
+        let mut counts = Vec::with_capacity(info.skips.len());
         for skip in &info.skips {
-            self.skipped.push(DocRef {
-                sample: skip.sample,
-                epoch: skip.epoch,
-                dataset: skip.dataset,
-                flags: DocRef::SKIPPED,
-                ..DocRef::default()
-            });
-            let count = self.skips.entry((skip.dataset, skip.epoch)).or_default();
-            *count = count.saturating_add(1);
-            self.stats.skipped += 1;
+            let key = (skip.dataset, skip.epoch);
+            let before = counts.iter().filter(|k| **k == key).count() as u64;
+            let count = self
+                .skips
+                .get(&key)
+                .copied()
+                .unwrap_or(0)
+                .saturating_add(before + 1);
+            counts.push(key);
             if let BadSamplePolicy::Skip { max_per_epoch } = self.collator.transform.bad_samples
-                && *count > max_per_epoch
+                && count > max_per_epoch
             {
                 let e = Error::SkipLimit {
                     step: self.position.batches,
@@ -258,6 +259,19 @@ impl<T: TokenId, S: DeviceSink<T>> Loader<T, S> {
             if let Err(e) = merged {
                 return self.fail(e);
             }
+        }
+        self.skipped.clear();
+        for (skip, key) in info.skips.iter().zip(counts) {
+            self.skipped.push(DocRef {
+                sample: skip.sample,
+                epoch: skip.epoch,
+                dataset: skip.dataset,
+                flags: DocRef::SKIPPED,
+                ..DocRef::default()
+            });
+            let count = self.skips.entry(key).or_default();
+            *count = count.saturating_add(1);
+            self.stats.skipped += 1;
         }
         self.position = info.after;
         self.shadow.skip_to(info.after.plan_step);
