@@ -7,9 +7,6 @@ use crate::collate::DocRef;
 use crate::error::{Error, Result};
 use crate::metrics::{Aggregator, record_loss_values};
 
-pub(crate) use crate::metrics::loss_names as names;
-pub(crate) use crate::metrics::{check_rows, record_loss_counts as record_counts};
-
 /// Records a padded step's per-sample losses (`losses[r]` for row `r`, shape `[B]`) per
 /// dataset, as [`record_loss_values`] does (metric names in [`crate::metrics::loss_names`]):
 /// row `r`'s dataset is `names[docs[r].dataset]`. The losses are read back once, as one small

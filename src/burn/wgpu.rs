@@ -16,13 +16,14 @@ use ::burn::cubecl::wgpu::WgpuServer;
 use ::burn::tensor::{DType, Device, Int, IntDType, Tensor};
 
 use super::BurnBatch;
-use super::loss::{check_rows, names, record_counts};
 use super::sink::check_ids;
 use crate::collate::{CollateConfig, DocRef, Pool, StagedBatch};
 use crate::device::{DeviceField, DeviceSink, RaggedBatch, WgpuBatch, WgpuSink};
 use crate::error::{Error, Result};
 use crate::gpu::WgpuContext;
 use crate::metrics::Aggregator;
+use crate::metrics::loss_names as names;
+use crate::metrics::{check_rows, record_loss_counts as record_counts};
 use crate::shard::TokenId;
 
 /// A wgpu context and the Burn device registered on the same `wgpu::Device` and queue: hand
