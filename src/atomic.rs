@@ -113,7 +113,8 @@ impl Drop for Registered {
 }
 
 /// A temporary directory (see [`tempfile::TempDir`]) that [`interrupt`] removes too; it is
-/// removed when dropped.
+/// removed when dropped. The command's corpora live in one.
+#[cfg(feature = "cli")]
 #[derive(Debug)]
 pub(crate) struct TempDir {
     // Field order: deregister before the directory goes.
@@ -121,6 +122,7 @@ pub(crate) struct TempDir {
     dir: tempfile::TempDir,
 }
 
+#[cfg(feature = "cli")]
 impl TempDir {
     /// A new temporary directory under the system's temporary directory.
     ///

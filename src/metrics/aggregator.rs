@@ -543,8 +543,9 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Adds `count` values summing to `sum` to the MEAN metric `metric`.
-    #[cfg(feature = "burn")]
+    /// Adds `count` values summing to `sum` to the MEAN metric `metric` (the shader sink's loss
+    /// sketches).
+    #[cfg(all(feature = "burn", feature = "wgpu"))]
     pub(crate) fn add_mean(
         &mut self,
         dataset: &str,
