@@ -421,9 +421,9 @@ impl Run<'_> {
         // the ranks (a collective), and the length of every document to the samples table.
         let world = &*self.world;
         let record = |loader: &mut Loader<i32, S>, recorder: &mut Recorder, batch: &S::Output| {
-            let step = loader.step();
-            let skipped = loader.skipped().to_vec();
-            recorder.after_batch(step, &skipped, loader.metrics_mut(), Some(world))?;
+            let last = loader.last_batch();
+            let step = last.step;
+            recorder.after_batch(step, last.skipped, last.metrics, Some(world))?;
             let docs = batch.docs();
             let lengths: Vec<f64> = docs.iter().map(|d| d.len as f64).collect();
             recorder.record_values(step, docs, "tokens", &lengths)

@@ -37,8 +37,8 @@ use crate::metrics::Aggregator;
 /// for _ in 0..4 {
 ///     let _batch = loader.next().expect("a batch")?;
 ///     // One rank here: no collective, the rank's own metrics are written.
-///     let skipped = loader.skipped().to_vec();
-///     recorder.after_batch(loader.step(), &skipped, loader.metrics_mut(), None)?;
+///     let last = loader.last_batch();
+///     recorder.after_batch(last.step, last.skipped, last.metrics, None)?;
 /// }
 /// // A checkpoint: the loader's state, and the history's last step on disk.
 /// let mut state = loader.state();
