@@ -454,6 +454,27 @@ pub enum Error {
         reason: String,
     },
 
+    /// A collective engine's call (NCCL, MPI, any engine behind `collective::Served`) failed or
+    /// passed its deadline. After a timeout or an asynchronous error the engine was aborted and
+    /// every later call fails at once.
+    #[error(
+        "collective engine {engine}{}: {op} failed after {:.3} s: {reason}",
+        .rank.map(|r| format!(" rank {r}")).unwrap_or_default(),
+        .waited.as_secs_f64()
+    )]
+    Collective {
+        /// The engine: `nccl`, `mpi` (the name of its serving thread).
+        engine: String,
+        /// The operation: `ncclAllReduce f64`, `all-reduce u64`, `start`.
+        op: String,
+        /// The rank that waited, once known.
+        rank: Option<usize>,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// Why: the deadline, the engine's error string, and what became of the engine.
+        reason: String,
+    },
+
     /// A checkpoint that cannot be read, or that does not fit the plan it would resume.
     #[error(
         "{}: not a valid shardflow loader checkpoint: {field}: {reason}",

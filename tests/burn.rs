@@ -286,8 +286,8 @@ fn losses_reduce_across_ranks_with_the_data_metrics_in_one_reduce() {
         total += n;
     }
     assert_eq!(total, 125.0, "one epoch of the mixture");
-    // A first reduce agrees on the names (two collectives), then sums and maxes (two more): the
-    // losses ride in the same buffers as the data metrics.
+    // A first reduce agrees on the names (the header and a gather), then sums and maxes (two
+    // more): the losses ride in the same buffers as the data metrics.
     assert_eq!(
         reports[0].1, 4,
         "one reduce for data metrics and losses together"

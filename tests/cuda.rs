@@ -82,7 +82,15 @@ fn without_a_driver_the_cuda_context_is_an_error_not_a_panic() {
     use shardflow::gpu::cuda::{CudaContext, cuda_present, device_count};
     if cuda_present() {
         // A machine with a driver: the context comes up on this rank's device.
-        let n = device_count().unwrap();
+        let n = match device_count() {
+            Ok(n) => n,
+            Err(e) => {
+                // A driver that fails to initialize is an error too, not a panic.
+                assert!(matches!(e, Error::Device { .. }), "{e}");
+                assert!(CudaContext::for_local_rank(0).is_err());
+                return;
+            }
+        };
         match CudaContext::for_local_rank(0) {
             Ok(ctx) => {
                 assert!(n > 0);
@@ -90,6 +98,20 @@ fn without_a_driver_the_cuda_context_is_an_error_not_a_panic() {
                 assert!(ctx.arch().starts_with("sm_"), "{}", ctx.arch());
             }
             Err(e) => assert_eq!(n, 0, "{e}"),
+        }
+        // A LOCAL_RANK past the visible devices is refused by name, unless the process sees
+        // one device (each rank its own through CUDA_VISIBLE_DEVICES).
+        match CudaContext::for_local_rank(n) {
+            Ok(ctx) => assert_eq!((n, ctx.driver().ordinal()), (1, 0)),
+            Err(e) if n == 0 => assert!(e.to_string().contains("no CUDA device"), "{e}"),
+            Err(e) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("LOCAL_RANK {n} names no device"))
+                        && text.contains(&format!("sees {n} CUDA devices")),
+                    "{text}"
+                );
+            }
         }
     } else {
         for err in [
@@ -190,7 +212,8 @@ fn a_loader_run_through_the_cuda_sink_checkpointed_and_resumed_equals_the_host_r
 }
 
 #[test]
-fn a_steady_cuda_stream_recycles_two_slots_from_pinned_staging_and_sends_only_real_tokens() {
+fn a_steady_cuda_stream_recycles_two_or_three_slots_from_pinned_staging_and_sends_only_real_tokens()
+{
     let Some(ctx) = cuda() else { return };
     let dir = tempfile::tempdir().unwrap();
     let sink = CudaSink::new(ctx.clone()).unwrap();
@@ -214,7 +237,10 @@ fn a_steady_cuda_stream_recycles_two_slots_from_pinned_staging_and_sends_only_re
     assert_eq!(last.attention_mask().unwrap().dtype, "u8");
     assert_eq!(last.to_host().unwrap().rows, 8);
     drop(last);
-    suite::steady_stats(loader.sink().stats(), 40);
+    // Held while the next is written: two slots, and a third only when the released slot's
+    // consumer (here nothing but the pad kernel) had not finished when the next upload began.
+    let stats = loader.sink().stats();
+    suite::steady_stats_within(stats, 40, 2..=CudaSink::MAX_SLOTS as u64);
     let (warm, now) = (warm.unwrap(), pool.stats());
     assert_eq!(
         now.allocations, warm.allocations,
@@ -254,4 +280,121 @@ fn a_kernel_image_is_cubin_for_known_architectures_and_ptx_for_newer_ones() {
     // A device older than every architecture it knows is an error naming the kernel.
     let e = image(Kernel::PadCollate, (1, 0)).unwrap_err();
     assert!(e.to_string().contains("pad_collate.cu"), "{e}");
+}
+
+/// A consumer step that keeps the device busy for `cycles` clock cycles, then copies `n` u32s
+/// from `src` to `dst`: it reads the batch late, through a raw pointer that cudarc does not
+/// track, as a foreign framework's kernel would.
+const SLOW_STEP: &str = r#"
+extern "C" __global__ void slow_copy(const unsigned* src, unsigned* dst, unsigned n,
+                                     long long cycles) {
+    long long t0 = clock64();
+    while (clock64() - t0 < cycles) {}
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        dst[i] = src[i];
+    }
+}
+"#;
+
+/// `for batch in loader { step(batch) }` over `sources` through a CUDA sink, each step a
+/// [`SLOW_STEP`] copying the batch's ids out late on `consumer` (the compute stream when
+/// `None`; another stream through `use_on`); the ids each step read, and the sink's counters.
+fn slow_steps(
+    ctx: &Arc<CudaContext>,
+    sources: Vec<shardflow::loader::Source>,
+    batches: usize,
+    consumer: Option<Arc<cudarc::driver::CudaStream>>,
+) -> (Vec<Vec<u32>>, shardflow::device::SinkStats) {
+    use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+    let cubin = compile("slow_copy.cu", SLOW_STEP, &ctx.arch()).unwrap();
+    let module = ctx
+        .driver()
+        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+        .unwrap();
+    let slow_copy = module.load_function("slow_copy").unwrap();
+    let stream = consumer
+        .clone()
+        .unwrap_or_else(|| ctx.compute_stream().clone());
+    // About a millisecond per step: far longer than an upload of 8 x 64 ids.
+    let cycles: i64 = 2_000_000;
+    let mut loader = suite::steady_loader(sources, CudaSink::new(ctx.clone()).unwrap());
+    let mut outs = Vec::new();
+    for _ in 0..batches {
+        let mut batch = loader.next().unwrap().unwrap();
+        if let Some(s) = &consumer {
+            batch.use_on(s).unwrap();
+        }
+        let ids = batch.ids();
+        let n = ids.len as u32;
+        let mut out = stream.alloc_zeros::<u32>(ids.len).unwrap();
+        // A raw pointer that cudarc does not track: only the sink's events order the slot.
+        let (src, record) = ids.buffer.device_ptr(&stream);
+        std::mem::forget(record);
+        let mut launch = stream.launch_builder(&slow_copy);
+        launch.arg(&src).arg(&mut out).arg(&n).arg(&cycles);
+        // SAFETY: slow_copy reads n <= ids.buffer.len() elements of src and writes n into out
+        // (allocated with as many); both live on this context, and the batch's slot is
+        // rewritten only after this stream passes the point where the batch is dropped.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.unwrap();
+        drop(batch);
+        outs.push(out);
+    }
+    ctx.synchronize(&stream, "finish the steps").unwrap();
+    let read = outs
+        .iter()
+        .map(|out| stream.clone_dtoh(out).unwrap())
+        .collect();
+    (read, loader.sink().stats())
+}
+
+#[test]
+fn a_loop_dropping_each_batch_before_the_next_overlaps_on_two_slots_and_reads_every_batch_whole() {
+    let Some(ctx) = cuda() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sources = common::mixture(dir.path());
+    let host: Vec<Vec<u32>> =
+        suite::steady_loader(sources.clone(), shardflow::device::HostSink::new())
+            .take(24)
+            .map(|b| b.unwrap().ids.to_vec())
+            .collect();
+    let other = ctx.driver().new_stream().unwrap();
+    for consumer in [None, Some(other)] {
+        let on = if consumer.is_some() {
+            "its own stream"
+        } else {
+            "the compute stream"
+        };
+        let (read, stats) = slow_steps(&ctx, sources.clone(), host.len(), consumer);
+        // Every step read its batch whole: no slot was rewritten under a step still running
+        // (on its own stream, only the `released` event of `use_on`'s stream orders that).
+        for (i, (got, want)) in read.iter().zip(&host).enumerate() {
+            assert_eq!(got, want, "batch {i}, steps on {on}");
+        }
+        // Each upload found the last batch's slot still in use by its step: a second slot was
+        // made so that the copies of batch k + 1 did not wait for step k, and a third at most.
+        assert!(
+            (2..=CudaSink::MAX_SLOTS as u64).contains(&stats.slots_created),
+            "steps on {on}: {stats:?}"
+        );
+        assert!(stats.busy_slots >= 1, "steps on {on}: {stats:?}");
+    }
+}
+
+#[test]
+fn a_ptx_image_names_the_driver_its_isa_needs() {
+    use shardflow::gpu::nvrtc::image;
+    if !nvrtc() {
+        return;
+    }
+    // A device newer than this NVRTC gets PTX: its `.version` says which driver can load it.
+    let ptx = image(Kernel::Sketch, (99, 9)).unwrap();
+    let (major, minor) = ptx.ptx_isa().expect("PTX declares its ISA version");
+    let nvrtc = nvrtc_version().unwrap();
+    // NVRTC 12.x writes PTX ISA 8.x (12.9: 8.8, which needs an R575 driver).
+    assert_eq!(major, 8, "NVRTC {nvrtc:?} wrote PTX ISA {major}.{minor}");
+    if nvrtc == (12, 9) {
+        assert_eq!(minor, 8);
+    }
+    let cubin = image(Kernel::Sketch, (9, 0)).unwrap();
+    assert_eq!(cubin.ptx_isa(), None, "CUBIN has no PTX ISA");
 }

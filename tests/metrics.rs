@@ -87,11 +87,12 @@ fn reduce_over_worlds_of_2_and_4_matches_the_union() {
             let mut agg = Aggregator::default();
             record_rank(&mut agg, r, empty);
             let first = agg.reduce(c).unwrap();
-            // A second reduce with nothing new: exactly two all-reduces, no exchange.
+            // A second reduce with nothing new: exactly three all-reduces (the header, the SUM
+            // and the MAX buffers), no exchange.
             let before = c.counts();
             let second = agg.reduce(c).unwrap();
             let steady = c.counts();
-            assert_eq!(steady.all_reduces - before.all_reduces, 2);
+            assert_eq!(steady.all_reduces - before.all_reduces, 3);
             assert_eq!(steady.all_gathers, before.all_gathers);
             assert_eq!(first.report(), second.report());
             (first.report(), before.total())
@@ -175,7 +176,7 @@ fn new_keys_later_take_four_collectives_at_most() {
         }
         let global = agg.reduce(c).unwrap();
         let used = c.counts().total() - before.total();
-        assert_eq!(used, 4, "SUM, gather of new names, SUM again, MAX");
+        assert_eq!(used, 4, "header, gather of new names, SUM, MAX");
         assert_eq!(global.report().number("b", "late"), Some(7.0));
         assert_eq!(global.report().number("a", "x"), Some(3.0));
     });
@@ -200,7 +201,7 @@ fn ranks_that_disagree_on_a_kind_get_an_error() {
 #[test]
 fn ranks_with_different_sketch_settings_get_an_error_naming_them() {
     // Same keys, so the buffers have the same length and an engine would sum them silently;
-    // the layout fingerprint in the MAX buffer tells the ranks apart.
+    // the layout fingerprint in the header tells the ranks apart, before any buffer is reduced.
     let results = on_world(3, |r, c| {
         let alpha = if r == 2 { 0.0100001 } else { 0.01 };
         let mut agg = Aggregator::new(shardflow::metrics::MetricsConfig {
@@ -208,13 +209,69 @@ fn ranks_with_different_sketch_settings_get_an_error_naming_them() {
             ..Default::default()
         });
         agg.record("web", "tokens", Kind::Sum, 10.0).unwrap();
-        agg.reduce(c).map(|_| ())
+        let result = agg.reduce(c).map(|_| ());
+        (result, c.counts())
     });
-    for (r, result) in results.iter().enumerate() {
+    for (r, (result, counts)) in results.iter().enumerate() {
+        // The header's all-reduce, then the all-gather that names the ranks: no buffer.
+        assert_eq!((counts.all_reduces, counts.all_gathers), (1, 1), "rank {r}");
         let err = result.as_ref().unwrap_err().to_string();
         assert!(err.contains("reduce layouts differ"), "rank {r}: {err}");
+        assert!(
+            err.contains("layout fingerprint ranges over"),
+            "rank {r}: {err}"
+        );
         assert!(err.contains("rank 2 (mapping"), "rank {r}: {err}");
         assert!(!err.contains("rank 1 (mapping"), "rank {r}: {err}");
+    }
+}
+
+#[test]
+fn ranks_with_different_buffer_lengths_or_calls_are_refused_before_the_buffers() {
+    // Rank 1 has a category more in its agreed layout (a longer SUM buffer): an engine such as
+    // NCCL would reduce buffers of different lengths. The header refuses first.
+    let results = on_world(3, |r, c| {
+        let mut agg = Aggregator::default();
+        agg.record("web", "tokens", Kind::Sum, 1.0).unwrap();
+        agg.reduce(c).unwrap();
+        if r == 1 {
+            agg.record_category("web", "lang", "en").unwrap();
+            agg.reduce(&Solo).unwrap(); // agreed alone: its layout now differs
+        }
+        let before = c.counts();
+        let err = agg.reduce(c).unwrap_err();
+        (err, c.counts().all_reduces - before.all_reduces)
+    });
+    for (r, (err, all_reduces)) in results.iter().enumerate() {
+        assert_eq!(*all_reduces, 1, "rank {r}: the header only");
+        let text = err.to_string();
+        assert!(matches!(err, Error::CollectiveMismatch { .. }), "{text}");
+        assert!(
+            text.contains("SUM buffer length ranges over 1..=2"),
+            "rank {r}: {text}"
+        );
+        assert!(
+            text.contains("reduce call ranges over 1..=2"),
+            "rank {r}: {text}"
+        );
+        assert!(text.contains("rank 1 (mapping"), "rank {r}: {text}");
+        assert!(!text.contains("rank 2 (mapping"), "rank {r}: {text}");
+    }
+    // Ranks at different reduce calls with the same layout: refused, naming the call numbers.
+    let results = on_world(2, |r, c| {
+        let mut agg = Aggregator::default();
+        agg.record("web", "tokens", Kind::Sum, 1.0).unwrap();
+        agg.reduce(c).unwrap();
+        if r == 0 {
+            agg.reduce(&Solo).unwrap();
+        }
+        agg.reduce(c).unwrap_err().to_string()
+    });
+    for text in results {
+        assert!(text.contains("reduce call ranges over 1..=2"), "{text}");
+        assert!(!text.contains("buffer length ranges"), "{text}");
+        assert!(text.contains("rank 1 (mapping"), "{text}");
+        assert!(text.contains("; reduce call 1)"), "{text}");
     }
 }
 

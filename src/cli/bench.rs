@@ -69,8 +69,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Where batches go: `host` (padded on the host), `wgpu` (ragged ids to the first wgpu
-    /// adapter, padded there) or `cuda` (ragged ids from pinned memory to CUDA device 0, padded
-    /// there); for a device the host sink runs first on the same batches for comparison.
+    /// adapter, padded there), `cuda` (ragged ids from pinned memory to CUDA device 0, padded
+    /// there) or `null` (the device sinks' host-side staging, then the batch is dropped: the CPU
+    /// cost of feeding a GPU, measured without one); for a device the host sink runs first on
+    /// the same batches for comparison.
     #[arg(long, value_enum, default_value_t = Device::Host)]
     device: Device,
     /// After the run, drop the shards from the page cache before each of four more runs (full
@@ -102,6 +104,8 @@ pub enum Device {
     Wgpu,
     /// CUDA device 0 (feature `cuda`).
     Cuda,
+    /// No device: the ragged staging of the device sinks, then the batch is dropped.
+    Null,
 }
 
 /// The most tokens `bench` generates.
@@ -152,7 +156,7 @@ struct Report {
     /// With `--cold`: runs from a dropped page cache.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     cold: Vec<ColdRun>,
-    /// The device sink's figures, with `--device wgpu` or `cuda`.
+    /// The device sink's figures, with `--device wgpu`, `cuda` or `null`.
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<DeviceReport>,
 }
@@ -173,13 +177,17 @@ struct ColdRun {
     over_warm: f64,
 }
 
-/// What `--device wgpu` or `cuda` measured beside the host figures.
+/// What `--device wgpu`, `cuda` or `null` measured beside the host figures.
 #[derive(Debug, serde::Serialize)]
 struct DeviceReport {
     /// The device sink's device.
     adapter: String,
     /// Batches per second through the device sink, each waited for on the device.
     batches_per_s: f64,
+    /// Process CPU time (getrusage) per real token through the device sink.
+    cpu_ns_per_real_token: f64,
+    /// The host sink's CPU time per real token on the same batches, measured first.
+    host_cpu_ns_per_real_token: f64,
     /// The host sink's batches per second on the same batches, measured first.
     host_batches_per_s: f64,
     /// Bytes written to the device per batch: ragged ids and index arrays.
@@ -208,6 +216,8 @@ impl DeviceReport {
         DeviceReport {
             adapter,
             batches_per_s: run.stats.batches as f64 / run.seconds,
+            cpu_ns_per_real_token: run.cpu_ns_per_real_token(),
+            host_cpu_ns_per_real_token: host.cpu_ns_per_real_token(),
             host_batches_per_s: host.stats.batches as f64 / host.seconds,
             bytes_per_batch: s.bytes_uploaded as f64 / n,
             padded_bytes_per_batch: s.padded_bytes as f64 / n,
@@ -228,6 +238,13 @@ struct Timed {
     cpu: std::time::Duration,
     /// Real tokens per second of each round, in order.
     rates: Vec<f64>,
+}
+
+impl Timed {
+    /// Process CPU time per real token over the median round.
+    fn cpu_ns_per_real_token(&self) -> f64 {
+        self.cpu.as_nanos() as f64 / (self.stats.real_tokens as f64).max(1.0)
+    }
 }
 
 /// Runs a warm-up round (`WARMUP` batches at least), then `rounds` rounds of `batches` batches each, waiting for
@@ -462,6 +479,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         Device::Host => None,
         Device::Wgpu => Some(wgpu_run(&a, sources, &host)?),
         Device::Cuda => Some(cuda_run(&a, sources, &host)?),
+        Device::Null => Some(null_run(&a, sources, &host)?),
     };
     let Timed {
         stats,
@@ -494,7 +512,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         } else {
             0.0
         },
-        cpu_ns_per_real_token: cpu.as_nanos() as f64 / real,
+        cpu_ns_per_real_token: cpu.as_nanos() as f64 / real.max(1.0),
         output_bytes,
         memcpy_gb_per_s: bandwidth / 1e9,
         roofline_ratio: output_bytes as f64 / bandwidth / seconds,
@@ -565,12 +583,16 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             outln!(
                 out,
                 "device sink       {:>10.0} batches/s on {} (host sink {:.0}; {:.2}x)\n\
+                 CPU ns/real token {:>10.2} {} sink, {:.2} host sink (same batches)\n\
                  bytes per batch   {:>10.0} ragged, {:.0} padded ({:.2}x fewer), {} buffers \
                  created",
                 d.batches_per_s,
                 d.adapter,
                 d.host_batches_per_s,
                 d.batches_per_s / d.host_batches_per_s,
+                d.cpu_ns_per_real_token,
+                d.adapter,
+                d.host_cpu_ns_per_real_token,
                 d.bytes_per_batch,
                 d.padded_bytes_per_batch,
                 d.padded_over_ragged,
@@ -659,6 +681,27 @@ fn wgpu_run(a: &BenchArgs, sources: Vec<Source>, host: &Timed) -> Result<DeviceR
 fn wgpu_run(_: &BenchArgs, _: Vec<Source>, _: &Timed) -> Result<DeviceReport> {
     Err(Error::Config(
         "--device wgpu: this shardflow was built without the wgpu feature".into(),
+    ))
+}
+
+/// Times the null sink (the device sinks' host-side staging, each batch then dropped) on the
+/// same batches as the host run.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn null_run(a: &BenchArgs, sources: Vec<Source>, host: &Timed) -> Result<DeviceReport> {
+    use crate::device::NullSink;
+    let mut loader = a.builder(sources).build(NullSink::new())?;
+    let run = timed(&mut loader, a.batches, a.rounds)?;
+    let stats = loader.sink().stats();
+    Ok(DeviceReport::new("null".into(), &run, host, &stats))
+}
+
+/// The null sink shares the device sinks' staging, built with either device feature.
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+fn null_run(_: &BenchArgs, _: Vec<Source>, _: &Timed) -> Result<DeviceReport> {
+    Err(Error::Config(
+        "--device null: this shardflow was built without the wgpu and cuda features, whose \
+         staging it measures"
+            .into(),
     ))
 }
 

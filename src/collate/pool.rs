@@ -28,7 +28,9 @@ pub(crate) unsafe trait HostMemory: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// `bytes` bytes (a positive multiple of 64), 64-byte aligned; `None` when the memory is
-    /// exhausted, and the pool then takes the buffer from the heap instead.
+    /// exhausted, and the pool then takes the buffer from the heap instead. Called without the
+    /// pool's lock, so possibly from several threads at once, and free to be slow (pinning
+    /// memory takes milliseconds): the pool's other takers do not wait for it.
     fn allocate(&self, bytes: usize) -> Option<NonNull<u8>>;
 
     /// Gives back a buffer.
@@ -118,15 +120,14 @@ struct Shared {
     stats: PoolStats,
 }
 
-impl Shared {
-    fn free_block(&self, block: Block) {
-        // SAFETY: the block came from this memory (or the heap) with this size, and is dropped.
-        unsafe {
-            if block.heap {
-                Heap.release(block.ptr, block.bytes);
-            } else {
-                self.memory.release(block.ptr, block.bytes);
-            }
+/// Frees `block`, which came from `memory` (or the heap, as it records).
+fn free_block(memory: &dyn HostMemory, block: Block) {
+    // SAFETY: the block came from this memory (or the heap) with this size, and is dropped.
+    unsafe {
+        if block.heap {
+            Heap.release(block.ptr, block.bytes);
+        } else {
+            memory.release(block.ptr, block.bytes);
         }
     }
 }
@@ -134,7 +135,7 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         for block in std::mem::take(&mut self.free) {
-            self.free_block(block);
+            free_block(&*self.memory, block);
         }
     }
 }
@@ -210,48 +211,57 @@ impl Pool {
         const { assert!(align_of::<T>() <= LINE) };
         let bytes = len.max(bound) * size_of::<T>();
         let lines = bytes.div_ceil(LINE).max(1);
-        let mut shared = self.lock();
-        // The smallest idle buffer that is large enough; else a new one, its size rounded up to
-        // a power of two so that it also serves later, slightly larger requests.
-        let pick = shared
-            .free
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.bytes >= lines * LINE)
-            .min_by_key(|(_, b)| b.bytes)
-            .map(|(i, _)| i);
-        let block = match pick {
-            Some(i) => {
-                let block = shared.free.swap_remove(i);
-                shared.stats.reuses += 1;
-                shared.stats.idle_bytes -= block.bytes as u64;
-                block
-            }
-            None => {
-                shared.stats.allocations += 1;
-                let bytes = lines.next_power_of_two() * LINE;
-                match shared.memory.allocate(bytes) {
-                    Some(ptr) => Block {
-                        ptr,
-                        bytes,
-                        heap: false,
-                    },
-                    None => {
-                        shared.stats.heap_fallbacks += 1;
-                        let ptr = Heap
-                            .allocate(bytes)
-                            .unwrap_or_else(|| std::alloc::handle_alloc_error(line_layout(bytes)));
-                        Block {
-                            ptr,
-                            bytes,
-                            heap: true,
-                        }
-                    }
+        // The decision is taken under the lock; a new buffer is allocated outside it, since
+        // pinning memory can take milliseconds and every worker takes from this pool.
+        let memory = {
+            let mut shared = self.lock();
+            // The smallest idle buffer that is large enough; else a new one, its size rounded up
+            // to a power of two so that it also serves later, slightly larger requests.
+            let pick = shared
+                .free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.bytes >= lines * LINE)
+                .min_by_key(|(_, b)| b.bytes)
+                .map(|(i, _)| i);
+            match pick {
+                Some(i) => {
+                    let block = shared.free.swap_remove(i);
+                    shared.stats.reuses += 1;
+                    shared.stats.idle_bytes -= block.bytes as u64;
+                    shared.stats.idle = shared.free.len() as u64;
+                    return self.lend(block, len);
+                }
+                None => {
+                    shared.stats.allocations += 1;
+                    shared.memory.clone()
                 }
             }
         };
-        shared.stats.idle = shared.free.len() as u64;
-        drop(shared);
+        let bytes = lines.next_power_of_two() * LINE;
+        let block = match memory.allocate(bytes) {
+            Some(ptr) => Block {
+                ptr,
+                bytes,
+                heap: false,
+            },
+            None => {
+                self.lock().stats.heap_fallbacks += 1;
+                let ptr = Heap
+                    .allocate(bytes)
+                    .unwrap_or_else(|| std::alloc::handle_alloc_error(line_layout(bytes)));
+                Block {
+                    ptr,
+                    bytes,
+                    heap: true,
+                }
+            }
+        };
+        self.lend(block, len)
+    }
+
+    /// `block` as a buffer of `len` elements that comes back to this pool.
+    fn lend<T: Pod>(&self, block: Block, len: usize) -> PooledBuf<T> {
         PooledBuf {
             block: Some(block),
             len,
@@ -261,14 +271,18 @@ impl Pool {
     }
 
     fn give_back(&self, block: Block) {
-        let mut shared = self.lock();
-        if shared.free.len() < MAX_IDLE {
-            shared.stats.idle_bytes += block.bytes as u64;
-            shared.free.push(block);
-            shared.stats.idle = shared.free.len() as u64;
-        } else {
-            shared.free_block(block);
-        }
+        let memory = {
+            let mut shared = self.lock();
+            if shared.free.len() < MAX_IDLE {
+                shared.stats.idle_bytes += block.bytes as u64;
+                shared.free.push(block);
+                shared.stats.idle = shared.free.len() as u64;
+                return;
+            }
+            shared.memory.clone()
+        };
+        // Freed outside the lock, like allocations (unpinning can be as slow as pinning).
+        free_block(&*memory, block);
     }
 }
 
@@ -369,6 +383,79 @@ mod tests {
             // SAFETY: from `Heap.allocate(bytes)` above.
             unsafe { Heap.release(ptr, bytes) }
         }
+    }
+
+    /// Heap memory whose allocations of `gate` bytes or more park until the test lets them go,
+    /// as a slow first pinning of a large size class does.
+    struct Gated {
+        gate: usize,
+        parked: Mutex<std::sync::mpsc::Sender<usize>>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    // SAFETY: delegates to the heap.
+    unsafe impl HostMemory for Gated {
+        fn name(&self) -> &str {
+            "gated"
+        }
+        fn allocate(&self, bytes: usize) -> Option<NonNull<u8>> {
+            if bytes >= self.gate {
+                self.parked.lock().unwrap().send(bytes).unwrap();
+                self.go.lock().unwrap().recv().unwrap();
+            }
+            Heap.allocate(bytes)
+        }
+        unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize) {
+            // SAFETY: from `Heap.allocate(bytes)` above.
+            unsafe { Heap.release(ptr, bytes) }
+        }
+    }
+
+    #[test]
+    fn a_slow_allocation_leaves_the_other_takers_of_the_pool_unblocked() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        let (parked_tx, parked) = channel();
+        let (go, go_rx) = channel();
+        let pool = Pool::with_memory(Arc::new(Gated {
+            gate: 1 << 20,
+            parked: Mutex::new(parked_tx),
+            go: Mutex::new(go_rx),
+        }));
+        drop(pool.take::<u8>(1000)); // a size class in the free list
+        let slow = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.take::<u8>(1 << 20).len())
+        };
+        assert_eq!(
+            parked.recv_timeout(Duration::from_secs(20)),
+            Ok(1 << 20),
+            "the large allocation started"
+        );
+        // While it is parked, another worker takes the cached class, allocates a new small one
+        // and gives both back.
+        let (done_tx, done) = channel();
+        let other = {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let cached = pool.take::<u8>(1000);
+                let fresh = pool.take::<u32>(5000);
+                drop((cached, fresh));
+                done_tx.send(()).unwrap();
+            })
+        };
+        let finished = done.recv_timeout(Duration::from_secs(20));
+        // Let the parked allocation go whatever happened, so that a failure does not hang.
+        go.send(()).unwrap();
+        assert!(
+            finished.is_ok(),
+            "the other worker waited for the parked allocation"
+        );
+        assert_eq!(slow.join().unwrap(), 1 << 20);
+        other.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!((stats.allocations, stats.reuses), (3, 1), "{stats:?}");
+        assert_eq!(stats.idle, 3, "{stats:?}");
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //!   order so every rank gets bitwise the same result; a rank that does not arrive in time is an
 //!   error naming it, never a hang.
 //! - [`Counting`]: wraps any engine and counts its calls and bytes (for tests and benchmarks).
-//! - `NcclCollective` (feature `cuda`): NCCL over cudarc, one rank per GPU, the communicator
-//!   owned by a thread of its own.
+//! - `NcclCollective` (feature `cuda`): NCCL (libnccl loaded at run time, found as
+//!   `libnccl.so.2`), one rank per GPU, the communicator non-blocking and owned by a thread of its
+//!   own; every call bounded by a deadline, aborted past it.
 //! - [`Served`]: an [`Engine`] whose handles cannot cross threads (MPI, NCCL), served from a
-//!   thread of its own as a [`Collective`].
+//!   thread of its own as a [`Collective`]; every call waits at most a deadline
+//!   ([`COLLECTIVE_TIMEOUT_ENV`]), a timed-out engine is aborted and poisoned, and dropping it
+//!   never hangs.
 //! - [`FileStore`]: a key-value rendezvous for separate processes in a shared directory (atomic,
 //!   checksummed records; polls with backoff up to a deadline; counters and barriers), joined
 //!   through a [`Rendezvous`]: rank 0 opens each run as a fresh generation with a nonce and
@@ -32,8 +35,8 @@ mod world;
 pub use env::{JOB_ENV, JobId, World};
 pub use join::{Rendezvous, STORE_TIMEOUT_ENV};
 #[cfg(feature = "cuda")]
-pub use nccl::NcclCollective;
-pub use served::{Engine, Served};
+pub use nccl::{NCCL_LIB_ENV, NcclCollective, NcclLibrary, nccl_library};
+pub use served::{AbortHandle, COLLECTIVE_TIMEOUT_ENV, Engine, Served, collective_deadline};
 pub use spec::*;
 pub use store::*;
 pub use wait::StoreWait;

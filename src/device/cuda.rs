@@ -7,20 +7,31 @@
 //!
 //! Ordering is by events, never by blocking the host:
 //!
-//! 1. the copy stream waits for the slot's `released` event (the last consumer of the slot is
-//!    done with it), then copies; `copied` is recorded after the copies;
-//! 2. the compute stream waits for `copied` and runs the kernel; `ready` is recorded after it;
+//! 1. the copy stream waits for the slot's `ready` event (its last kernel has read the slot's
+//!    inputs), then copies the kernel's private inputs (ragged ids, row offsets, row pieces,
+//!    pieces); `copied` is recorded after them;
+//! 2. the compute stream waits for `copied` and for the slot's `released` event (its last
+//!    consumer is done with the fields it sees), copies the fields the consumer sees as they
+//!    are (lengths, `cu_seqlens`), and runs the kernel; `ready` is recorded after it;
 //! 3. the consumer's stream waits for `ready` ([`CudaBatch::use_on`]; the compute stream is the
 //!    default consumer and needs no wait);
 //! 4. when the batch is dropped, `released` is recorded on the consumer's stream and the slot
 //!    goes back to the sink.
 //!
+//! So only the kernel and the consumer-visible copies wait for the last consumer of a slot: the
+//! copies of batch k + 1 run on the copy engine while step k runs. An upload takes the oldest
+//! free slot whose `released` has completed, makes another while all are busy (up to
+//! [`CudaSink::MAX_SLOTS`]), and only past that reuses a busy one, whose kernel then waits on
+//! the device ([`SinkStats`] counts each case). A loop that holds each batch while the next is
+//! written, or that drops each batch before the next (`for batch in loader { step(batch) }`)
+//! while its steps run on the device, uses two slots; a host running ahead of the device three.
+//!
 //! The pinned staging of a batch stays with its slot until the slot is next used, when its
-//! `copied` event has long completed (checked before the memory goes back to the pool), so a
-//! worker never overwrites memory a copy is still reading. While the caller holds batch k,
-//! batch k+1 is copied and padded in a second slot; a steady stream creates two slots and then
-//! allocates nothing, on the device or in pinned memory ([`CudaSink::stats`],
-//! [`CudaSink::staging_pool`]).
+//! `ready` event has completed (checked before the memory goes back to the pool), so a worker
+//! never overwrites memory a copy is still reading. Every event the host waits on is created
+//! with `CU_EVENT_BLOCKING_SYNC`: a waiting thread sleeps instead of spinning a core the
+//! loader's workers need. Past the warm-up nothing is allocated, on the device or in pinned
+//! memory ([`CudaSink::stats`], [`CudaSink::staging_pool`]).
 //!
 //! The pinned memory and the kernel launch are the CUDA context's ([`crate::gpu::cuda`]): this
 //! module holds no unsafe launch.
@@ -32,12 +43,15 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DeviceRepr};
 
-use super::ragged::{Field, FieldSet, Lease, RaggedBatch, SlotSizes, Slots, four_byte_ids};
+use super::ragged::{Field, FieldSet, RaggedBatch, SlotSizes, four_byte_ids};
+use super::slots::{Lease, MAX_SLOTS, Slots};
 use super::{Bound, DeviceBatch, SinkStats};
 use crate::collate::{Batch, CollateConfig, DocRef, HostMemory, Pool, PooledBuf, StagedBatch};
 use crate::device::DeviceSink;
 use crate::error::Result;
-use crate::gpu::cuda::{CudaContext, PadCollateArgs, PinnedMemory, launch_pad_collate};
+use crate::gpu::cuda::{
+    CudaContext, PadCollateArgs, PinnedMemory, device_error, launch_pad_collate,
+};
 use crate::gpu::nvrtc::Kernel;
 use crate::shard::TokenId;
 
@@ -77,13 +91,12 @@ impl CudaSink {
         })
     }
 
-    /// A sink on this rank's device (`local_rank % device_count`), as
-    /// [`CudaContext::for_local_rank`] picks it.
+    /// A sink on this rank's device, as [`CudaContext::for_local_rank`] picks it.
     ///
     /// # Errors
     ///
-    /// [`crate::Error::Device`] naming what is missing (libcuda, a device) or the driver's
-    /// reason; as [`CudaSink::new`].
+    /// [`crate::Error::Device`] naming what is missing (libcuda, a device), a `LOCAL_RANK` that
+    /// names no device, or the driver's reason; as [`CudaSink::new`].
     pub fn for_local_rank(local_rank: usize) -> Result<Self> {
         Self::new(CudaContext::for_local_rank(local_rank)?)
     }
@@ -98,9 +111,29 @@ impl CudaSink {
         self.pool.clone()
     }
 
-    /// Counters so far.
+    /// Counters so far: slots created, uploads that found every free slot still in use by its
+    /// consumer (`busy_slots`) and those that then reused one (`busy_reuses`), bytes sent.
     pub fn stats(&self) -> SinkStats {
         self.slots.stats()
+    }
+
+    /// The slots of device buffers a sink makes at most while its free ones are all still in
+    /// use on the device; past it an upload reuses the oldest (see the module docs).
+    pub const MAX_SLOTS: usize = MAX_SLOTS;
+
+    /// Refuses a batch (or a slot) the pad kernel cannot index, before any buffer is made.
+    fn check(&self, op: &str, sizes: &SlotSizes) -> Result<()> {
+        sizes.check_u32().map_err(|why| {
+            device_error(
+                &self.ctx.label(),
+                op,
+                format!(
+                    "a batch of {} rows and up to {} tokens: {why}; use a smaller batch size or \
+                     sequence length",
+                    sizes.rows, sizes.cells
+                ),
+            )
+        })
     }
 }
 
@@ -116,9 +149,11 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
         &self.pool
     }
 
-    fn bind(&mut self, config: &CollateConfig, _rows: usize) -> Result<()> {
-        four_byte_ids::<T>()
-            .map_err(|why| self.ctx.error(&format!("collate {} ids", T::NAME), why))?;
+    fn bind(&mut self, config: &CollateConfig, rows: usize) -> Result<()> {
+        four_byte_ids::<T>().map_err(|why| {
+            device_error(&self.ctx.label(), &format!("collate {} ids", T::NAME), why)
+        })?;
+        self.check("bind the collate config", &SlotSizes::widest(config, rows))?;
         self.config.set(config);
         Ok(())
     }
@@ -131,55 +166,28 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
         let ctx = &self.ctx;
         let config = self.config.get(|| ctx.label())?;
         let (rows, width) = (p.staged.rows, p.staged.width);
-        let (need, bound) = p.sizes(config);
-        let mut lease = self
-            .slots
-            .acquire(&need, &bound, |sizes| Slot::new(ctx, sizes))?;
-        let slot: &mut Slot = &mut lease;
-        let (copy, compute) = (ctx.copy_stream(), ctx.compute_stream());
         let op = format!("upload batch {batch}");
-        let fail = ctx.fail(&op);
-        // 1. The copies, after the slot's last consumer.
-        if slot.used {
-            copy.wait(&slot.released).map_err(&fail)?;
-        }
-        let tokens: &[u32] = bytemuck::cast_slice(p.staged.tokens.as_bytes());
-        let pieces: &[u32] = bytemuck::cast_slice(p.pieces.as_bytes());
-        let cu: &[i32] = p.cu_seqlens.as_deref().unwrap_or(&[]);
-        let mut uploaded = 0;
-        uploaded += put(copy, tokens, &mut slot.tokens).map_err(&fail)?;
-        uploaded += put(copy, &p.staged.offsets, &mut slot.offsets).map_err(&fail)?;
-        uploaded += put(copy, &p.row_pieces, &mut slot.row_pieces).map_err(&fail)?;
-        uploaded += put(copy, pieces, &mut slot.pieces).map_err(&fail)?;
-        uploaded += put(copy, &p.lengths, &mut slot.lengths).map_err(&fail)?;
-        uploaded += put(copy, cu, &mut slot.cu_seqlens).map_err(&fail)?;
-        slot.copied.record(copy).map_err(&fail)?;
-        // 2. The kernel, after the copies.
-        compute.wait(&slot.copied).map_err(&fail)?;
-        let [pad, ignore, fields] = RaggedBatch::<T>::kernel_words(config);
-        launch_pad_collate(
-            ctx,
-            compute,
-            PadCollateArgs {
-                rows,
-                width,
-                pad,
-                ignore,
-                fields,
-                tokens: &slot.tokens,
-                offsets: &slot.offsets,
-                row_pieces: &slot.row_pieces,
-                pieces: &slot.pieces,
-                ids: &mut slot.ids,
-                mask: &mut slot.mask,
-                labels: &mut slot.labels,
-                positions: &mut slot.positions,
-            },
-        )?;
-        slot.ready.record(compute).map_err(&fail)?;
+        let (need, bound) = p.sizes(config);
+        self.check(&op, &need)?;
+        let mut lease = self.slots.acquire(&need, &bound, |sizes| {
+            self.check(&op, &sizes)?;
+            Slot::new(ctx, sizes)
+        })?;
+        let slot: &mut Slot = &mut lease;
+        let uploaded = match queue(ctx, slot, &p, config, &op) {
+            Ok(uploaded) => uploaded,
+            Err(e) => {
+                // Copies already queued read `p`'s pinned buffers, which go back to the pool when
+                // `p` is dropped: they finish first. (A driver that fails here has lost the
+                // device; its own error is the one to report.)
+                let _ = ctx.synchronize(ctx.copy_stream(), &op);
+                let _ = ctx.synchronize(ctx.compute_stream(), &op);
+                return Err(e);
+            }
+        };
         slot.used = true;
         // The compute stream is the default consumer.
-        slot.consumer = compute.clone();
+        slot.consumer = ctx.compute_stream().clone();
         p.count(&mut self.slots.stats_mut(), uploaded, config);
         let fields = FieldSet::new(config, rows, width, p.cu_seqlens.as_ref().map(|c| c.len()));
         let RaggedBatch {
@@ -196,7 +204,7 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
             docs,
             ..
         } = staged;
-        // The pinned buffers the copies read stay with the slot until they are done.
+        // The pinned buffers the copies read stay with the slot until `ready` (after every copy).
         slot.staging = Some(Box::new((
             tokens, offsets, row_pieces, pieces, lengths, cu_seqlens,
         )));
@@ -212,6 +220,62 @@ impl<T: TokenId> DeviceSink<T> for CudaSink {
             _t: std::marker::PhantomData,
         })
     }
+}
+
+/// Queues the copies and the kernel of an upload of `p` into `slot`, in the order of the module
+/// docs; the bytes copied. The caller settles the streams when this fails part way.
+fn queue<T: TokenId>(
+    ctx: &CudaContext,
+    slot: &mut Slot,
+    p: &RaggedBatch<T>,
+    config: &CollateConfig,
+    op: &str,
+) -> Result<u64> {
+    let (copy, compute) = (ctx.copy_stream(), ctx.compute_stream());
+    let fail = ctx.fail(op);
+    // 1. The kernel's private inputs, once the slot's last kernel has read them.
+    if slot.used {
+        copy.wait(&slot.ready).map_err(&fail)?;
+    }
+    let tokens: &[u32] = bytemuck::cast_slice(p.staged.tokens.as_bytes());
+    let pieces: &[u32] = bytemuck::cast_slice(p.pieces.as_bytes());
+    let mut uploaded = 0;
+    uploaded += put(copy, tokens, &mut slot.tokens).map_err(&fail)?;
+    uploaded += put(copy, &p.staged.offsets, &mut slot.offsets).map_err(&fail)?;
+    uploaded += put(copy, &p.row_pieces, &mut slot.row_pieces).map_err(&fail)?;
+    uploaded += put(copy, pieces, &mut slot.pieces).map_err(&fail)?;
+    slot.copied.record(copy).map_err(&fail)?;
+    // 2. After those copies and the slot's last consumer: the fields the consumer sees as they
+    //    are, then the kernel.
+    compute.wait(&slot.copied).map_err(&fail)?;
+    if slot.used {
+        compute.wait(&slot.released).map_err(&fail)?;
+    }
+    let cu: &[i32] = p.cu_seqlens.as_deref().unwrap_or(&[]);
+    uploaded += put(compute, &p.lengths, &mut slot.lengths).map_err(&fail)?;
+    uploaded += put(compute, cu, &mut slot.cu_seqlens).map_err(&fail)?;
+    let [pad, ignore, fields] = RaggedBatch::<T>::kernel_words(config);
+    launch_pad_collate(
+        ctx,
+        compute,
+        PadCollateArgs {
+            rows: p.staged.rows,
+            width: p.staged.width,
+            pad,
+            ignore,
+            fields,
+            tokens: &slot.tokens,
+            offsets: &slot.offsets,
+            row_pieces: &slot.row_pieces,
+            pieces: &slot.pieces,
+            ids: &mut slot.ids,
+            mask: &mut slot.mask,
+            labels: &mut slot.labels,
+            positions: &mut slot.positions,
+        },
+    )?;
+    slot.ready.record(compute).map_err(&fail)?;
+    Ok(uploaded)
 }
 
 /// The sink's staging memory: the context's page-locked memory, as a pool's source.
@@ -273,11 +337,14 @@ struct Slot {
     mask: CudaSlice<u8>,
     labels: CudaSlice<u32>,
     positions: CudaSlice<u32>,
-    /// Recorded on the copy stream after the copies.
+    /// Recorded on the copy stream after the copies of the kernel's inputs; streams wait for
+    /// it (no timing, no blocking sync: the cheapest event to wait for on a stream).
     copied: CudaEvent,
-    /// Recorded on the compute stream after the kernel.
+    /// Recorded on the compute stream after the kernel, so after every copy of the batch: the
+    /// host waits for it (a blocking-sync event).
     ready: CudaEvent,
-    /// Recorded on the consumer's stream when the batch is dropped.
+    /// Recorded on the consumer's stream when the batch is dropped; streams wait for it and the
+    /// host only queries it.
     released: CudaEvent,
     /// Whether `released` has been recorded (the slot has had a batch).
     used: bool,
@@ -287,18 +354,32 @@ struct Slot {
     consumer: Arc<CudaStream>,
 }
 
-impl super::ragged::Slot for Slot {
+impl super::slots::Slot for Slot {
     const BUFFERS: u64 = 10;
 
     fn sizes(&self) -> &SlotSizes {
         &self.sizes
     }
 
-    /// The slot's pinned staging goes back to the pool once its copies are done; the device
-    /// orders the slot's next copies after its last consumer by the `released` event.
+    /// The consumer is done with the slot (and so the kernel and every copy before it). A
+    /// driver error counts as done: the reuse then reports it.
+    fn idle(&self) -> bool {
+        // cudarc's query does not make the context current on this thread; the upload's other
+        // calls do, but this one comes first.
+        if self.ctx.driver().bind_to_thread().is_err() {
+            return true;
+        }
+        [&self.released, &self.ready]
+            .iter()
+            .all(|e| e.try_is_complete().unwrap_or(true))
+    }
+
+    /// The slot's pinned staging goes back to the pool once its copies are done (at once for an
+    /// idle slot; a busy one is waited for, asleep); the device orders the rest (see
+    /// [`queue`]).
     fn reuse(&mut self) -> Result<()> {
         if self.staging.is_some() {
-            self.copied
+            self.ready
                 .synchronize()
                 .map_err(self.ctx.fail("wait for a slot's copies"))?;
             self.staging = None;
@@ -318,10 +399,12 @@ impl Slot {
         let stream = ctx.copy_stream();
         let fail = ctx.fail("create batch buffers");
         // Each `alloc` below: the buffers are written before they are read: inputs by the
-        // copies, outputs by the kernel, and only the written prefixes are ever exposed.
+        // copies, outputs by the kernel, and only the written prefixes are ever exposed. None
+        // is of zero bytes (the driver refuses those): each holds at least one element.
         // SAFETY: as above.
         let u32s = |n: usize| unsafe { stream.alloc::<u32>(n.max(1)) };
         let event = || ctx.driver().new_event(None);
+        let host_event = || ctx.host_event();
         Ok(Slot {
             ctx: ctx.clone(),
             sizes,
@@ -338,7 +421,7 @@ impl Slot {
             labels: u32s(sizes.cells).map_err(&fail)?,
             positions: u32s(sizes.cells).map_err(&fail)?,
             copied: event().map_err(&fail)?,
-            ready: event().map_err(&fail)?,
+            ready: host_event().map_err(&fail)?,
             released: event().map_err(&fail)?,
             used: false,
             staging: None,
@@ -355,7 +438,7 @@ impl Drop for Slot {
         }
         // The pinned staging goes back to the pool only once the copies have read it.
         if self.staging.is_some() {
-            let _ = self.copied.synchronize();
+            let _ = self.ready.synchronize();
         }
     }
 }
@@ -377,10 +460,18 @@ pub struct CudaField<'a, E> {
 }
 
 /// A batch in CUDA device buffers. Its fields are written by work that may still be running:
-/// [`CudaBatch::ready`] is recorded after it on the sink's compute stream, which work on that
-/// stream follows by itself; call [`CudaBatch::use_on`] before using it on another stream. The
-/// buffers stay this batch's until it is dropped, and are reused only after the consumer's
-/// stream has passed that point.
+/// [`CudaBatch::ready`] is recorded after it on the sink's compute stream
+/// ([`CudaContext::compute_stream`]), which work on that stream follows by itself.
+///
+/// **A consumer that uses the batch on a stream of its own must call [`CudaBatch::use_on`]
+/// with that stream first.** Without it, its kernels may read the fields before they are
+/// written, and the slot may be rewritten for a later batch while they still read it: the sink
+/// orders the reuse of a slot after the consumer's stream only, the compute stream unless
+/// `use_on` names another. Only the last stream given to `use_on` counts as the consumer: a
+/// step spread over several streams joins them into that one before the batch is dropped.
+///
+/// The buffers stay this batch's until it is dropped, and are rewritten only after the
+/// consumer's stream has passed that point (the host never waits for it).
 pub struct CudaBatch<T: TokenId> {
     ctx: Arc<CudaContext>,
     slot: Lease<Slot>,
@@ -461,8 +552,16 @@ impl<T: TokenId> CudaBatch<T> {
         &self.slot().ready
     }
 
+    /// The event recorded on the copy stream after the batch's host-to-device copies of the
+    /// kernel's inputs: for measuring copy/compute overlap (`scripts/gpu-check`), not for
+    /// ordering a consumer (use [`CudaBatch::ready`]). Its host wait spins (no blocking sync).
+    pub fn copied(&self) -> &CudaEvent {
+        &self.slot().copied
+    }
+
     /// Makes `stream` the batch's consumer: it waits for [`CudaBatch::ready`], and the slot is
-    /// reused only after the work `stream` holds when the batch is dropped.
+    /// reused only after the work `stream` holds when the batch is dropped. Required before
+    /// the batch is used on any stream but the context's compute stream (see [`CudaBatch`]).
     ///
     /// # Errors
     ///
@@ -480,7 +579,8 @@ impl<T: TokenId> CudaBatch<T> {
         &self.ctx
     }
 
-    /// Blocks the host until the device has written the batch.
+    /// Blocks the host until the device has written the batch, asleep (a blocking-sync event),
+    /// not spinning a core.
     ///
     /// # Errors
     ///
@@ -497,25 +597,18 @@ impl<T: TokenId> CudaBatch<T> {
     ///
     /// [`crate::Error::Device`] naming the operation.
     pub fn to_host(&self) -> Result<Batch<T>> {
+        let op = "read a batch back";
+        let fail = self.ctx.fail(op);
         let stream = self.ctx.compute_stream();
-        let read = self.read_back(stream);
-        // Copies may still be writing into host buffers that an error has dropped: let them
-        // finish before the memory is reused.
-        let done = stream
-            .synchronize()
-            .map_err(self.ctx.fail("read a batch back"));
-        let batch = read?;
-        done?;
-        Ok(batch)
-    }
-
-    /// Queues the copies of [`CudaBatch::to_host`] on `stream`; the caller synchronizes.
-    fn read_back(&self, stream: &Arc<CudaStream>) -> Result<Batch<T>> {
-        let fail = self.ctx.fail("read a batch back");
         stream.wait(self.ready()).map_err(&fail)?;
         let slot = self.slot();
-        self.fields
-            .host_batch(self.step, &self.docs, &self.pool, |field, out| {
+        // The copies write into pooled pinned buffers: the settle waits for them before any
+        // buffer is handed out, or dropped back to the pool after an error.
+        self.fields.host_batch_settled(
+            self.step,
+            &self.docs,
+            &self.pool,
+            |field, out| {
                 match field {
                     Field::Ids => get(stream, &slot.ids, words(out)),
                     Field::Lengths => get(stream, &slot.lengths, words(out)),
@@ -527,7 +620,9 @@ impl<T: TokenId> CudaBatch<T> {
                     }
                 }
                 .map_err(&fail)
-            })
+            },
+            || self.ctx.synchronize(stream, op),
+        )
     }
 }
 

@@ -28,13 +28,20 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod null;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod ragged;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod slots;
 #[cfg(feature = "wgpu")]
 mod wgpu;
 
 #[cfg(feature = "cuda")]
 pub use self::cuda::*;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use self::null::*;
+// For the Burn wgpu sink.
+#[cfg(all(feature = "burn", feature = "wgpu"))]
 pub(crate) use self::ragged::RaggedBatch;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use self::ragged::{Field, FieldShape};
@@ -50,8 +57,17 @@ use crate::shard::TokenId;
 /// Counters of a device sink.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SinkStats {
-    /// Slots of device buffers created (a steady stream creates two, then none).
+    /// Slots of device buffers created: a steady stream creates two, or up to three while the
+    /// caller's steps keep the device busy, then none.
     pub slots_created: u64,
+    /// Uploads that found free slots for their batch but none the device was done with (the
+    /// last consumer's step still running): they made another slot, or, with the sink's
+    /// slots all made, reused a busy one (`busy_reuses`). Counted by the CUDA sink; the wgpu
+    /// sink waits for its slots on the host instead and counts none.
+    pub busy_slots: u64,
+    /// Uploads that reused a slot whose last consumer had not finished: the copies of the
+    /// batch still overlap that consumer's step, but its pad kernel waits for it on the device.
+    pub busy_reuses: u64,
     /// Device buffers created for slots.
     pub buffers_created: u64,
     /// Batches uploaded.

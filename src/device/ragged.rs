@@ -1,11 +1,12 @@
 //! What the device sinks share: a batch's ragged ids with the small index arrays the pad kernels
-//! read ([`RaggedBatch`], built on the workers), the recycling of slots of device buffers
-//! ([`Slots`], [`Lease`]) with the element counts a slot must hold, the sinks' counters, and the
-//! fields of a padded batch on a device.
-
-use std::sync::{Arc, Mutex, MutexGuard};
+//! read ([`RaggedBatch`], built on the workers), the element counts a slot of device buffers
+//! must hold ([`SlotSizes`]; the slots themselves are recycled by [`Slots`]), and the fields of
+//! a padded batch on a device.
 
 use super::SinkStats;
+// The wgpu sink names the slot types through this module.
+#[cfg(feature = "wgpu")]
+pub(crate) use super::slots::{Lease, Slot, Slots};
 use crate::collate::{
     Batch, CollateConfig, DocRef, PIECES_PER_ROW, Pool, PooledBuf, StagedBatch, cu_seqlens,
 };
@@ -39,6 +40,8 @@ impl<T: TokenId> RaggedBatch<T> {
         let mut lengths = pool.take::<u32>(rows);
         // Empty pieces (dropped or skipped documents) label and position nothing: the kernel
         // gets the others only, sorted by start within each row as the collator made them.
+        // (`kept as u32` cannot wrap for a batch that reaches a kernel: the sinks refuse
+        // batches with more than u32::MAX / 2 pieces, `SlotSizes::check_u32`.)
         let (mut next, mut kept) = (0, 0);
         for r in 0..rows {
             row_pieces[r] = kept as u32;
@@ -128,7 +131,7 @@ pub(crate) struct SlotSizes {
 impl SlotSizes {
     /// The counts of the largest batch of `rows` rows `config` allows (saturating: a sink checks
     /// them against its device's limits when it is bound).
-    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
     pub fn widest(config: &CollateConfig, rows: usize) -> SlotSizes {
         let widest = rows.saturating_mul(config.max_width().unwrap_or(usize::MAX));
         SlotSizes {
@@ -136,6 +139,27 @@ impl SlotSizes {
             rows,
             pieces: PIECES_PER_ROW.saturating_mul(rows),
             cells: widest,
+        }
+    }
+
+    /// Checks the counts against the pad kernels' 32-bit indexes: the kernels take rows,
+    /// columns, ragged ids and pieces as u32 arguments, the row offsets are u32, and a piece is
+    /// two u32 words. The error names the first count past `u32::MAX` (a caller adds the
+    /// operation and the advice).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn check_u32(&self) -> std::result::Result<(), String> {
+        let max = u128::from(u32::MAX);
+        let counts = [
+            ("row offsets (rows + 1)", self.rows as u128 + 1),
+            ("ragged ids", self.tokens as u128),
+            ("piece words (2 per piece)", 2 * self.pieces as u128),
+            ("cells (rows x columns)", self.cells as u128),
+        ];
+        match counts.iter().find(|(_, n)| *n > max) {
+            Some((name, n)) => Err(format!(
+                "{n} {name} pass the pad kernel's 32-bit limit of {max}"
+            )),
+            None => Ok(()),
         }
     }
 
@@ -152,138 +176,6 @@ impl SlotSizes {
             rows: self.rows.max(other.rows),
             pieces: self.pieces.max(other.pieces),
             cells: self.cells.max(other.cells),
-        }
-    }
-}
-
-/// One batch's device buffers, recycled from batch to batch by [`Slots`].
-pub(crate) trait Slot: Send + Sized + 'static {
-    /// Device buffers in a slot.
-    const BUFFERS: u64;
-
-    /// The element counts the slot holds.
-    fn sizes(&self) -> &SlotSizes;
-
-    /// Readies a free slot for another batch: returns once the device's last use of it (and of
-    /// the staging memory it keeps) is done.
-    ///
-    /// # Errors
-    ///
-    /// [`crate::Error::Device`] when the device is lost.
-    fn reuse(&mut self) -> Result<()>;
-
-    /// Called when the batch holding the slot is dropped: whether the slot may be reused (a slot
-    /// whose release cannot be ordered on the device is dropped instead).
-    fn release(&mut self) -> bool {
-        true
-    }
-}
-
-/// A device sink's slots of device buffers and its counters. A slot is lent to one batch
-/// ([`Lease`]) and comes back when the batch is dropped; an upload takes a free slot that fits
-/// its batch, or makes one sized for the largest batch, so a steady stream makes two slots (the
-/// batch the caller holds, the one being written) and then none.
-pub(crate) struct Slots<S: Slot> {
-    free: Arc<Mutex<Vec<S>>>,
-    stats: Mutex<SinkStats>,
-}
-
-impl<S: Slot> Default for Slots<S> {
-    fn default() -> Self {
-        Slots {
-            free: Arc::new(Mutex::new(Vec::new())),
-            stats: Mutex::new(SinkStats::default()),
-        }
-    }
-}
-
-impl<S: Slot> Slots<S> {
-    /// Counters so far.
-    pub fn stats(&self) -> SinkStats {
-        *self.stats_mut()
-    }
-
-    /// The counters, to add an upload to.
-    pub fn stats_mut(&self) -> MutexGuard<'_, SinkStats> {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A free slot that fits `need`, readied for reuse; or a new one from `make`, sized for
-    /// `need` and `bound` together (later batches fit it too).
-    ///
-    /// # Errors
-    ///
-    /// What [`Slot::reuse`] or `make` returns.
-    pub fn acquire(
-        &self,
-        need: &SlotSizes,
-        bound: &SlotSizes,
-        make: impl FnOnce(SlotSizes) -> Result<S>,
-    ) -> Result<Lease<S>> {
-        let reused = {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            let found = free.iter().position(|s| s.sizes().holds(need));
-            if found.is_none() {
-                // Free slots too small for this batch go; the new one fits the largest batch.
-                free.clear();
-            }
-            found.map(|i| free.swap_remove(i))
-        };
-        let slot = match reused {
-            Some(mut slot) => {
-                slot.reuse()?;
-                slot
-            }
-            None => {
-                let slot = make(need.max(bound))?;
-                let mut stats = self.stats_mut();
-                stats.slots_created += 1;
-                stats.buffers_created += S::BUFFERS;
-                slot
-            }
-        };
-        Ok(Lease {
-            slot: Some(slot),
-            home: self.free.clone(),
-        })
-    }
-}
-
-/// A slot lent to one batch; it goes back to its sink's free slots when dropped (if
-/// [`Slot::release`] allows).
-pub(crate) struct Lease<S: Slot> {
-    /// Always `Some` until dropped.
-    slot: Option<S>,
-    home: Arc<Mutex<Vec<S>>>,
-}
-
-impl<S: Slot> std::ops::Deref for Lease<S> {
-    type Target = S;
-
-    fn deref(&self) -> &S {
-        self.slot
-            .as_ref()
-            .expect("a lease holds its slot until dropped")
-    }
-}
-
-impl<S: Slot> std::ops::DerefMut for Lease<S> {
-    fn deref_mut(&mut self) -> &mut S {
-        self.slot
-            .as_mut()
-            .expect("a lease holds its slot until dropped")
-    }
-}
-
-impl<S: Slot> Drop for Lease<S> {
-    fn drop(&mut self) {
-        if let Some(mut slot) = self.slot.take()
-            && slot.release()
-        {
-            self.home
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(slot);
         }
     }
 }
@@ -407,55 +299,204 @@ impl FieldSet {
     /// # Errors
     ///
     /// What `fill` returns.
+    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     pub fn host_batch<T: TokenId>(
         &self,
         step: u64,
         docs: &[DocRef],
         pool: &Pool,
-        mut fill: impl FnMut(Field, &mut [u8]) -> Result<()>,
+        fill: impl FnMut(Field, &mut [u8]) -> Result<()>,
     ) -> Result<Batch<T>> {
-        fn take<E: bytemuck::Pod>(
+        self.host_batch_settled(step, docs, pool, fill, || Ok(()))
+    }
+
+    /// [`FieldSet::host_batch`] for a `fill` that only queues writes into the buffers
+    /// (asynchronous device-to-host copies): `settle` waits for them. It runs once, after every
+    /// field is queued or the first one fails, and before any buffer is handed out or dropped,
+    /// so that no copy writes into memory the pool has given to someone else.
+    ///
+    /// # Errors
+    ///
+    /// What `fill` returns (the first error), else what `settle` returns.
+    pub fn host_batch_settled<T: TokenId>(
+        &self,
+        step: u64,
+        docs: &[DocRef],
+        pool: &Pool,
+        mut fill: impl FnMut(Field, &mut [u8]) -> Result<()>,
+        settle: impl FnOnce() -> Result<()>,
+    ) -> Result<Batch<T>> {
+        /// Takes the field's buffer into `out` first, so that it outlives a failed `fill`.
+        fn put<E: bytemuck::Pod>(
+            out: &mut Option<PooledBuf<E>>,
             pool: &Pool,
             len: usize,
             field: Field,
             fill: &mut impl FnMut(Field, &mut [u8]) -> Result<()>,
-        ) -> Result<PooledBuf<E>> {
-            let mut buf = pool.take::<E>(len);
-            fill(field, bytemuck::cast_slice_mut(&mut buf[..]))?;
-            Ok(buf)
+        ) -> Result<()> {
+            let buf = out.insert(pool.take::<E>(len));
+            fill(field, bytemuck::cast_slice_mut(&mut buf[..]))
         }
         let cells = self.rows * self.width;
-        let ids = take::<T>(pool, cells, Field::Ids, &mut fill)?;
-        let lengths = take::<u32>(pool, self.rows, Field::Lengths, &mut fill)?;
-        let attention_mask = self
-            .mask
-            .then(|| take::<u8>(pool, cells, Field::AttentionMask, &mut fill))
-            .transpose()?;
-        let labels = self
-            .labels
-            .then(|| take::<T>(pool, cells, Field::Labels, &mut fill))
-            .transpose()?;
-        let position_ids = self
-            .positions
-            .then(|| take::<T>(pool, cells, Field::PositionIds, &mut fill))
-            .transpose()?;
-        let cu_seqlens = self
-            .cu_seqlens
-            .map(|n| take::<i32>(pool, n, Field::CuSeqlens, &mut fill))
-            .transpose()?;
+        let mut ids = None;
+        let mut lengths = None;
+        let mut attention_mask = None;
+        let mut labels = None;
+        let mut position_ids = None;
+        let mut cu = None;
+        let filled = (|| {
+            put::<T>(&mut ids, pool, cells, Field::Ids, &mut fill)?;
+            put::<u32>(&mut lengths, pool, self.rows, Field::Lengths, &mut fill)?;
+            if self.mask {
+                put::<u8>(
+                    &mut attention_mask,
+                    pool,
+                    cells,
+                    Field::AttentionMask,
+                    &mut fill,
+                )?;
+            }
+            if self.labels {
+                put::<T>(&mut labels, pool, cells, Field::Labels, &mut fill)?;
+            }
+            if self.positions {
+                put::<T>(
+                    &mut position_ids,
+                    pool,
+                    cells,
+                    Field::PositionIds,
+                    &mut fill,
+                )?;
+            }
+            if let Some(n) = self.cu_seqlens {
+                put::<i32>(&mut cu, pool, n, Field::CuSeqlens, &mut fill)?;
+            }
+            Ok(())
+        })();
+        let settled = settle();
+        filled?;
+        settled?;
         let mut copy = pool.take::<DocRef>(docs.len());
         copy.copy_from_slice(docs);
         Ok(Batch {
             step,
             rows: self.rows,
             width: self.width,
-            ids,
-            lengths,
+            ids: ids.expect("filled above"),
+            lengths: lengths.expect("filled above"),
             attention_mask,
             labels,
             position_ids,
-            cu_seqlens,
+            cu_seqlens: cu,
             docs: copy,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn counts_past_the_kernels_32_bit_indexes_are_refused_by_name() {
+        let ok = SlotSizes {
+            tokens: u32::MAX as usize,
+            rows: u32::MAX as usize - 1,
+            pieces: (u32::MAX / 2) as usize,
+            cells: u32::MAX as usize,
+        };
+        assert_eq!(ok.check_u32(), Ok(()));
+        let cases = [
+            (
+                SlotSizes {
+                    rows: u32::MAX as usize,
+                    ..ok
+                },
+                "row offsets",
+            ),
+            (
+                SlotSizes {
+                    tokens: 1 << 32,
+                    ..ok
+                },
+                "4294967296 ragged ids",
+            ),
+            (
+                SlotSizes {
+                    pieces: 1 << 31,
+                    ..ok
+                },
+                "piece words",
+            ),
+            (
+                SlotSizes {
+                    cells: usize::MAX,
+                    ..ok
+                },
+                "cells (rows x columns) pass the pad kernel's 32-bit limit of 4294967295",
+            ),
+        ];
+        for (sizes, name) in cases {
+            let e = sizes.check_u32().unwrap_err();
+            assert!(e.contains(name), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_failed_readback_settles_before_any_buffer_goes_back_to_the_pool() {
+        use crate::collate::{CollateConfig, Padding};
+        let config = CollateConfig {
+            seq_len: 8,
+            padding: Padding::Fixed,
+            labels: true,
+            ..Default::default()
+        };
+        let fields = FieldSet::new(&config, 2, 8, None);
+        let pool = Pool::new();
+        let idle = |pool: &Pool| pool.stats().idle;
+        let filled = Mutex::new(Vec::new());
+        let e = fields
+            .host_batch_settled::<u32>(
+                3,
+                &[],
+                &pool,
+                |field, _| {
+                    filled.lock().unwrap().push(field);
+                    if field == Field::Labels {
+                        return Err(crate::Error::Config("copy failed".into()));
+                    }
+                    Ok(())
+                },
+                || {
+                    // Every buffer a copy was queued into is still held, none back in the pool.
+                    assert_eq!(idle(&pool), 0);
+                    Ok(())
+                },
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("copy failed"), "{e}");
+        let filled = filled.into_inner().unwrap();
+        assert_eq!(
+            filled,
+            [
+                Field::Ids,
+                Field::Lengths,
+                Field::AttentionMask,
+                Field::Labels
+            ]
+        );
+        assert_eq!(idle(&pool), 4, "returned after the settle");
+        // A failed settle fails the readback too.
+        let e = fields
+            .host_batch_settled::<u32>(
+                0,
+                &[],
+                &pool,
+                |_, _| Ok(()),
+                || Err(crate::Error::Config("lost".into())),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("lost"), "{e}");
     }
 }

@@ -10,6 +10,13 @@
 //! use batch k+1 is written into another slot, and a steady stream allocates no wgpu buffer
 //! ([`WgpuSink::stats`] counts them).
 //!
+//! A batch takes up to 2^28 cells (the loader's `MAX_BATCH_TOKENS`, 1 GiB of i32 ids). The
+//! shader's workgroups form a 2-D grid, so no dispatch passes the 65 535 workgroups a dimension
+//! holds; and where a field passes the device's largest storage binding (128 MiB on lavapipe, a
+//! batch of 32 M cells), the batch is padded in chunks, each dispatch bound to windows of the
+//! buffers that hold what its cells read. A batch whose buffers pass `max_buffer_size` is refused
+//! when the sink is bound, naming the buffer and the limit.
+//!
 //! [`pad_host`]: crate::collate::pad_host
 
 use std::collections::HashMap;
@@ -21,6 +28,7 @@ use crate::collate::{Batch, CollateConfig, DocRef, Pool, PooledBuf, StagedBatch}
 use crate::device::DeviceSink;
 use crate::error::Result;
 use crate::gpu::{Shader, WgpuContext};
+use crate::loader::MAX_BATCH_TOKENS;
 use crate::shard::TokenId;
 
 /// Collates batches into wgpu buffers. Build a loader with it:
@@ -106,26 +114,22 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
         let config = self.config.get(|| ctx.name().to_string())?;
         let s = &p.staged;
         let (rows, width) = (s.rows, s.width);
-        let cells = rows * width;
         let (need, bound) = p.sizes(config);
         let mut slot = self.slots.acquire(&need, &bound, |sizes| {
-            fits_device(ctx, &sizes)?;
-            Slot::new(ctx, sizes)
+            let layout = fits_device(ctx, &sizes)?;
+            Slot::new(ctx, sizes, layout)
         })?;
-        let [pad, ignore, fields] = RaggedBatch::<T>::kernel_words(config);
-        let params = [
-            rows as u32,
-            width as u32,
-            pad,
-            ignore,
-            fields,
-            cells as u32,
-            0,
-            0,
-        ];
+        let chunks = chunks(&p, config, &slot.layout);
+        // Each chunk's parameters at its uniform offset, in pooled memory (no allocation in a
+        // steady stream).
+        let stride = slot.layout.params_stride as usize / 4;
+        let mut params = self.pool.take::<u32>(chunks.len() * stride);
+        for (c, chunk) in chunks.iter().enumerate() {
+            params[c * stride..c * stride + chunk.params.len()].copy_from_slice(&chunk.params);
+        }
         let cu = p.cu_seqlens.as_ref().map(|c| c.as_bytes()).unwrap_or(&[]);
         let writes: [(&wgpu::Buffer, &[u8]); 7] = [
-            (&slot.params, bytemuck::cast_slice(&params)),
+            (&slot.params, params.as_bytes()),
             (&slot.tokens, s.tokens.as_bytes()),
             (&slot.offsets, s.offsets.as_bytes()),
             (&slot.row_pieces, p.row_pieces.as_bytes()),
@@ -133,14 +137,29 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
             (&slot.lengths, p.lengths.as_bytes()),
             (&slot.cu_seqlens, cu),
         ];
-        let workgroups = cells.div_ceil(4).div_ceil(64) as u32;
         let submission = ctx.scoped(&format!("upload batch {batch}"), || {
             for (buffer, bytes) in writes {
                 if !bytes.is_empty() {
                     ctx.queue().write_buffer(buffer, 0, bytes);
                 }
             }
-            ctx.dispatch(Shader::PadCollate, &slot.bind_group, workgroups)
+            let windowed: Vec<wgpu::BindGroup> = match &slot.bind_group {
+                Some(_) => Vec::new(),
+                None => chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(c, chunk)| slot.bind_chunk(c, chunk))
+                    .collect::<Result<_>>()?,
+            };
+            let dispatches: Vec<(&wgpu::BindGroup, u64)> = chunks
+                .iter()
+                .enumerate()
+                .map(|(c, chunk)| {
+                    let bind = slot.bind_group.as_ref().unwrap_or_else(|| &windowed[c]);
+                    (bind, chunk.cells().div_ceil(CELLS_PER_WORKGROUP))
+                })
+                .collect();
+            ctx.dispatch_grid(Shader::PadCollate, &dispatches)
         })??;
         let uploaded: u64 = writes.iter().map(|(_, b)| b.len() as u64).sum();
         slot.fence = Some(submission.clone());
@@ -162,13 +181,153 @@ impl<T: TokenId> DeviceSink<T> for WgpuSink {
     }
 }
 
+/// Cells one workgroup of `shaders/pad_collate.wgsl` writes: 64 invocations of four cells.
+const CELLS_PER_WORKGROUP: u64 = 256;
+
+/// Bytes of the shader's `Params`: twelve u32.
+const PARAMS_BYTES: u64 = 48;
+
+/// How a slot's batches are dispatched on this device: whole buffers in one dispatch, or, where
+/// a field of the slot would pass the device's largest storage binding, chunks of cells each
+/// over windows of the buffers.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    /// Cells per chunk (a multiple of [`CELLS_PER_WORKGROUP`] and of the binding offset
+    /// alignment when the batch is split).
+    chunk_cells: usize,
+    /// Whether the buffers are bound whole (one chunk, one bind group made with the slot).
+    whole: bool,
+    /// Bytes between the chunks' parameters in the uniform buffer.
+    params_stride: u64,
+    /// Chunks the largest batch of the slot takes.
+    max_chunks: usize,
+    /// The device's `min_storage_buffer_offset_alignment`.
+    align: u64,
+}
+
+/// One dispatch of the pad shader: its parameters (the shader's `Params`) and, when the batch is
+/// split, the windows of the bound buffers `(offset, size)` in bytes, in binding order 1..9.
+struct Chunk {
+    params: [u32; 12],
+    windows: [(u64, u64); 8],
+}
+
+impl Chunk {
+    /// The cells the chunk pads (`Params.cells`).
+    fn cells(&self) -> u64 {
+        u64::from(self.params[6])
+    }
+}
+
+/// The largest multiple of `elements` at or below `i`.
+fn align_down(i: u64, elements: u64) -> u64 {
+    i - i % elements.max(1)
+}
+
+/// The window over elements `lo..hi` of a buffer of `len` elements of `size` bytes, its offset
+/// widened down to a multiple of `align` bytes: the index of its first element and its `(offset,
+/// size)` in bytes. An empty range (nothing to read) takes the buffer's first element, which
+/// every buffer has (they are made at least 4 bytes long, and pieces for 8 per row).
+fn window(lo: u64, hi: u64, len: u64, align: u64, size: u64) -> (u64, (u64, u64)) {
+    let at = align_down(lo, align / size);
+    if hi <= lo || at >= len {
+        return (0, (0, size));
+    }
+    (at, (at * size, (hi - at) * size))
+}
+
+/// The dispatches of batch `p`: one over the whole buffers with every base 0 when `layout`
+/// binds them whole, else one per `layout.chunk_cells` cells over windows of the buffers.
+///
+/// A chunk's windows hold what its cells read: the rows it touches (offsets, row pieces), the
+/// real tokens of its cells plus the next one (a label reads it), and the pieces that start
+/// in it plus the one before (the piece its first cell is in), each widened down to the binding
+/// offset alignment. So no window holds more than `chunk_cells + 3` rows, tokens or pieces above
+/// the alignment's worth, whatever the row width.
+fn chunks<T: TokenId>(p: &RaggedBatch<T>, config: &CollateConfig, layout: &Layout) -> Vec<Chunk> {
+    let s = &p.staged;
+    let (rows, width) = (s.rows as u64, s.width as u64);
+    let cells = rows * width;
+    let [pad, ignore, fields] = RaggedBatch::<T>::kernel_words(config);
+    let chunk = (layout.chunk_cells as u64).max(1);
+    let off = |r: u64| u64::from(s.offsets[r as usize]);
+    let row_pieces = |r: u64| u64::from(p.row_pieces[r as usize]);
+    // The first piece of row `r` in `pieces[row_pieces(r)..row_pieces(r + 1)]` starting after
+    // column `t`.
+    let after = |r: u64, t: u64| {
+        let (a, b) = (row_pieces(r) as usize, row_pieces(r + 1) as usize);
+        (a + p.pieces[a..b].partition_point(|x| u64::from(x[0]) <= t)) as u64
+    };
+    let params = |base: u64, n: u64, bases: [u64; 3], lo: u64, hi: u64| {
+        [
+            rows as u32,
+            width as u32,
+            pad,
+            ignore,
+            fields,
+            base as u32,
+            n as u32,
+            bases[0] as u32,
+            bases[1] as u32,
+            bases[2] as u32,
+            lo as u32,
+            hi as u32,
+        ]
+    };
+    if layout.whole {
+        return vec![Chunk {
+            params: params(0, cells, [0; 3], 0, u64::from(u32::MAX)),
+            windows: [(0, 0); 8],
+        }];
+    }
+    let align = layout.align;
+    let (total_tokens, total_pieces) = (s.tokens.len() as u64, p.pieces.len() as u64);
+    (0..cells.div_ceil(chunk))
+        .map(|c| {
+            let (c0, c1) = (c * chunk, ((c + 1) * chunk).min(cells));
+            let (r0, t0) = (c0 / width, c0 % width);
+            let (r1, t1) = ((c1 - 1) / width, (c1 - 1) % width);
+            let len = |r: u64| off(r + 1) - off(r);
+            // Rows r0..=r1 and the offset after the last.
+            let row_at = align_down(r0, align / 4);
+            let rows_window = (row_at * 4, (r1 + 2 - row_at) * 4);
+            // Real tokens of the chunk's cells, and the one after (a label).
+            let (lo, hi) = (off(r0) + t0.min(len(r0)), off(r1) + (t1 + 2).min(len(r1)));
+            let (token_at, tokens_window) = window(lo, hi, total_tokens, align, 4);
+            // The piece the first cell is in (the last starting at or before it), to the first
+            // starting after the last cell.
+            let first = after(r0, t0).saturating_sub(1).max(row_pieces(r0));
+            let last = after(r1, t1);
+            let (piece_at, pieces_window) = window(first, last, total_pieces, align, 8);
+            let n = c1 - c0;
+            Chunk {
+                params: params(c0, n, [row_at, token_at, piece_at], first, last),
+                windows: [
+                    tokens_window,
+                    rows_window,
+                    rows_window,
+                    pieces_window,
+                    (c0 * 4, n * 4),
+                    (c0, n.div_ceil(4) * 4),
+                    (c0 * 4, n * 4),
+                    (c0 * 4, n * 4),
+                ],
+            }
+        })
+        .collect()
+}
+
 /// Checks a slot of `sizes` against the device's limits before any buffer is made, so that a
-/// batch too large for this device is one line naming the limit, not wgpu's validation report.
+/// batch too large for this device is one line naming the limit, not wgpu's validation report;
+/// and lays out its dispatches: whole buffers when every field fits the device's largest storage
+/// binding, else chunks of cells over windows of the buffers.
 ///
 /// # Errors
 ///
-/// [`crate::Error::Device`] naming the buffer, its size and the limit it passes.
-fn fits_device(ctx: &WgpuContext, sizes: &SlotSizes) -> Result<()> {
+/// [`crate::Error::Device`] naming the batch limit (2^28 cells, the loader's
+/// [`MAX_BATCH_TOKENS`], which the shader's 32-bit index math is sized for), or the buffer, its
+/// size and the device limit it passes.
+fn fits_device(ctx: &WgpuContext, sizes: &SlotSizes) -> Result<Layout> {
     let limits = ctx.device().limits();
     let (cells, rows) = (sizes.cells as u64, sizes.rows as u64);
     let op = format!(
@@ -176,6 +335,16 @@ fn fits_device(ctx: &WgpuContext, sizes: &SlotSizes) -> Result<()> {
         sizes.rows, sizes.cells
     );
     let advice = "use a smaller batch size or sequence length";
+    if cells > MAX_BATCH_TOKENS {
+        return Err(ctx.error(
+            op,
+            format!(
+                "{cells} cells pass the largest batch the pad shader takes, \
+                 {MAX_BATCH_TOKENS} cells (2^28, the loader's MAX_BATCH_TOKENS; WGSL indexes \
+                 with 32-bit integers); {advice}"
+            ),
+        ));
+    }
     // The bound buffers, in the order of shaders/pad_collate.wgsl.
     let bound = [
         ("ragged ids", 4 * sizes.tokens as u64),
@@ -187,39 +356,71 @@ fn fits_device(ctx: &WgpuContext, sizes: &SlotSizes) -> Result<()> {
         ("labels", 4 * cells),
         ("position ids", 4 * cells),
     ];
-    for (name, bytes) in bound {
-        for (limit, max) in [
-            ("max_buffer_size", limits.max_buffer_size),
-            (
-                "max_storage_buffer_binding_size",
-                limits.max_storage_buffer_binding_size,
-            ),
-        ] {
-            if bytes > max {
-                return Err(ctx.error(
-                    op,
-                    format!(
-                        "the {name} buffer needs {bytes} bytes, over the device's {limit} of \
-                         {max} bytes; {advice}"
-                    ),
-                ));
-            }
-        }
-    }
-    // One invocation per four cells, 64 to a workgroup, in one dimension.
-    let workgroups = cells.div_ceil(4).div_ceil(64);
-    let max = limits.max_compute_workgroups_per_dimension;
-    if workgroups > u64::from(max) {
+    let max = limits.max_buffer_size;
+    if let Some((name, bytes)) = bound.iter().find(|(_, bytes)| *bytes > max) {
         return Err(ctx.error(
             op,
             format!(
-                "padding {cells} cells takes {workgroups} workgroups, over the device's \
-                 max_compute_workgroups_per_dimension of {max} ({} cells); {advice}",
-                u64::from(max) * 256
+                "the {name} buffer needs {bytes} bytes, over the device's max_buffer_size of \
+                 {max} bytes; {advice}"
             ),
         ));
     }
-    Ok(())
+    let binding = limits.max_storage_buffer_binding_size;
+    let align = u64::from(limits.min_storage_buffer_offset_alignment).max(8);
+    let uniform = u64::from(limits.min_uniform_buffer_offset_alignment).max(4);
+    let params_stride = PARAMS_BYTES.next_multiple_of(uniform);
+    let whole = bound.iter().all(|(_, bytes)| *bytes <= binding);
+    let chunk_cells = if whole {
+        cells.max(1)
+    } else {
+        // Each window holds at most a chunk's cells plus three, plus the alignment's worth
+        // (`chunks`); pieces take 8 bytes each, the most of any window.
+        let step = CELLS_PER_WORKGROUP.max(align);
+        let fit = (binding / 8).saturating_sub(3 + align / 4);
+        fit - fit % step
+    };
+    if chunk_cells == 0 {
+        return Err(ctx.error(
+            op,
+            format!(
+                "the device's max_storage_buffer_binding_size of {binding} bytes holds no chunk \
+                 of {} cells; {advice}",
+                CELLS_PER_WORKGROUP.max(align)
+            ),
+        ));
+    }
+    let max_chunks = cells.div_ceil(chunk_cells).max(1);
+    // Workgroups of a chunk as a 2-D grid: x and y each at most the per-dimension limit.
+    let per_dimension = u64::from(limits.max_compute_workgroups_per_dimension);
+    let workgroups = chunk_cells.div_ceil(CELLS_PER_WORKGROUP);
+    if workgroups > per_dimension * per_dimension {
+        return Err(ctx.error(
+            op,
+            format!(
+                "padding {chunk_cells} cells in one dispatch takes {workgroups} workgroups, over \
+                 the device's max_compute_workgroups_per_dimension of {per_dimension} squared; \
+                 {advice}"
+            ),
+        ));
+    }
+    let params_bytes = params_stride * max_chunks;
+    if params_bytes > max {
+        return Err(ctx.error(
+            op,
+            format!(
+                "the parameters of {max_chunks} chunks need {params_bytes} bytes, over the \
+                 device's max_buffer_size of {max} bytes; {advice}"
+            ),
+        ));
+    }
+    Ok(Layout {
+        chunk_cells: chunk_cells as usize,
+        whole,
+        params_stride,
+        max_chunks: max_chunks as usize,
+        align,
+    })
 }
 
 /// One batch's device buffers, recycled from batch to batch.
@@ -237,7 +438,11 @@ struct Slot {
     mask: wgpu::Buffer,
     labels: wgpu::Buffer,
     positions: wgpu::Buffer,
-    bind_group: wgpu::BindGroup,
+    /// How batches in this slot are dispatched.
+    layout: Layout,
+    /// The whole buffers bound, when the layout binds them whole (else each upload binds
+    /// windows per chunk).
+    bind_group: Option<wgpu::BindGroup>,
     /// The submission that last used the slot, until it is waited for.
     fence: Option<wgpu::SubmissionIndex>,
 }
@@ -259,14 +464,18 @@ impl super::ragged::Slot for Slot {
 }
 
 impl Slot {
-    fn new(ctx: &Arc<WgpuContext>, sizes: SlotSizes) -> Result<Self> {
+    fn new(ctx: &Arc<WgpuContext>, sizes: SlotSizes, layout: Layout) -> Result<Self> {
         use wgpu::BufferUsages as U;
         let input = U::STORAGE | U::COPY_DST | U::COPY_SRC;
         let output = U::STORAGE | U::COPY_SRC;
         let n = |count: usize, bytes: usize| (count * bytes) as u64;
         let buffers = ctx.scoped("create batch buffers", || {
             [
-                ctx.buffer("params", 32, U::UNIFORM | U::COPY_DST),
+                ctx.buffer(
+                    "params",
+                    layout.params_stride * layout.max_chunks as u64,
+                    U::UNIFORM | U::COPY_DST,
+                ),
                 ctx.buffer("ragged ids", n(sizes.tokens, 4), input),
                 ctx.buffer("row offsets", n(sizes.rows + 1, 4), input),
                 ctx.buffer("row pieces", n(sizes.rows + 1, 4), input),
@@ -281,7 +490,10 @@ impl Slot {
         })?;
         // Bindings 0..9 in the order of shaders/pad_collate.wgsl; the last two are not bound.
         let bound: Vec<&wgpu::Buffer> = buffers[..9].iter().collect();
-        let bind_group = ctx.bind(Shader::PadCollate, &bound)?;
+        let bind_group = match layout.whole {
+            true => Some(ctx.bind(Shader::PadCollate, &bound)?),
+            false => None,
+        };
         let [
             params,
             tokens,
@@ -309,9 +521,36 @@ impl Slot {
             mask,
             labels,
             positions,
+            layout,
             bind_group,
             fence: None,
         })
+    }
+
+    /// A bind group of chunk `c`'s windows: its parameters and its `chunk`'s buffer windows.
+    fn bind_chunk(&self, c: usize, chunk: &Chunk) -> Result<wgpu::BindGroup> {
+        let buffers = [
+            &self.tokens,
+            &self.offsets,
+            &self.row_pieces,
+            &self.pieces,
+            &self.ids,
+            &self.mask,
+            &self.labels,
+            &self.positions,
+        ];
+        let mut windows = vec![(
+            &self.params,
+            c as u64 * self.layout.params_stride,
+            PARAMS_BYTES,
+        )];
+        windows.extend(
+            buffers
+                .into_iter()
+                .zip(chunk.windows)
+                .map(|(buffer, (offset, size))| (buffer, offset, size)),
+        );
+        self.ctx.bind_windows(Shader::PadCollate, &windows)
     }
 }
 

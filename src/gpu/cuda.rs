@@ -1,5 +1,6 @@
-//! The CUDA context (feature `cuda`): a device picked as `local_rank % device_count`, a compute
-//! stream and a copy stream, over cudarc's driver API; its page-locked host memory; and the
+//! The CUDA context (feature `cuda`): a device picked by the local rank (refused when it names
+//! no device), a compute stream and a copy stream, over cudarc's driver API; host waits that
+//! sleep rather than spin (blocking-sync events); its page-locked host memory; and the
 //! kernels of `kernels/` behind typed safe launch functions (`launch_pad_collate`,
 //! `launch_sketch`, crate-private: the device sink and the sketch binning call them).
 //!
@@ -16,7 +17,9 @@ pub(crate) use pinned::{PinnedBuffer, PinnedMemory};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext as Driver, CudaFunction, CudaModule, CudaStream, DriverError};
+use cudarc::driver::{
+    CudaContext as Driver, CudaEvent, CudaFunction, CudaModule, CudaStream, DriverError, sys,
+};
 
 use super::nvrtc::{self, Kernel};
 use crate::error::{Error, Result};
@@ -27,10 +30,10 @@ pub fn cuda_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
-/// Whether libnccl can be loaded.
+/// Whether libnccl can be loaded (NCCL discovery lives in the NCCL engine,
+/// [`crate::collective::nccl_library`]: `libnccl.so.2`, `libnccl.so`, or `SHARDFLOW_NCCL_LIB`).
 pub fn nccl_present() -> bool {
-    // SAFETY: as above.
-    unsafe { cudarc::nccl::sys::is_culib_present() }
+    crate::collective::nccl_library().is_ok()
 }
 
 pub(crate) fn device_error(device: &str, op: &str, reason: impl Into<String>) -> Error {
@@ -65,25 +68,60 @@ pub fn device_count() -> Result<usize> {
         .map_err(|e| device_error("cuda", "count devices", format!("{e:?}")))
 }
 
-/// NCCL's version as `major.minor.patch`.
+/// NCCL's version as `major.minor.patch` (see [`crate::collective::nccl_library`], which also
+/// gives the library's path; it needs no GPU).
 ///
 /// # Errors
 ///
-/// [`Error::Device`] when libnccl is missing (cudarc looks for `libnccl.so`; the PyPI wheel
-/// ships `libnccl.so.2` only, so link one to the other).
+/// [`Error::Device`] saying where libnccl was looked for (`libnccl.so.2`, `libnccl.so` on the
+/// loader's path, or the file `SHARDFLOW_NCCL_LIB` names), or that it is older than 2.14.
 pub fn nccl_version() -> Result<String> {
-    if !nccl_present() {
-        return Err(device_error(
-            "nccl",
-            "load libnccl",
-            "libnccl.so was not found (the nvidia-nccl-cu12 wheel ships libnccl.so.2: link \
-             libnccl.so to it and put the directory on LD_LIBRARY_PATH)",
-        ));
+    crate::collective::nccl_library().map(|lib| lib.version)
+}
+
+/// The newest CUDA version the driver supports, as (major, minor): (12, 8) for an R570 driver.
+///
+/// # Errors
+///
+/// [`Error::Device`] when libcuda is missing or the driver fails.
+pub fn driver_version() -> Result<(i32, i32)> {
+    let op = "read the driver's version";
+    if !cuda_present() {
+        return Err(no_driver(op));
     }
-    let v = cudarc::nccl::result::get_nccl_version()
-        .map_err(|e| device_error("nccl", "ncclGetVersion", format!("{e:?}")))?;
-    // NCCL encodes 2.x versions as major * 10000 + minor * 100 + patch.
-    Ok(format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100))
+    let mut v = 0;
+    // SAFETY: cuDriverGetVersion writes one int and needs no initialized context.
+    let result = unsafe { sys::cuDriverGetVersion(&mut v) };
+    if result != sys::CUresult::CUDA_SUCCESS {
+        return Err(device_error("cuda", op, format!("{result:?}")));
+    }
+    Ok((v / 1000, (v % 1000) / 10))
+}
+
+/// The device of the rank with `local_rank` among the `n` this process sees (`visible`: the
+/// value of `CUDA_VISIBLE_DEVICES`, for the message): device `local_rank`, or device 0 when
+/// the process sees one; a `local_rank` past the devices is refused, naming them.
+fn device_for_rank(
+    local_rank: usize,
+    n: usize,
+    visible: Option<&str>,
+) -> std::result::Result<usize, String> {
+    match n {
+        0 => Err("the driver reports no CUDA device".into()),
+        1 => Ok(0),
+        _ if local_rank < n => Ok(local_rank),
+        _ => {
+            let seen = match visible {
+                Some(v) => format!("CUDA_VISIBLE_DEVICES={v}"),
+                None => "CUDA_VISIBLE_DEVICES unset".into(),
+            };
+            Err(format!(
+                "LOCAL_RANK {local_rank} names no device: this process sees {n} CUDA devices \
+                 (0..{n}, {seen}); start at most {n} ranks per node, or give each rank its own \
+                 device through CUDA_VISIBLE_DEVICES"
+            ))
+        }
+    }
 }
 
 /// A CUDA device with a compute stream and a copy stream.
@@ -110,21 +148,21 @@ impl std::fmt::Debug for CudaContext {
 }
 
 impl CudaContext {
-    /// The context of the device this rank uses: `local_rank % device_count`.
+    /// The context of the device this rank uses: device `local_rank` of the visible ones, or
+    /// the only one when the process sees one (each rank given its own device through
+    /// `CUDA_VISIBLE_DEVICES`).
     ///
     /// # Errors
     ///
-    /// [`Error::Device`] naming what is missing: libcuda, a device, or the driver's reason.
+    /// [`Error::Device`] naming what is missing: libcuda, a device, or the driver's reason; a
+    /// `local_rank` at or past the device count (when more than one is visible), naming
+    /// `LOCAL_RANK` and the count.
     pub fn for_local_rank(local_rank: usize) -> Result<Arc<Self>> {
         let n = device_count()?;
-        if n == 0 {
-            return Err(device_error(
-                "cuda",
-                "pick a device",
-                "the driver reports no CUDA device",
-            ));
-        }
-        Self::new(local_rank % n)
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        let ordinal = device_for_rank(local_rank, n, visible.as_deref())
+            .map_err(|why| device_error("cuda", "pick this rank's device", why))?;
+        Self::new(ordinal)
     }
 
     /// The context of device `ordinal`.
@@ -206,6 +244,33 @@ impl CudaContext {
         format!("cuda:{} ({})", self.driver.ordinal(), self.name)
     }
 
+    /// A new event that the host can wait for asleep (`CU_EVENT_BLOCKING_SYNC`): a host wait on
+    /// an event without it spins a core until the device is done. (cudarc's event flags are
+    /// single values, so it keeps timing enabled: a timestamp per record.)
+    ///
+    /// # Errors
+    ///
+    /// The driver's.
+    pub fn host_event(&self) -> std::result::Result<CudaEvent, DriverError> {
+        self.driver
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+    }
+
+    /// Blocks the calling thread until the work queued on `stream` so far is done, asleep in
+    /// the driver: `CudaStream::synchronize` spins a core under the default scheduling, which
+    /// a primary context shared with other libraries should not be switched from.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] naming `op`, with the driver's reason (an earlier asynchronous
+    /// failure included).
+    pub fn synchronize(&self, stream: &CudaStream, op: &str) -> Result<()> {
+        let fail = self.fail(op);
+        let done = self.host_event().map_err(&fail)?;
+        done.record(stream).map_err(&fail)?;
+        done.synchronize().map_err(&fail)
+    }
+
     /// An [`Error::Device`] on this device for `op`.
     pub fn error(&self, op: &str, reason: impl std::fmt::Debug) -> Error {
         device_error(&self.label(), op, format!("{reason:?}"))
@@ -234,7 +299,14 @@ impl CudaContext {
                     let module = self
                         .driver
                         .load_module(cudarc::nvrtc::Ptx::from_binary(image.data.clone()))
-                        .map_err(|e| self.error(&op, e))?;
+                        .map_err(|e| match e.0 {
+                            sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => {
+                                let driver = driver_version().ok().map(|(a, b)| a * 1000 + b * 10);
+                                let hint = nvrtc::ptx_driver_hint(image.ptx_isa(), driver);
+                                device_error(&self.label(), &op, format!("{e:?}: {hint}"))
+                            }
+                            _ => self.error(&op, e),
+                        })?;
                     modules.insert(kernel, module.clone());
                     module
                 }
@@ -286,16 +358,44 @@ impl CudaContext {
         let mut copy = || stream.memcpy_htod(&src[..], &mut dst).map_err(&fail);
         let timed = (|| {
             copy()?;
-            stream.synchronize().map_err(&fail)?;
+            self.synchronize(stream, op)?;
             let t0 = std::time::Instant::now();
             for _ in 0..copies {
                 copy()?;
             }
-            stream.synchronize().map_err(&fail)?;
+            self.synchronize(stream, op)?;
             Ok((bytes * copies) as f64 / t0.elapsed().as_secs_f64())
         })();
         // The copies read `src`: they are done before it is freed, on the error path too.
-        let _ = stream.synchronize();
+        let _ = self.synchronize(stream, op);
         timed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_rank_past_the_visible_devices_is_refused_by_name() {
+        assert_eq!(device_for_rank(0, 8, None), Ok(0));
+        assert_eq!(device_for_rank(7, 8, None), Ok(7));
+        // One visible device per process: every rank's is device 0.
+        assert_eq!(device_for_rank(5, 1, Some("5")), Ok(0));
+        let e = device_for_rank(2, 2, Some("0,1")).unwrap_err();
+        assert_eq!(
+            e,
+            "LOCAL_RANK 2 names no device: this process sees 2 CUDA devices (0..2, \
+             CUDA_VISIBLE_DEVICES=0,1); start at most 2 ranks per node, or give each rank its \
+             own device through CUDA_VISIBLE_DEVICES"
+        );
+        let e = device_for_rank(9, 4, None).unwrap_err();
+        assert!(
+            e.contains("LOCAL_RANK 9") && e.contains("sees 4 CUDA devices"),
+            "{e}"
+        );
+        assert!(e.contains("CUDA_VISIBLE_DEVICES unset"), "{e}");
+        let e = device_for_rank(0, 0, None).unwrap_err();
+        assert!(e.contains("no CUDA device"), "{e}");
     }
 }

@@ -366,17 +366,108 @@ impl WgpuContext {
         })
     }
 
-    /// Submits one dispatch of `workgroups` workgroups of `shader` over `bind`; the caller's
-    /// error scope covers it.
+    /// A bind group of buffer windows `(buffer, offset, size)` in bytes, bound to bindings 0, 1,
+    /// … of `shader`'s pipeline: each offset a multiple of the device's
+    /// `min_storage_buffer_offset_alignment` (`min_uniform_buffer_offset_alignment` for a
+    /// uniform), each size at most its binding limit.
     ///
     /// # Errors
     ///
-    /// [`Error::Device`] when the shader does not compile.
+    /// As [`WgpuContext::bind`].
+    pub(crate) fn bind_windows(
+        &self,
+        shader: Shader,
+        windows: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<wgpu::BindGroup> {
+        let pipeline = self.pipeline(shader)?;
+        self.scoped(&format!("bind buffer windows of {}", shader.name()), || {
+            let entries: Vec<wgpu::BindGroupEntry<'_>> = windows
+                .iter()
+                .enumerate()
+                .map(|(i, &(buffer, offset, size))| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset,
+                        size: wgpu::BufferSize::new(size),
+                    }),
+                })
+                .collect();
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(shader.name()),
+                layout: &pipeline.layout,
+                entries: &entries,
+            })
+        })
+    }
+
+    /// Submits one dispatch of `workgroups` workgroups of `shader` over `bind`, in one dimension
+    /// (the shader reads `global_invocation_id.x` only); the caller's error scope covers it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] when the shader does not compile, or when `workgroups` passes the
+    /// device's `max_compute_workgroups_per_dimension` (a shader that needs more takes a grid:
+    /// [`WgpuContext::dispatch_grid`]).
     pub(crate) fn dispatch(
         &self,
         shader: Shader,
         bind: &wgpu::BindGroup,
         workgroups: u32,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let max = self.device.limits().max_compute_workgroups_per_dimension;
+        if workgroups > max {
+            return Err(self.error(
+                format!("dispatch {}", shader.name()),
+                format!(
+                    "{workgroups} workgroups in one dimension, over the device's \
+                     max_compute_workgroups_per_dimension of {max}"
+                ),
+            ));
+        }
+        self.submit(shader, &[(bind, [workgroups, 1])])
+    }
+
+    /// Submits, in one compute pass, a dispatch of `shader` per `(bind group, workgroups)`, each
+    /// as a 2-D grid: `x` up to the device's `max_compute_workgroups_per_dimension`, `y` for the
+    /// rest. The shader computes its flat workgroup index as `workgroup_id.y * num_workgroups.x +
+    /// workgroup_id.x`, and must ignore the grid's last workgroups past `workgroups` (the last
+    /// row of the grid may be partly beyond it). The caller's error scope covers it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Device`] when the shader does not compile, or when a dispatch needs more than
+    /// `max_compute_workgroups_per_dimension` squared workgroups.
+    pub(crate) fn dispatch_grid(
+        &self,
+        shader: Shader,
+        dispatches: &[(&wgpu::BindGroup, u64)],
+    ) -> Result<wgpu::SubmissionIndex> {
+        let max = self.device.limits().max_compute_workgroups_per_dimension;
+        let grids = dispatches
+            .iter()
+            .map(|&(bind, workgroups)| {
+                let grid = grid(workgroups, max).ok_or_else(|| {
+                    self.error(
+                        format!("dispatch {}", shader.name()),
+                        format!(
+                            "{workgroups} workgroups, over the device's \
+                             max_compute_workgroups_per_dimension of {max} squared"
+                        ),
+                    )
+                })?;
+                Ok((bind, grid))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.submit(shader, &grids)
+    }
+
+    /// Encodes and submits one compute pass of `shader` with a dispatch of `[x, y]` workgroups
+    /// over each bind group (empty grids skipped).
+    fn submit(
+        &self,
+        shader: Shader,
+        grids: &[(&wgpu::BindGroup, [u32; 2])],
     ) -> Result<wgpu::SubmissionIndex> {
         let pipeline = self.pipeline(shader)?;
         let mut encoder = self
@@ -384,14 +475,18 @@ impl WgpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some(shader.name()),
             });
-        if workgroups > 0 {
+        if grids.iter().any(|(_, [x, y])| *x > 0 && *y > 0) {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(shader.name()),
                 timestamp_writes: None,
             });
             pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, bind, &[]);
-            pass.dispatch_workgroups(workgroups, 1, 1);
+            for &(bind, [x, y]) in grids {
+                if x > 0 && y > 0 {
+                    pass.set_bind_group(0, bind, &[]);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
         }
         Ok(self.queue.submit([encoder.finish()]))
     }
@@ -437,48 +532,112 @@ impl WgpuContext {
     /// # Errors
     ///
     /// As [`WgpuContext::read`].
+    ///
+    /// The copies go through a staging buffer of at most [`READBACK_BYTES`] (and the device's
+    /// `max_buffer_size`), one round trip per staging buffer's worth, so that reading back a
+    /// large batch neither passes the device's buffer limit nor doubles its memory.
     pub(crate) fn read_many(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<Vec<u8>>> {
-        let padded: Vec<u64> = ranges.iter().map(|r| r.2.next_multiple_of(4)).collect();
-        let total: u64 = padded.iter().sum();
-        let staging = self.buffer(
-            "shardflow readback",
-            total,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        );
-        let index = self.scoped("copy back to the host", || {
-            let mut encoder = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("shardflow readback"),
-                });
+        let cap = READBACK_BYTES.min(self.device.limits().max_buffer_size) & !3;
+        // Each range in pieces of at most `cap` bytes (4-byte multiples, as copies must be).
+        let mut pieces: Vec<(usize, u64, u64)> = Vec::new();
+        for (i, &(_, offset, size)) in ranges.iter().enumerate() {
+            let padded = size.next_multiple_of(4);
             let mut at = 0;
-            for ((buffer, offset, _), &len) in ranges.iter().zip(&padded) {
-                if len > 0 {
-                    encoder.copy_buffer_to_buffer(buffer, *offset, &staging, at, len);
-                }
+            while at < padded {
+                let len = cap.min(padded - at);
+                pieces.push((i, offset + at, len));
                 at += len;
             }
-            self.queue.submit([encoder.finish()])
-        })?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait(Some(index))?;
-        rx.recv()
-            .map_err(|_| self.error("map a readback buffer", "the map callback never ran"))?
-            .map_err(|e| self.error("map a readback buffer", e.to_string()))?;
-        let view = staging
-            .get_mapped_range(..)
-            .map_err(|e| self.error("map a readback buffer", e.to_string()))?;
-        let mut out = Vec::with_capacity(ranges.len());
-        let mut at = 0usize;
-        for (r, &len) in ranges.iter().zip(&padded) {
-            out.push(view[at..at + r.2 as usize].to_vec());
-            at += len as usize;
         }
-        drop(view);
-        staging.unmap();
+        let total: u64 = pieces.iter().map(|p| p.2).sum();
+        let staging = self.buffer(
+            "shardflow readback",
+            total.min(cap),
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let mut out: Vec<Vec<u8>> = ranges
+            .iter()
+            .map(|r| Vec::with_capacity(r.2 as usize))
+            .collect();
+        let mut next = 0;
+        while next < pieces.len() {
+            // As many pieces as the staging buffer holds.
+            let mut end = next;
+            let mut bytes = 0;
+            while end < pieces.len() && bytes + pieces[end].2 <= cap {
+                bytes += pieces[end].2;
+                end += 1;
+            }
+            let round = &pieces[next..end];
+            let index = self.scoped("copy back to the host", || {
+                let mut encoder =
+                    self.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("shardflow readback"),
+                        });
+                let mut at = 0;
+                for &(i, offset, len) in round {
+                    encoder.copy_buffer_to_buffer(ranges[i].0, offset, &staging, at, len);
+                    at += len;
+                }
+                self.queue.submit([encoder.finish()])
+            })?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            staging.map_async(wgpu::MapMode::Read, ..bytes.max(4), move |r| {
+                let _ = tx.send(r);
+            });
+            self.wait(Some(index))?;
+            rx.recv()
+                .map_err(|_| self.error("map a readback buffer", "the map callback never ran"))?
+                .map_err(|e| self.error("map a readback buffer", e.to_string()))?;
+            let view = staging
+                .get_mapped_range(..bytes.max(4))
+                .map_err(|e| self.error("map a readback buffer", e.to_string()))?;
+            let mut at = 0usize;
+            for &(i, _, len) in round {
+                let want = ranges[i].2 as usize - out[i].len();
+                let take = want.min(len as usize);
+                out[i].extend_from_slice(&view[at..at + take]);
+                at += len as usize;
+            }
+            drop(view);
+            staging.unmap();
+            next = end;
+        }
         Ok(out)
+    }
+}
+
+/// The most bytes a readback stages at a time ([`WgpuContext::read_many`]).
+pub(crate) const READBACK_BYTES: u64 = 256 << 20;
+
+/// `workgroups` as a 2-D grid `[x, y]` with `x` at most `max` (and `y` as small as it can be),
+/// or `None` past `max` squared.
+fn grid(workgroups: u64, max: u32) -> Option<[u32; 2]> {
+    let max = u64::from(max.max(1));
+    let x = workgroups.min(max);
+    let y = if x == 0 { 0 } else { workgroups.div_ceil(x) };
+    (y <= max).then_some([x as u32, y as u32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid;
+
+    #[test]
+    fn a_grid_covers_the_workgroups_within_the_limit_per_dimension() {
+        assert_eq!(grid(0, 65_535), Some([0, 0]));
+        assert_eq!(grid(1, 65_535), Some([1, 1]));
+        assert_eq!(grid(65_535, 65_535), Some([65_535, 1]));
+        assert_eq!(grid(65_536, 65_535), Some([65_535, 2]));
+        // 2^28 cells at 256 a workgroup.
+        assert_eq!(grid(1 << 20, 65_535), Some([65_535, 17]));
+        assert_eq!(grid(65_535 * 65_535, 65_535), Some([65_535, 65_535]));
+        assert_eq!(grid(65_535 * 65_535 + 1, 65_535), None);
+        for n in [1u64, 7, 65_534, 65_536, 1 << 20, 3 << 30] {
+            let [x, y] = grid(n, 65_535).unwrap();
+            let (x, y) = (u64::from(x), u64::from(y));
+            assert!(x * y >= n && x * (y - 1) < n, "{n}: {x} x {y}");
+        }
     }
 }

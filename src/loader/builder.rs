@@ -663,7 +663,7 @@ fn restore_metrics(
         Scope::Rank => Ok(Aggregator::from_state(saved.clone())),
         Scope::World if rank == 0 => Ok(Aggregator::from_state(saved.clone())),
         // The other ranks start from zero, keeping the agreed names so that the next reduce
-        // stays at two collectives.
+        // stays at three collectives.
         Scope::World => Ok(Aggregator::from_state(AggregatorState {
             entries: Default::default(),
             ..saved.clone()

@@ -11,10 +11,12 @@
 //! | distribution | count, sum, zero, negative buckets, positive buckets | max, −min |
 //! | categorical | one count per agreed category | — |
 //!
-//! Slot 0 of the SUM buffer counts the names that some rank has and the agreed layout lacks.
-//! Slots 0 and 1 of the MAX buffer hold the layout's fingerprint `h` and `-h` (a 52-bit hash of
-//! the keys, their kinds and categories, and the sketch mapping): after the reduce, every rank
-//! had the same layout exactly when `max(h) == -max(-h)`, checked at no extra collective.
+//! Before them goes a fixed-size header of u64 ([`super::reduce`]): the two buffers' lengths, the
+//! layout's fingerprint ([`fingerprint`]: a hash of the keys, their kinds and categories, and
+//! the sketch mapping) and the reduce's call number, each as the pair `(x, !x)`, so that one MAX
+//! gives every field's maximum and, as `!max(!x)`, its minimum; then the count of names that
+//! this rank has and the agreed layout lacks. The ranks refuse to reduce the buffers unless
+//! every field agrees: no engine ever sees buffers of different lengths.
 //!
 //! Counts (samples, sketch buckets, categories) travel as f64: exact up to 2^53 per slot, far
 //! beyond any run's sample count.
@@ -42,6 +44,22 @@ pub(crate) struct MetricKey {
 pub(crate) struct MetricLayout {
     /// The keys, sorted by (dataset, metric).
     pub keys: Vec<MetricKey>,
+    /// The reduces made with this layout's aggregator: the header's call number.
+    #[serde(skip)]
+    pub reduces: ReduceCount,
+}
+
+/// How many reduces an aggregator has made, for the header's call number: bookkeeping, not part
+/// of the aggregate. It is not saved (every rank resumes from 0) and any two counts compare
+/// equal, so that two aggregators holding the same values are equal however often each was
+/// reduced.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ReduceCount(pub u64);
+
+impl PartialEq for ReduceCount {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl MetricLayout {
@@ -71,23 +89,26 @@ pub(crate) fn max_slots(key: &MetricKey) -> usize {
     }
 }
 
-/// The layout's fingerprint as an f64 integer below 2^52 (exact in f64, so `-h` is too).
-pub(crate) fn fingerprint(layout: &MetricLayout, map: &Mapping) -> f64 {
-    let mut bytes = serde_json::to_vec(layout).expect("a layout serializes");
+/// The layout's fingerprint: XXH64 of its keys, kinds and categories and of the sketch mapping.
+pub(crate) fn fingerprint(layout: &MetricLayout, map: &Mapping) -> u64 {
+    let mut bytes = serde_json::to_vec(&layout.keys).expect("a layout serializes");
     bytes.extend_from_slice(format!("{map:?}").as_bytes());
-    (crate::hash::xxh64(&bytes) >> 12) as f64
+    crate::hash::xxh64(&bytes)
 }
 
 impl Aggregator {
-    pub(crate) fn pack_sum(&self, new_names: usize) -> Vec<f64> {
-        let len = 1 + self
-            .layout
+    /// The length of the SUM buffer of this layout.
+    pub(crate) fn sum_len(&self) -> usize {
+        self.layout
             .keys
             .iter()
             .map(|k| sum_slots(k, &self.map))
-            .sum::<usize>();
+            .sum()
+    }
+
+    pub(crate) fn pack_sum(&self) -> Vec<f64> {
+        let len = self.sum_len();
         let mut buf = Vec::with_capacity(len);
-        buf.push(new_names as f64);
         let nb = self.map.buckets();
         for key in &self.layout.keys {
             let state = self.get(&key.dataset, &key.metric);
@@ -120,9 +141,13 @@ impl Aggregator {
         buf
     }
 
+    /// The length of the MAX buffer of this layout.
+    pub(crate) fn max_len(&self) -> usize {
+        self.layout.keys.iter().map(max_slots).sum()
+    }
+
     pub(crate) fn pack_max(&self) -> Vec<f64> {
-        let h = fingerprint(&self.layout, &self.map);
-        let mut buf = vec![h, -h];
+        let mut buf = Vec::with_capacity(self.max_len());
         let none = f64::NEG_INFINITY;
         for key in &self.layout.keys {
             match self.get(&key.dataset, &key.metric) {
@@ -142,7 +167,7 @@ impl Aggregator {
         let mut out = Aggregator::new(self.config.clone());
         out.layout = self.layout.clone();
         let nb = self.map.buckets();
-        let (mut s, mut x) = (1, 2);
+        let (mut s, mut x) = (0, 0);
         for key in &self.layout.keys {
             let state = match key.kind {
                 Kind::Sum => Some(State::Sum { sum: sum[s] }),

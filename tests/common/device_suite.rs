@@ -38,11 +38,14 @@ pub fn lcg(seed: &mut u64) -> u64 {
 }
 
 /// Every rank's metric report over `ranks`: distributions, sums, maxima, minima, categories.
+/// The values are multiples of 1/4 below 2^10, so every sum is exact in f64 in any order: an
+/// engine that adds in another order than the host's rank order (NCCL's ring) must still give
+/// the host's report bit for bit.
 fn metric_reports(ranks: Ranks) -> Vec<shardflow::metrics::Report> {
     let record = |rank: usize| {
         let mut agg = Aggregator::default();
         for i in 0..50 {
-            let v = (rank * 50 + i) as f64 * 0.37 - 4.0;
+            let v = (rank * 50 + i) as f64 * 0.25 - 4.0;
             agg.record("web", "loss", Kind::Distribution, v).unwrap();
             agg.record("web", "tokens", Kind::Sum, i as f64).unwrap();
             agg.record("code", "epoch", Kind::Max, rank as f64).unwrap();
@@ -63,7 +66,8 @@ fn metric_reports(ranks: Ranks) -> Vec<shardflow::metrics::Report> {
     })
 }
 
-/// A metric reduce over a device world of 3 gives the host world's report.
+/// A metric reduce over a device world (NCCL's) gives the host world's report exactly (see
+/// [`metric_reports`] for why exactly).
 pub fn metric_reduce_equals_the_host(device: Ranks) {
     let n = device.len();
     let host = metric_reports(host_world(n));
@@ -248,8 +252,19 @@ pub fn steady_loader<S: DeviceSink<u32>>(
 /// What a steady stream of `uploads` batches, each held while the next was written, shows in
 /// a sink's counters: two slots, and ragged uploads well under padded ones.
 pub fn steady_stats(stats: shardflow::device::SinkStats, uploads: u64) {
+    steady_stats_within(stats, uploads, 2..=2);
+}
+
+/// [`steady_stats`] for a sink that makes a further slot while its free ones are still in use
+/// on the device (the CUDA sink): `slots` created.
+pub fn steady_stats_within(
+    stats: shardflow::device::SinkStats,
+    uploads: u64,
+    slots: std::ops::RangeInclusive<u64>,
+) {
     assert_eq!(stats.uploads, uploads);
-    assert_eq!(stats.slots_created, 2, "{stats:?}");
+    assert!(slots.contains(&stats.slots_created), "{stats:?}");
+    assert!(stats.busy_reuses <= stats.busy_slots, "{stats:?}");
     assert!(
         stats.padded_bytes > 2 * stats.bytes_uploaded,
         "ragged uploads are smaller than padded ones: {stats:?}"

@@ -10,12 +10,32 @@
 //! - all-gather of bytes of varying lengths: the lengths, then `MPI_Allgatherv`;
 //! - barrier: `MPI_Barrier`.
 //!
+//! **Deadlines.** An MPI call cannot be interrupted: a rank that dies or stalls leaves the others
+//! in `MPI_Allreduce` for ever. So every call is waited for at most a deadline
+//! ([`MpiConfig::deadline`]; by default `SHARDFLOW_COLLECTIVE_TIMEOUT` in seconds, else 300 s,
+//! the file store's), and past it the job is aborted (`MPI_Abort`) with a message naming the
+//! operation, the rank and the time waited, printed to stderr and logged: every process of the
+//! job ends, none hangs. With [`OnTimeout::ReturnError`] the call returns that error instead and
+//! the engine is unusable (its thread stays stuck in MPI): the caller decides, and should end
+//! the process soon, since the other ranks wait for this one. Dropping the collective finalizes
+//! MPI on its thread; a finalize that outlasts the deadline (a peer gone) aborts the job too
+//! under [`OnTimeout::AbortJob`], and is left behind otherwise.
+//!
 //! ```no_run
+//! use std::time::Duration;
 //! use shardflow::collective::Collective;
-//! let mpi = shardflow_mpi::MpiCollective::world().expect("started by mpiexec");
+//! use shardflow_mpi::{MpiConfig, OnTimeout};
+//! let mpi = MpiConfig {
+//!     deadline: Duration::from_secs(600),
+//!     on_timeout: OnTimeout::AbortJob,
+//! }
+//! .init()
+//! .expect("started by mpiexec");
 //! let mut buf = [mpi.rank() as f64];
 //! mpi.all_reduce_f64(&mut buf, shardflow::collective::ReduceOp::Sum).unwrap();
 //! ```
+
+use std::time::Duration;
 
 use mpi::Threading;
 use mpi::collective::SystemOperation;
@@ -25,21 +45,72 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
 #[cfg(doc)]
 use shardflow::collective::Collective;
-use shardflow::collective::{Engine, ReduceOp, Served};
+use shardflow::collective::{AbortHandle, Engine, ReduceOp, Served, collective_deadline};
 use shardflow::{Error, Result};
 
 /// The world of `MPI_COMM_WORLD`, served from a thread that owns MPI.
 pub struct MpiCollective;
 
 impl MpiCollective {
+    /// Initializes MPI on a thread of its own and returns the world, a [`Collective`], with
+    /// [`MpiConfig::from_env`]'s settings: the job is aborted when a call passes the deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`MpiConfig::from_env`] and [`MpiConfig::init`].
+    pub fn world() -> Result<Served> {
+        MpiConfig::from_env()?.init()
+    }
+}
+
+/// What happens when an MPI call passes its deadline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// `MPI_Abort` on the world with exit code [`ABORT_CODE`], after printing the error to
+    /// stderr: every process of the job ends.
+    #[default]
+    AbortJob,
+    /// The call returns [`Error::Collective`]; the engine is unusable and its thread stays
+    /// stuck in MPI until the process ends.
+    ReturnError,
+}
+
+/// The exit code of a job aborted at a deadline.
+pub const ABORT_CODE: i32 = 124;
+
+/// The MPI engine's settings: how long a call may take, and what a timeout does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MpiConfig {
+    /// How long a collective call (and MPI's initialization) may take.
+    pub deadline: Duration,
+    /// What a call that passes it does.
+    pub on_timeout: OnTimeout,
+}
+
+impl MpiConfig {
+    /// The deadline of `SHARDFLOW_COLLECTIVE_TIMEOUT` in seconds (else 300 s), and the job
+    /// aborted past it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Environment`] when `SHARDFLOW_COLLECTIVE_TIMEOUT` is not a positive number.
+    pub fn from_env() -> Result<Self> {
+        Ok(MpiConfig {
+            deadline: collective_deadline()?,
+            on_timeout: OnTimeout::AbortJob,
+        })
+    }
+
     /// Initializes MPI on a thread of its own and returns the world, a [`Collective`].
     ///
     /// # Errors
     ///
     /// [`Error::Device`] when MPI was initialized already in this process or cannot give the
-    /// funneled threading level.
-    pub fn world() -> Result<Served> {
-        Served::spawn("mpi", MpiEngine::init)
+    /// funneled threading level; [`Error::Collective`] when initialization does not end in
+    /// time.
+    pub fn init(self) -> Result<Served> {
+        let on_timeout = self.on_timeout;
+        Served::spawn_with_deadline("mpi", self.deadline, move || MpiEngine::init(on_timeout))
     }
 }
 
@@ -62,11 +133,12 @@ fn system_op(op: ReduceOp) -> SystemOperation {
 /// MPI on its thread: the universe (dropped last, which finalizes MPI there) and the world.
 struct MpiEngine {
     world: SimpleCommunicator,
+    on_timeout: OnTimeout,
     _universe: Universe,
 }
 
 impl MpiEngine {
-    fn init() -> Result<Self> {
+    fn init(on_timeout: OnTimeout) -> Result<Self> {
         let (universe, level) =
             mpi::initialize_with_threading(Threading::Funneled).ok_or_else(|| {
                 mpi_error(
@@ -85,6 +157,7 @@ impl MpiEngine {
         }
         Ok(MpiEngine {
             world: universe.world(),
+            on_timeout,
             _universe: universe,
         })
     }
@@ -150,5 +223,20 @@ impl Engine for MpiEngine {
     fn barrier(&mut self) -> Result<()> {
         self.world.barrier();
         Ok(())
+    }
+
+    /// [`OnTimeout::AbortJob`]: `MPI_Abort` from the thread that gave up waiting, since the
+    /// serving thread is inside the stuck call. That is outside what the funneled threading
+    /// level promises, and what Open MPI and MPICH do in practice: the runtime ends every
+    /// process of the job (checked under Open MPI 4.1 by this crate's `deadline` test).
+    fn abort_handle(&self) -> Option<AbortHandle> {
+        match self.on_timeout {
+            OnTimeout::ReturnError => None,
+            OnTimeout::AbortJob => Some(AbortHandle::new(|why| {
+                // The process ends now: stderr, not only a log that may not be flushed.
+                eprintln!("shardflow-mpi: aborting the MPI job (exit code {ABORT_CODE}): {why}");
+                SimpleCommunicator::world().abort(ABORT_CODE)
+            })),
+        }
     }
 }

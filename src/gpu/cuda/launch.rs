@@ -1,7 +1,10 @@
 //! The kernels of `kernels/`, each behind one typed safe function. A function checks what it is
 //! given against the buffers (every index the kernel can form lies inside them, whatever the
-//! buffers hold) and against the launch limits (sizes past u32 or the grid are an error naming
-//! them) before its one unsafe launch, so its callers are safe code.
+//! buffers hold) and against the kernel's limits (a size past its 32-bit arguments is an error
+//! naming it, never a truncation) before its one unsafe launch, so its callers are safe code.
+//! Both kernels loop over their work with a grid stride, so a grid within [`MAX_BLOCKS`] covers
+//! any size the kernel takes: `pad_collate` up to `u32::MAX` rows of `u32::MAX` columns (64-bit
+//! cell indexes), `sketch` up to `u32::MAX` values.
 //!
 //! Each launch is queued on a stream of the context that loaded the kernel; buffers may come
 //! from any stream of that context: cudarc orders a launch after the pending work on its
@@ -15,11 +18,13 @@ use super::CudaContext;
 use crate::error::{Error, Result};
 use crate::gpu::nvrtc::Kernel;
 
-/// Threads per block.
+/// Threads per block (the sketch's `metrics::device::GROUP`).
 const BLOCK: u32 = 256;
 
-/// The most blocks in a grid's x dimension (CUDA's limit from compute capability 3.0 on).
-const MAX_GRID_X: u64 = (1 << 31) - 1;
+/// The most blocks of a launch: far more than a GPU runs at once (an H100 holds about 1 000
+/// blocks of 256), within every grid limit (CUDA's x dimension allows 2^31 - 1); the kernels'
+/// grid-stride loops take the rest.
+pub(crate) const MAX_BLOCKS: u32 = 65_535;
 
 /// The arguments of `kernels/pad_collate.cu`: a batch of `rows` ragged rows padded to `width`
 /// columns. Ids travel as their 4-byte bits.
@@ -55,13 +60,15 @@ pub(crate) struct PadCollateArgs<'a> {
 
 /// Queues `kernels/pad_collate.cu` on `stream`: every padded field of the batch `args`
 /// describes, as `collate::pad_host` builds it (nothing for an empty batch). Index arrays that
-/// point outside `tokens` or `pieces` are clamped to them by the kernel.
+/// point outside `tokens` or `pieces` are clamped to them by the kernel. The grid is at most
+/// [`MAX_BLOCKS`] blocks; each thread takes every (blocks x 256)-th cell.
 ///
 /// # Errors
 ///
-/// [`Error::Device`] naming the argument when a buffer is too small, a size passes u32 or the
-/// grid limit, or a buffer or `stream` belongs to another context; [`Error::Kernel`] or
-/// [`Error::Device`] when the kernel cannot be compiled or loaded; the driver's error.
+/// [`Error::Device`] naming the argument when a buffer is too small, rows, columns, ragged ids or
+/// piece words pass the kernel's `u32::MAX`, or a buffer or `stream` belongs to another context;
+/// [`Error::Kernel`] or [`Error::Device`] when the kernel cannot be compiled or loaded; the
+/// driver's error.
 pub(crate) fn launch_pad_collate(
     ctx: &CudaContext,
     stream: &Arc<CudaStream>,
@@ -81,7 +88,7 @@ pub(crate) fn launch_pad_collate(
     let tokens_len = check.u32("tokens", args.tokens.len())?;
     // Pairs; the kernel's 2 * pair + 1 stays below the length, within u32.
     let pieces_len = check.u32("pieces", args.pieces.len())? / 2;
-    let grid = check.grid(cells as u64)?;
+    let blocks = grid(cells as u64);
     check.holds("offsets", args.offsets.len(), args.rows + 1)?;
     check.holds("row_pieces", args.row_pieces.len(), args.rows + 1)?;
     check.holds("ids", args.ids.len(), cells)?;
@@ -122,28 +129,28 @@ pub(crate) fn launch_pad_collate(
         .arg(args.labels)
         .arg(args.positions);
     let cfg = LaunchConfig {
-        grid_dim: (grid, 1, 1),
+        grid_dim: (blocks, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: the function is pad_collate of kernels/pad_collate.cu, loaded by `ctx` (not one the
     // caller chose), and the arguments follow its signature in order and type. Its threads index
-    // below rows * width = `cells` only (64-bit arithmetic), and only into: `ids` (checked to
-    // hold `cells`), `mask`, `labels`, `positions` (each checked to hold `cells` when its bit of
-    // `fields` lets the kernel write it), `offsets` and `row_pieces` at r and r + 1 for r < rows
-    // (checked to hold rows + 1), `tokens` below `tokens_len` = its length and `pieces` below
-    // 2 * `pieces_len` <= its length (the kernel clamps the data-dependent indexes to those
-    // two, so no content of the index arrays reaches outside them). Every buffer and the stream
-    // belong to `ctx` (checked); cudarc orders the launch after pending work on each buffer
-    // (its event tracking, on unless disabled through cudarc's unsafe call), and a buffer's
-    // drop frees it in its stream's order, after the launch.
+    // below rows * width = `cells` only (64-bit indexes in a grid-stride loop), and only into:
+    // `ids` (checked to hold `cells`), `mask`, `labels`, `positions` (each checked to hold
+    // `cells` when its bit of `fields` lets the kernel write it), `offsets` and `row_pieces` at
+    // r and r + 1 for r < rows (checked to hold rows + 1), `tokens` below `tokens_len` = its
+    // length and `pieces` below 2 * `pieces_len` <= its length (the kernel clamps the
+    // data-dependent indexes to those two, so no content of the index arrays reaches outside
+    // them). Every buffer and the stream belong to `ctx` (checked); cudarc orders the launch
+    // after pending work on each buffer (its event tracking, on unless disabled through cudarc's
+    // unsafe call), and a buffer's drop frees it in its stream's order, after the launch.
     unsafe { launch.launch(cfg) }.map_err(ctx.fail(op))?;
     Ok(())
 }
 
 /// The arguments of `kernels/sketch.cu`: `n` f32 values (as bits), each counted for the
 /// dataset `dataset_of` names, binned by `table` into per-dataset counts and summed into
-/// per-chunk partials.
+/// per-thread partials.
 #[derive(Debug)]
 pub(crate) struct SketchArgs<'a> {
     /// Values to bin, from the buffers' starts.
@@ -152,8 +159,9 @@ pub(crate) struct SketchArgs<'a> {
     pub datasets: usize,
     /// Buckets per side, nb: at least 1.
     pub buckets: usize,
-    /// Values each thread adds in order: at least 1.
-    pub chunk: usize,
+    /// Blocks of 256 threads (`metrics::device::sketch_groups`): 1..=[`MAX_BLOCKS`]. The
+    /// partition of the sums follows from it.
+    pub blocks: usize,
     /// The values, at least `n` (f32 bits as u32, or f32).
     pub values: &'a CudaSlice<f32>,
     /// The dataset of each value, at least `n`.
@@ -162,16 +170,17 @@ pub(crate) struct SketchArgs<'a> {
     pub table: &'a CudaSlice<u32>,
     /// Per-dataset counts `[D, 8 + 2 nb]`, at least that many.
     pub counts: &'a mut CudaSlice<u32>,
-    /// Per-chunk sums `[ceil(n / chunk), D]`, at least that many.
+    /// Per-thread sums `[D, 256 blocks]`, zeroed, at least that many.
     pub partials: &'a mut CudaSlice<f64>,
 }
 
 /// Queues `kernels/sketch.cu` on `stream`: the values' sketch counts added into `counts`, their
-/// per-chunk sums written to `partials` (nothing when `n` is 0, once the kernel is loaded).
+/// per-thread sums added to `partials` (nothing when `n` is 0, once the kernel is loaded).
 ///
 /// # Errors
 ///
-/// As [`launch_pad_collate`].
+/// As [`launch_pad_collate`]; the kernel's limits are `n` up to `u32::MAX` and
+/// `D x (8 + 2 nb)` counts below `u32::MAX` words.
 pub(crate) fn launch_sketch(
     ctx: &CudaContext,
     stream: &Arc<CudaStream>,
@@ -184,42 +193,40 @@ pub(crate) fn launch_sketch(
     if args.n == 0 {
         return Ok(());
     }
-    if args.chunk == 0 || args.buckets == 0 {
+    if args.buckets == 0 || !(1..=MAX_BLOCKS as usize).contains(&args.blocks) {
         return Err(check.fail(format!(
-            "chunk {} and buckets {} must both be positive",
-            args.chunk, args.buckets
+            "{} buckets and {} blocks: buckets must be positive, blocks in 1..={MAX_BLOCKS}",
+            args.buckets, args.blocks
         )));
     }
     let n = check.u32("n", args.n)?;
     let datasets = check.u32("datasets", args.datasets)?;
     let buckets = check.u32("buckets", args.buckets)?;
-    let chunk = check.u32("chunk", args.chunk)?;
-    let stride = args
+    let blocks = args.blocks as u32;
+    // The kernel's counts words are u32, with room for the +1 that marks a table slot in use.
+    let counts = args
         .buckets
         .checked_mul(2)
         .and_then(|b| b.checked_add(8))
-        .filter(|&s| u32::try_from(s).is_ok())
-        .ok_or_else(|| check.fail(format!("{} buckets pass u32", args.buckets)))?;
-    let chunks = args.n.div_ceil(args.chunk);
-    let counts = args
-        .datasets
-        .checked_mul(stride)
-        .ok_or_else(|| check.fail(format!("{} datasets of {stride} counts", args.datasets)))?;
-    let partials = chunks
+        .and_then(|stride| stride.checked_mul(args.datasets))
+        .filter(|&c| c < u32::MAX as usize)
+        .ok_or_else(|| {
+            check.fail(format!(
+                "{} datasets of 8 + 2 x {} counts pass the kernel's limit of {} words",
+                args.datasets,
+                args.buckets,
+                u32::MAX - 1
+            ))
+        })?;
+    let threads = args.blocks * BLOCK as usize;
+    let partials = threads
         .checked_mul(args.datasets)
-        .ok_or_else(|| check.fail(format!("{chunks} chunks of {} datasets", args.datasets)))?;
+        .ok_or_else(|| check.fail(format!("{threads} threads of {} datasets", args.datasets)))?;
     check.holds("values", args.values.len(), args.n)?;
     check.holds("dataset_of", args.dataset_of.len(), args.n)?;
     check.holds("table", args.table.len(), args.buckets)?;
     check.holds("counts", args.counts.len(), counts)?;
     check.holds("partials", args.partials.len(), partials)?;
-    let threads = check.u32("chunks", chunks)?;
-    let cfg = LaunchConfig::for_num_elems(threads);
-    if u64::from(cfg.grid_dim.0) > MAX_GRID_X {
-        return Err(check.fail(format!(
-            "{chunks} chunks pass the grid limit of {MAX_GRID_X}"
-        )));
-    }
     check.on_context(stream, "stream", stream)?;
     for (name, s) in [
         ("values", args.values.stream()),
@@ -235,23 +242,38 @@ pub(crate) fn launch_sketch(
         .arg(&n)
         .arg(&datasets)
         .arg(&buckets)
-        .arg(&chunk)
         .arg(args.values)
         .arg(args.dataset_of)
         .arg(args.table)
         .arg(args.counts)
         .arg(args.partials);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        // The kernel's table is static shared memory (16 KiB).
+        shared_mem_bytes: 0,
+    };
     // SAFETY: the function is sketch of kernels/sketch.cu, loaded by `ctx`, and the arguments
-    // follow its signature in order and type (f32 values travel as their bits). A thread c with
-    // c * chunk < n reads `values` and `dataset_of` below n (both checked to hold n), `table`
-    // below `buckets` (checked to hold it; buckets >= 1, so table[0] exists), writes `partials`
-    // at c * D + d for c < ceil(n / chunk) and d < D (checked to hold that product), and
-    // `counts` at d * (8 + 2 nb) + k for d < D (the kernel skips larger datasets) and
-    // k < 8 + 2 nb (checked to hold D * (8 + 2 nb), the stride fitting u32). Every buffer and
-    // the stream belong to `ctx` (checked); cudarc orders the launch after pending work on each
-    // buffer, and the borrows keep them alive until it is queued.
+    // follow its signature in order and type (f32 values travel as their bits). Thread g of the
+    // T = blocks x 256 threads (T <= 65 535 x 256, so g and T fit its u32) reads `values` and
+    // `dataset_of` below n (both checked to hold n), `table` below `buckets` (checked to hold
+    // it; buckets >= 1, so table[0] exists), adds to `partials` at d * T + g for d < D (checked
+    // to hold D x T; 64-bit index), and to `counts` at d * (8 + 2 nb) + k for d < D (the kernel
+    // skips larger datasets) and k < 8 + 2 nb, below D x (8 + 2 nb) (checked to hold that many,
+    // fewer than u32::MAX so the kernel's u32 words and their +1 keys do not wrap). Its shared
+    // table is indexed below its own size. Every buffer and the stream belong to `ctx`
+    // (checked); cudarc orders the launch after pending work on each buffer, and the borrows
+    // keep them alive until it is queued.
     unsafe { launch.launch(cfg) }.map_err(ctx.fail(op))?;
     Ok(())
+}
+
+/// Blocks of [`BLOCK`] threads for `threads` threads of a grid-stride kernel: one thread each,
+/// up to [`MAX_BLOCKS`].
+fn grid(threads: u64) -> u32 {
+    threads
+        .div_ceil(u64::from(BLOCK))
+        .min(u64::from(MAX_BLOCKS)) as u32
 }
 
 /// The argument checks of one launch, failing with an [`Error::Device`] on the context.
@@ -268,17 +290,6 @@ impl Check<'_> {
     /// `n` as the kernel's u32 argument `name`.
     fn u32(&self, name: &str, n: usize) -> Result<u32> {
         u32::try_from(n).map_err(|_| self.fail(format!("{name} is {n}, past u32::MAX")))
-    }
-
-    /// Blocks of [`BLOCK`] threads for `threads` threads, within the grid limit.
-    fn grid(&self, threads: u64) -> Result<u32> {
-        let blocks = threads.div_ceil(u64::from(BLOCK));
-        if blocks > MAX_GRID_X {
-            return Err(self.fail(format!(
-                "{threads} threads need {blocks} blocks, past the grid limit of {MAX_GRID_X}"
-            )));
-        }
-        Ok(blocks as u32)
     }
 
     /// That buffer `name` of `len` elements holds the `need` the kernel indexes.

@@ -1,22 +1,25 @@
 //! Device sketches on CUDA: `kernels/sketch.cu`, the port of `shaders/sketch.wgsl`, with the
-//! same table, layout and chunked sums, so its sketches equal the host's bucket for bucket.
+//! same table, layout, grid and order of addition, so its sketches equal the host's bucket for
+//! bucket (and the wgpu shader's, sums included).
 
 use cudarc::driver::CudaSlice;
 
-use super::{CHUNK, bucket_table, initial_counts, sketches_from};
+use super::{GROUP, bucket_table, initial_counts, sketch_groups, sketches_from};
 use crate::error::Result;
 use crate::gpu::cuda::{CudaContext, SketchArgs, launch_sketch};
 use crate::metrics::{Aggregator, Mapping, Sketch};
 
 /// The sketches of the first `n` f32 values of `values`, each counted for the dataset
 /// `dataset_of` names (an index into `names`), built on `ctx`'s device by `kernels/sketch.cu`,
-/// one per name. The kernel runs on the context's compute stream.
+/// one per name. The kernel runs on the context's compute stream. With no values or no names
+/// nothing runs on the device and nothing is allocated.
 ///
 /// # Errors
 ///
-/// [`crate::Error::Device`] or [`crate::Error::Kernel`] for a device or compilation failure;
-/// [`crate::Error::Metric`] naming the dataset for a NaN or infinite value (the host refuses
-/// them too).
+/// [`crate::Error::Device`] or [`crate::Error::Kernel`] for a device or compilation failure, or
+/// for sizes past the kernel's limits (`n` past `u32::MAX`, counts past 2^32 words), naming
+/// them; [`crate::Error::Metric`] naming the dataset for a NaN or infinite value (the host
+/// refuses them too).
 pub fn cuda_sketches(
     ctx: &CudaContext,
     map: &Mapping,
@@ -25,10 +28,11 @@ pub fn cuda_sketches(
     n: usize,
     names: &[String],
 ) -> Result<Vec<Sketch>> {
-    let fail = ctx.fail("bin device values");
+    let op = "bin device values";
+    let fail = ctx.fail(op);
     if values.len() < n || dataset_of.len() < n {
         return Err(ctx.error(
-            "bin device values",
+            op,
             format!(
                 "{n} values asked for, but the buffers hold {} values and {} datasets",
                 values.len(),
@@ -36,17 +40,26 @@ pub fn cuda_sketches(
             ),
         ));
     }
+    if n == 0 || names.is_empty() {
+        // Nothing to bin (or no dataset to bin into): no allocation, no launch.
+        return Ok(vec![Sketch::default(); names.len()]);
+    }
     let stream = ctx.compute_stream();
     let datasets = names.len();
     let nb = map.buckets();
-    let chunks = n.div_ceil(CHUNK);
+    let blocks = sketch_groups(n);
+    let threads = blocks * GROUP;
+    let partial_len = datasets.checked_mul(threads).ok_or_else(|| {
+        ctx.error(
+            op,
+            format!("{datasets} datasets x {threads} threads pass usize"),
+        )
+    })?;
     let table = stream.clone_htod(&bucket_table(map)).map_err(&fail)?;
     let mut counts = stream
         .clone_htod(&initial_counts(datasets, nb))
         .map_err(&fail)?;
-    let mut partials = stream
-        .alloc_zeros::<f64>((chunks * datasets).max(1))
-        .map_err(&fail)?;
+    let mut partials = stream.alloc_zeros::<f64>(partial_len).map_err(&fail)?;
     launch_sketch(
         ctx,
         stream,
@@ -54,7 +67,7 @@ pub fn cuda_sketches(
             n,
             datasets,
             buckets: nb,
-            chunk: CHUNK,
+            blocks,
             values,
             dataset_of,
             table: &table,
@@ -64,7 +77,7 @@ pub fn cuda_sketches(
     )?;
     let counts = stream.clone_dtoh(&counts).map_err(&fail)?;
     let partials = stream.clone_dtoh(&partials).map_err(&fail)?;
-    sketches_from(map, &counts, &partials, n, names)
+    sketches_from(map, &counts, &partials, threads, names)
 }
 
 impl Aggregator {

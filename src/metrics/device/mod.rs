@@ -1,6 +1,6 @@
 //! Distribution sketches of values that live on a device (per-sample losses computed on the
-//! GPU, say), built there by `shaders/sketch.wgsl` (wgpu) or `kernels/sketch.cu` (CUDA) so that
-//! only the sketches come back.
+//! GPU, say), built there by `shaders/sketch.wgsl` (wgpu) or `kernels/sketch.cu` (CUDA), ports
+//! of each other, so that only the sketches come back.
 //!
 //! The device must build the sketch the host builds from the same values. Each value is an
 //! f32; the host records it as f64 (exactly). The bucket comes from a table of f32 bit patterns
@@ -10,10 +10,15 @@
 //! adjacent f32 values differ by far more than the f64 rounding of its evaluation), so the last
 //! entry at or below a value's bits is its host bucket: the device compares integers only.
 //!
-//! Buckets, count, zero count, minimum and maximum are therefore exactly the host's. The sum is
-//! added in chunks of 256 values (in order within a chunk, then chunk by chunk), not one by
-//! one, so it may differ from the host's running sum in the last bits: both lie within
-//! `n * 2^-53 * sum |v|` of the exact sum of `n` values.
+//! The kernels are coalesced: thread `g` of `T` takes values `g, g + T, ...`; each block counts
+//! into a table in shared (workgroup) memory and adds it to the global counts with one atomic
+//! per word it touched. Buckets, zero count, minimum and maximum are integer adds and min/max,
+//! so they are exactly the host's whatever the grid or the timing; the count is their sum. The
+//! sum is not added one value at a time: each thread adds its values in order in runs of one
+//! dataset into its own f64 partial, and the host adds the partials in thread order
+//! ([`sketch_groups`] fixes the grid from the number of values, the same on wgpu and CUDA). So
+//! the sum is deterministic, but may differ from the host's running sum in the last bits: both
+//! lie within `n * 2^-53 * sum |v|` of the exact sum of `n` values.
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -29,8 +34,26 @@ use super::Aggregator;
 use super::sketch::{MAX_VALUE, MIN_VALUE, Mapping, Sketch};
 use crate::error::{Error, Result};
 
-/// Values one shader invocation adds up (llvmpipe bounds the loop iterations of an invocation).
+/// Values one kernel thread (shader invocation) takes at most, about: llvmpipe bounds the loop
+/// iterations of an invocation (65 535 in all), and each value costs a binary search and a few
+/// probes of the block's table.
 pub(crate) const CHUNK: usize = 256;
+
+/// Threads per block (workgroup) of the sketch kernels: the shader's `GROUP`, the CUDA launch's
+/// block.
+pub(crate) const GROUP: usize = 256;
+
+/// The most blocks of a sketch launch: WebGPU's limit of workgroups in one dimension. With
+/// [`CHUNK`] values a thread it covers `u32::MAX` values, the kernels' limit.
+pub(crate) const MAX_GROUPS: usize = 65_535;
+
+/// The blocks (workgroups) a sketch launch over `n` values uses: enough that a thread takes at
+/// most about [`CHUNK`] values, at least one. The sum's partition follows from it, so both
+/// devices use this.
+#[doc(hidden)] // Public for the kernel-on-CPU tests only (tests/cuda_kernels_on_cpu.rs).
+pub fn sketch_groups(n: usize) -> usize {
+    n.div_ceil(GROUP * CHUNK).clamp(1, MAX_GROUPS)
+}
 
 /// The table of f32 bit patterns: entry `j` is the smallest positive f32 whose bucket under `map`
 /// is at least `map.min_index + j`; entry 0 is the smallest f32 that is not counted as zero.
@@ -56,10 +79,11 @@ pub fn bucket_table(map: &Mapping) -> Vec<u32> {
         .collect()
 }
 
-/// Per-dataset counts `[D, 8 + 2 nb]` as the sketch kernels leave them: count, zero, non-finite,
-/// minimum key (preset to `u32::MAX`), maximum key, three unused, then the positive and the
-/// negative buckets.
-pub(crate) fn initial_counts(datasets: usize, buckets: usize) -> Vec<u32> {
+/// Per-dataset counts `[D, 8 + 2 nb]` as the sketch kernels expect them before a launch: unused
+/// (the count is derived), zero, non-finite, minimum key (preset to `u32::MAX`), maximum key,
+/// three unused, then the positive and the negative buckets.
+#[doc(hidden)] // Public for the kernel-on-CPU tests only.
+pub fn initial_counts(datasets: usize, buckets: usize) -> Vec<u32> {
     let stride = 8 + 2 * buckets;
     let mut init = vec![0u32; datasets * stride];
     for d in 0..datasets {
@@ -68,34 +92,38 @@ pub(crate) fn initial_counts(datasets: usize, buckets: usize) -> Vec<u32> {
     init
 }
 
-/// The sketches of `names` from a sketch kernel's counts and per-chunk partial sums
-/// (`[chunks, D]`, added chunk by chunk) over `n` values.
+/// The sketches of `names` from a sketch kernel's counts (`[D, 8 + 2 nb]`) and per-thread
+/// partial sums (`[D, threads]`, added in thread order).
 ///
 /// # Errors
 ///
 /// [`Error::Metric`] naming the dataset when its values held a NaN or an infinity.
-pub(crate) fn sketches_from(
+#[doc(hidden)] // Public for the kernel-on-CPU tests only.
+pub fn sketches_from(
     map: &Mapping,
     counts: &[u32],
     partials: &[f64],
-    n: usize,
+    threads: usize,
     names: &[String],
 ) -> Result<Vec<Sketch>> {
-    let datasets = names.len();
     let nb = map.buckets();
     let stride = 8 + 2 * nb;
-    let chunks = n.div_ceil(CHUNK);
-    (0..datasets)
-        .map(|d| {
+    names
+        .iter()
+        .enumerate()
+        .map(|(d, name)| {
             let c = &counts[d * stride..(d + 1) * stride];
             if c[2] > 0 {
                 return Err(not_finite(
-                    &names[d],
+                    name,
                     format!("{} values are NaN or infinite", c[2]),
                 ));
             }
-            let count = c[0] as u64;
-            let sum = (0..chunks).fold(0.0, |acc, k| acc + partials[k * datasets + d]);
+            let buckets = &c[8..];
+            let count = c[1] as u64 + buckets.iter().map(|&b| b as u64).sum::<u64>();
+            let sum = partials[d * threads..(d + 1) * threads]
+                .iter()
+                .fold(0.0, |acc, p| acc + p);
             let side = |at: usize| {
                 (0..nb)
                     .filter(|&j| c[at + j] > 0)
