@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use shardflow::collate::{CollateConfig, Padding};
 use shardflow::device::CudaSink;
 use shardflow::gpu::cuda::CudaContext;
@@ -85,12 +85,21 @@ fn corpus(dir: &Path, tokens: u64, median: f64) -> Result<Vec<Source>, String> {
         .map_err(fail("open the corpus"))
 }
 
+/// The spin kernel, compiled by NVRTC to CUBIN for this device (PTX from the pinned NVRTC could
+/// be newer than the driver) and loaded.
+fn spin_kernel(ctx: &CudaContext) -> Result<CudaFunction, String> {
+    let cubin = shardflow::gpu::nvrtc::compile("spin.cu", SPIN, &ctx.arch())
+        .map_err(fail("compile spin"))?;
+    let module = ctx
+        .driver()
+        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+        .map_err(driver("load spin"))?;
+    module.load_function("spin").map_err(driver("find spin"))
+}
+
 /// Queues the spin kernel for `ns` on `stream`.
-fn spin(ctx: &CudaContext, stream: &Arc<CudaStream>, ns: u64) -> Result<(), String> {
-    let ptx = cudarc::nvrtc::compile_ptx(SPIN).map_err(|e| format!("compile spin: {e:?}"))?;
-    let module = ctx.driver().load_module(ptx).map_err(driver("load spin"))?;
-    let f = module.load_function("spin").map_err(driver("find spin"))?;
-    let mut launch = stream.launch_builder(&f);
+fn spin(f: &CudaFunction, stream: &Arc<CudaStream>, ns: u64) -> Result<(), String> {
+    let mut launch = stream.launch_builder(f);
     launch.arg(&ns);
     let cfg = LaunchConfig {
         grid_dim: (1, 1, 1),
@@ -123,13 +132,14 @@ fn overlap(ctx: &Arc<CudaContext>) -> Outcome {
         .build(sink)
         .map_err(fail("build the loader"))?;
     let compute = ctx.compute_stream().clone();
+    let kernel = spin_kernel(ctx)?;
     let step = Duration::from_millis(200);
     let (mut overlapped, mut copy_ms) = (0, Vec::new());
     let mut batch = loader.next().ok_or("no batch")?.map_err(fail("batch 0"))?;
     let rounds = 8;
     for k in 0..rounds {
         batch.wait().map_err(fail("wait for a batch"))?;
-        spin(ctx, &compute, step.as_nanos() as u64)?;
+        spin(&kernel, &compute, step.as_nanos() as u64)?;
         let step_end = ctx
             .driver()
             .new_event(None)

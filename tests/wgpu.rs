@@ -118,7 +118,10 @@ fn device_sketches_over_many_workgroups_equal_the_host_and_repeat_exactly() {
     let first = device_sketches(&ctx, &map, &v, &o, n, &names).unwrap();
     suite::sketches_equal_the_host(&map, &values, &owners, &first, "many workgroups");
     let again = device_sketches(&ctx, &map, &v, &o, n, &names).unwrap();
-    assert_eq!(first, again, "the same values give bitwise the same sketches");
+    assert_eq!(
+        first, again,
+        "the same values give bitwise the same sketches"
+    );
 }
 
 #[test]
@@ -129,7 +132,11 @@ fn an_empty_device_sketch_allocates_and_dispatches_nothing() {
     let Some(ctx) = wgpu() else { return };
     let map = Mapping::new(0.01);
     let (v, o) = (storage(&ctx, &[1.0f32.to_bits()]), storage(&ctx, &[0]));
-    assert!(device_sketches(&ctx, &map, &v, &o, 1, &[]).unwrap().is_empty());
+    assert!(
+        device_sketches(&ctx, &map, &v, &o, 1, &[])
+            .unwrap()
+            .is_empty()
+    );
     let one = vec!["web".to_string()];
     assert_eq!(
         device_sketches(&ctx, &map, &v, &o, 0, &one).unwrap(),

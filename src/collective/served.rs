@@ -14,9 +14,12 @@
 //! 3. the engine's [`AbortHandle`], if it gave one, is called from the waiting thread: NCCL
 //!    aborts its communicator, MPI aborts the job (an MPI call cannot be interrupted).
 //!
-//! Dropping a [`Served`] ends its thread and waits for it a bounded time (the deadline and its
-//! grace; two seconds after an abort); a thread still stuck then is left behind with a warning
-//! (`tracing`), so that dropping never hangs.
+//! Dropping a poisoned [`Served`] ends its thread and waits for it a bounded time (up to 30 s
+//! for an abort to finish, two seconds when nothing can interrupt it); a thread still stuck then
+//! is left behind with a warning (`tracing`), so that dropping never hangs on a call that timed
+//! out. A healthy engine's own drop is waited for, with a warning each deadline: MPI's
+//! finalization waits for every rank, and a late rank (one writing its last checkpoint) is no
+//! reason to abort the job. NCCL bounds its own finalization.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -32,9 +35,14 @@ use crate::error::{Error, Result};
 /// the constructor is given none ([`collective_deadline`]).
 pub const COLLECTIVE_TIMEOUT_ENV: &str = "SHARDFLOW_COLLECTIVE_TIMEOUT";
 
-/// How long a dropped [`Served`] waits for its thread after the engine was aborted (at most its
-/// deadline).
-const AFTER_ABORT: Duration = Duration::from_secs(2);
+/// How long a dropped [`Served`] whose call timed out waits for its thread when the engine
+/// cannot be interrupted (at most its deadline): nothing will end it, so not long.
+const STUCK: Duration = Duration::from_secs(2);
+
+/// How long a dropped [`Served`] whose engine was aborted waits for the abort to finish (at most
+/// its deadline): `ncclCommAbort` tears down network connections, which can take seconds, and
+/// a process that exits meanwhile can crash in the driver's shutdown.
+const AFTER_ABORT: Duration = Duration::from_secs(30);
 
 /// The deadline of a collective call: [`COLLECTIVE_TIMEOUT_ENV`] in seconds when it is set,
 /// else [`DEFAULT_DEADLINE`] (as the file store's waits).
@@ -99,7 +107,7 @@ pub trait Engine {
 
     /// How another thread ends a call of this engine that does not return (asked once, on the
     /// serving thread, after the engine is made). [`Served`] calls it when a call passes its
-    /// deadline, and when a dropped engine's thread does not end. `None` (the default): the
+    /// deadline. `None` (the default): the
     /// engine cannot be interrupted, and a stuck thread is left behind.
     fn abort_handle(&self) -> Option<AbortHandle> {
         None
@@ -463,11 +471,6 @@ impl Drop for Served {
             return;
         };
         let poisoned = self.poisoned();
-        let first = if poisoned.is_some() {
-            AFTER_ABORT.min(self.deadline)
-        } else {
-            with_grace(self.deadline)
-        };
         let signal = self.ended.lock().unwrap_or_else(|e| e.into_inner());
         let ended = |wait: Duration| {
             matches!(
@@ -475,20 +478,36 @@ impl Drop for Served {
                 Err(RecvTimeoutError::Disconnected) | Ok(())
             )
         };
-        let mut done = ended(first);
-        if !done && poisoned.is_none() {
-            // Idle when dropped, yet its thread did not end: the engine's own drop is stuck.
-            if let Some(abort) = &self.abort {
-                let err = self.error(
-                    "shut down",
-                    first,
-                    "the engine's thread did not end when dropped; aborting it".into(),
+        let done = if poisoned.is_some() {
+            // A call timed out: the engine was aborted (wait for the abort to finish) or cannot
+            // be interrupted (nothing will end it); either way dropping returns.
+            let wait = if self.abort.is_some() {
+                AFTER_ABORT
+            } else {
+                STUCK
+            };
+            ended(wait.min(self.deadline))
+        } else {
+            // A healthy engine finalizing: MPI_Finalize waits for every rank, and a late rank
+            // (one writing its last checkpoint) is not a dead one. Wait, saying so each
+            // deadline; never abort a job that did nothing wrong. (NCCL bounds its own
+            // finalization.)
+            let mut waited = Duration::ZERO;
+            loop {
+                let round = with_grace(self.deadline);
+                if ended(round) {
+                    break true;
+                }
+                waited += round;
+                tracing::warn!(
+                    engine = %self.name,
+                    rank = self.rank,
+                    "the engine's thread has not ended {:.0} s after it was dropped (MPI's \
+                     finalization waits for every rank); still waiting",
+                    waited.as_secs_f64()
                 );
-                tracing::error!(engine = %self.name, rank = self.rank, "{err}");
-                abort.abort(&err);
-                done = ended(AFTER_ABORT.min(self.deadline));
             }
-        }
+        };
         if done {
             let _ = thread.join();
         } else {

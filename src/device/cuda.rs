@@ -565,8 +565,21 @@ impl<T: TokenId> CudaBatch<T> {
     ///
     /// # Errors
     ///
-    /// [`crate::Error::Device`] when the driver refuses the wait.
+    /// [`crate::Error::Device`] when `stream` belongs to another context (another device, or
+    /// another context of this one), or the driver refuses the wait.
     pub fn use_on(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
+        if !Arc::ptr_eq(stream.context(), self.ctx.driver()) {
+            // Its `released` event could not be recorded there: the slot would be reused
+            // while that stream may still read it.
+            return Err(self.ctx.error(
+                "use a batch on a stream",
+                format!(
+                    "the stream belongs to cuda:{}, not to this batch's context: copy the \
+                     batch to that device first",
+                    stream.context().ordinal()
+                ),
+            ));
+        }
         stream
             .wait(self.ready())
             .map_err(self.ctx.fail("wait for a batch"))?;

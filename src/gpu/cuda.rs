@@ -265,10 +265,30 @@ impl CudaContext {
     /// [`Error::Device`] naming `op`, with the driver's reason (an earlier asynchronous
     /// failure included).
     pub fn synchronize(&self, stream: &CudaStream, op: &str) -> Result<()> {
-        let fail = self.fail(op);
-        let done = self.host_event().map_err(&fail)?;
-        done.record(stream).map_err(&fail)?;
-        done.synchronize().map_err(&fail)
+        let asleep = || -> std::result::Result<(), DriverError> {
+            let done = self.host_event()?;
+            done.record(stream)?;
+            done.synchronize()
+        };
+        let Err(first) = asleep() else {
+            return Ok(());
+        };
+        // cudarc reports an error that some earlier drop stored in the context at the next call
+        // that makes the context current, before any waiting: the callers free pinned memory
+        // the stream may still write once this returns, so it must really have waited. The
+        // failed attempt cleared that error: wait on the stream itself.
+        let waited = self.driver.bind_to_thread().and_then(|()| {
+            // SAFETY: `stream` is a live stream of this context (current on this thread now).
+            unsafe { cudarc::driver::result::stream::synchronize(stream.cu_stream()) }
+        });
+        match waited {
+            Ok(()) => {
+                tracing::warn!(device = %self.label(), op, "{first:?} (reported by the driver \
+                     before the wait; the stream then finished its work)");
+                Ok(())
+            }
+            Err(e) => Err(self.error(op, format!("{first:?}, then {e:?}"))),
+        }
     }
 
     /// An [`Error::Device`] on this device for `op`.

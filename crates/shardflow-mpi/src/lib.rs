@@ -18,8 +18,9 @@
 //! job ends, none hangs. With [`OnTimeout::ReturnError`] the call returns that error instead and
 //! the engine is unusable (its thread stays stuck in MPI): the caller decides, and should end
 //! the process soon, since the other ranks wait for this one. Dropping the collective finalizes
-//! MPI on its thread; a finalize that outlasts the deadline (a peer gone) aborts the job too
-//! under [`OnTimeout::AbortJob`], and is left behind otherwise.
+//! MPI on its thread, which waits for every rank (a late rank is not a dead one: a warning is
+//! logged each deadline, the job is not aborted; after a timeout the engine is poisoned and the
+//! drop returns at once).
 //!
 //! ```no_run
 //! use std::time::Duration;

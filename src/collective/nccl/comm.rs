@@ -185,10 +185,15 @@ impl Comm {
         call: impl FnOnce() -> NcclResult,
     ) -> Result<()> {
         let start = Instant::now();
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| self.error(what, start, format!("cannot bind the CUDA context: {e:?}")))?;
+        if let Err(e) = stream.context().bind_to_thread() {
+            // This rank would miss a call its peers make: end the communicator, never run out
+            // of step.
+            return Err(self.fail(
+                what,
+                start,
+                Stop::Cuda(format!("cannot bind the CUDA context: {e:?}")),
+            ));
+        }
         let result = call();
         if result != SUCCESS && result != IN_PROGRESS {
             return Err(self.fail(what, start, Stop::Nccl(result)));
@@ -273,6 +278,18 @@ impl Comm {
             rank: Some(self.rank),
             waited: start.elapsed(),
             reason,
+        }
+    }
+
+    /// Aborts the communicator after an error outside NCCL in `what` (a copy or an allocation
+    /// around a collective): this rank may have skipped a call its peers make, so it must
+    /// never make another one; later calls fail at once, saying why.
+    pub(super) fn give_up(&mut self, what: &str, err: &Error) {
+        if self.broken.is_none() {
+            self.abort();
+            self.broken = Some(format!(
+                "{what} failed: {err}; the communicator was aborted"
+            ));
         }
     }
 

@@ -60,6 +60,8 @@ pub(super) struct Config {
     magic: c_uint,
     version: c_uint,
     blocking: c_int,
+    /// Explicit, zeroed: NCCL copies `size` bytes, padding included.
+    _pad: c_int,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             magic: 0xcafe_beef,
             version: MIN_VERSION as c_uint,
             blocking: 0,
+            _pad: 0,
         }
     }
 }
@@ -117,8 +120,7 @@ pub(super) struct Nccl {
 impl Nccl {
     /// NCCL's version as `major.minor.patch`.
     pub(super) fn version(&self) -> String {
-        let v = self.code;
-        format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
+        version_text(self.code)
     }
 
     /// NCCL's name for `result`, and its last error message for `comm` when it has one.
@@ -220,6 +222,15 @@ fn bind(lib: libloading::Library, name: &str) -> std::result::Result<Nccl, Strin
         return Err(format!("{name}: ncclGetVersion failed with code {result}"));
     }
     let path = resolved_path(get_version as *const c_void).unwrap_or_else(|| name.into());
+    // Before any other symbol: an older NCCL lacks some of them, and this says why.
+    if code < MIN_VERSION {
+        return Err(format!(
+            "{} is NCCL {}; shardflow needs NCCL 2.14 or later (non-blocking communicators, \
+             so that a rank that dies never hangs the others)",
+            path.display(),
+            version_text(code)
+        ));
+    }
     let nccl = Nccl {
         path,
         code,
@@ -235,15 +246,17 @@ fn bind(lib: libloading::Library, name: &str) -> std::result::Result<Nccl, Strin
         get_last_error: get!("ncclGetLastError"),
         _lib: lib,
     };
-    if code < MIN_VERSION {
-        return Err(format!(
-            "{} is NCCL {}; shardflow needs NCCL 2.14 or later (non-blocking communicators, \
-             so that a rank that dies never hangs the others)",
-            nccl.path.display(),
-            nccl.version()
-        ));
-    }
     Ok(nccl)
+}
+
+/// NCCL's version code as `major.minor.patch`: `major * 10000 + minor * 100 + patch` from 2.9
+/// on, `major * 1000 + minor * 100 + patch` before.
+fn version_text(v: c_int) -> String {
+    if v >= 20900 {
+        format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
+    } else {
+        format!("{}.{}.{}", v / 1000, (v / 100) % 10, v % 100)
+    }
 }
 
 /// The file the dynamic loader took `symbol` from.

@@ -154,6 +154,17 @@ impl NcclCollective {
         if world == 0 || rank >= world || world > i32::MAX as usize {
             return Err(nccl_error(op, format!("rank {rank} of a world of {world}")));
         }
+        if std::env::var("NCCL_COMM_BLOCKING").as_deref() == Ok("1") {
+            // NCCL then makes the communicator blocking whatever its config says: its
+            // initialization and finalization could hang past every deadline.
+            return Err(nccl_error(
+                op,
+                "NCCL_COMM_BLOCKING=1 makes NCCL communicators blocking, which would let a \
+                 rank that dies hang the others: unset it (shardflow polls non-blocking \
+                 communicators up to its deadline)"
+                    .into(),
+            ));
+        }
         let deadline = self.deadline;
         let started = Instant::now();
         Served::spawn_with_deadline("nccl", deadline, move || {
@@ -397,28 +408,10 @@ impl NcclEngine {
         }
         stream.clone_dtoh(&all).map_err(fail)
     }
-}
-
-impl Engine for NcclEngine {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-
-    fn world(&self) -> usize {
-        self.world
-    }
-
-    fn all_reduce_f64(&mut self, buf: &mut [f64], op: ReduceOp) -> Result<()> {
-        self.reduce(buf, op, ffi::FLOAT64, "ncclAllReduce f64")
-    }
-
-    fn all_reduce_u64(&mut self, buf: &mut [u64], op: ReduceOp) -> Result<()> {
-        self.reduce(buf, op, ffi::UINT64, "ncclAllReduce u64")
-    }
 
     /// The lengths first, then every rank's bytes padded to the longest (no second call when
     /// every rank's bytes are empty).
-    fn all_gather_bytes(&mut self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+    fn gather_bytes(&mut self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
         let lens = self.gather(&[mine.len() as u64], ffi::UINT64, "ncclAllGather lengths")?;
         let longest = lens.iter().copied().max().unwrap_or(0) as usize;
         if longest == 0 {
@@ -434,9 +427,46 @@ impl Engine for NcclEngine {
             .collect())
     }
 
+    /// `out`, after ending the communicator when it is an error: whatever failed (a copy, an
+    /// allocation, NCCL), this rank may be a call behind its peers and must make no more.
+    fn settle<R>(&mut self, what: &str, out: Result<R>) -> Result<R> {
+        if let Err(e) = &out {
+            self.comm.give_up(what, e);
+        }
+        out
+    }
+}
+
+impl Engine for NcclEngine {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_f64(&mut self, buf: &mut [f64], op: ReduceOp) -> Result<()> {
+        let out = self.reduce(buf, op, ffi::FLOAT64, "ncclAllReduce f64");
+        self.settle("ncclAllReduce f64", out)
+    }
+
+    fn all_reduce_u64(&mut self, buf: &mut [u64], op: ReduceOp) -> Result<()> {
+        let out = self.reduce(buf, op, ffi::UINT64, "ncclAllReduce u64");
+        self.settle("ncclAllReduce u64", out)
+    }
+
+    /// The lengths first, then every rank's bytes padded to the longest (no second call when
+    /// every rank's bytes are empty).
+    fn all_gather_bytes(&mut self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let out = self.gather_bytes(mine);
+        self.settle("ncclAllGather", out)
+    }
+
     fn barrier(&mut self) -> Result<()> {
         let mut one = [0u8];
-        self.reduce(&mut one, ReduceOp::Sum, ffi::UINT8, "barrier")
+        let out = self.reduce(&mut one, ReduceOp::Sum, ffi::UINT8, "barrier");
+        self.settle("barrier", out)
     }
 
     /// Sets the flag that the communicator's poll answers with `ncclCommAbort`.
