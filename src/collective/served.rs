@@ -159,6 +159,9 @@ pub struct Served {
     world: usize,
     deadline: Duration,
     calls: Mutex<Option<Sender<Call>>>,
+    /// Held for the whole of a call: calls from several threads take turns, and each one's
+    /// deadline counts from when the engine gets it, not from when it queued behind another.
+    turn: Mutex<()>,
     /// Why this engine can no longer be used: the first call that timed out or panicked (the
     /// serving thread records a panic).
     poisoned: Arc<Mutex<Option<String>>>,
@@ -249,6 +252,7 @@ impl Served {
             world,
             deadline,
             calls: Mutex::new(Some(calls_tx)),
+            turn: Mutex::new(()),
             poisoned,
             abort,
             ended: Mutex::new(ended),
@@ -285,6 +289,7 @@ impl Served {
     }
 
     fn call<R>(&self, op: &str, make: impl FnOnce(Sender<Result<R>>) -> Call) -> Result<R> {
+        let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(why) = self.poisoned() {
             return Err(self.error(op, Duration::ZERO, format!("unusable: {why}")));
         }

@@ -61,11 +61,13 @@ impl Aggregator {
     }
 
     /// Folds every rank's new names into the layout: the sorted union, the same on every rank.
+    /// On a kind mismatch the layout is left as it was.
     fn agree(&mut self, gathered: Vec<Vec<MetricKey>>) -> Result<()> {
         let mut keys: BTreeMap<(String, String), (Kind, usize, Vec<String>)> = self
             .layout
             .keys
-            .drain(..)
+            .iter()
+            .cloned()
             .map(|k| ((k.dataset, k.metric), (k.kind, usize::MAX, k.categories)))
             .collect();
         for (rank, names) in gathered.into_iter().enumerate() {
