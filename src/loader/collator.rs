@@ -31,6 +31,8 @@ pub type UserMetric<T> =
 const PREFETCH_ROWS: usize = 3;
 /// Cache lines prefetched at the start of a row.
 const PREFETCH_LINES: usize = 12;
+/// Slices a padded batch's build keeps: the row being decoded and the rows prefetched ahead.
+const AHEAD: usize = PREFETCH_ROWS + 1;
 
 /// The sample a worker is on, for reporting a panic.
 pub(crate) type Current = Option<(u32, u64)>;
@@ -145,17 +147,29 @@ impl<T: TokenId> Collator<T> {
         mut partial: Option<&mut Aggregator>,
     ) -> Result<StagedBatch<T>> {
         let rows = job.rows;
+        // The first rows' index entries: the loops below request each row's entries
+        // `2 * PREFETCH_ROWS` rows ahead of its use.
+        for p in job.pieces.iter().take(2 * PREFETCH_ROWS) {
+            self.dataset(p).prefetch_entry(p.sample as usize);
+        }
         let stride = self.planned_width(&job.pieces);
         let mut tokens = self.take_tokens(rows, stride);
         let mut offsets = self.pool.take::<u32>(rows + 1);
         let mut pos = 0;
         let mut longest = 0;
+        // The slices of the rows ahead, found once: prefetched a few rows early, decoded from
+        // the same slice.
+        let mut ahead = [None; AHEAD];
+        for (r, p) in job.pieces.iter().enumerate().take(PREFETCH_ROWS) {
+            ahead[r % AHEAD] = self.look_ahead(p);
+        }
         for r in 0..rows {
             if self.stop.load(Ordering::Relaxed) {
                 return Err(Error::WorkersStopped { batch: job.batch });
             }
             // Planning the width read the index entries already.
-            self.prefetch_ahead(&job.pieces, r, stride.is_none());
+            self.prefetch_ahead(&job.pieces, r, stride.is_none(), &mut ahead);
+            let slice = ahead[r % AHEAD].take();
             let piece = &mut job.pieces[r];
             *current = Some((piece.dataset, piece.sample));
             offsets[r] = pos as u32;
@@ -163,7 +177,7 @@ impl<T: TokenId> Collator<T> {
                 Some(w) => &mut tokens[r * w..(r + 1) * w],
                 None => &mut tokens[pos..],
             };
-            let n = match self.fill_row(piece, row, scratch) {
+            let n = match self.fill_row(piece, slice, row, scratch) {
                 Ok(n) => {
                     piece.len = n as u32;
                     piece.doc_len = n as u32;
@@ -207,18 +221,32 @@ impl<T: TokenId> Collator<T> {
     }
 
     /// Rows are read in plan order from random places: while row `r` is decoded, the first
-    /// cache lines of the row PREFETCH_ROWS ahead are requested, and (with `entries`) the index
-    /// entries of the row twice as far ahead.
+    /// cache lines of the row PREFETCH_ROWS ahead are requested (its slice kept in `ahead`, by
+    /// row modulo [`AHEAD`]), and (with `entries`) the index entries of the row twice as far
+    /// ahead.
     #[inline]
-    fn prefetch_ahead(&self, pieces: &[DocRef], r: usize, entries: bool) {
+    fn prefetch_ahead<'s>(
+        &'s self,
+        pieces: &[DocRef],
+        r: usize,
+        entries: bool,
+        ahead: &mut [Option<TokenSlice<'s>>; AHEAD],
+    ) {
         if entries && let Some(later) = pieces.get(r + 2 * PREFETCH_ROWS) {
             self.dataset(later).prefetch_entry(later.sample as usize);
         }
-        if let Some(next) = pieces.get(r + PREFETCH_ROWS)
-            && let Some(slice) = self.dataset(next).get(next.sample as usize)
-        {
-            slice.prefetch(PREFETCH_LINES);
+        if let Some(next) = pieces.get(r + PREFETCH_ROWS) {
+            ahead[(r + PREFETCH_ROWS) % AHEAD] = self.look_ahead(next);
         }
+    }
+
+    /// The slice of a row's sample (`None` outside its dataset), its first cache lines
+    /// requested.
+    #[inline]
+    fn look_ahead(&self, p: &DocRef) -> Option<TokenSlice<'_>> {
+        let slice = self.dataset(p).get(p.sample as usize)?;
+        slice.prefetch(PREFETCH_LINES);
+        Some(slice)
     }
 
     /// Records the user metrics of a row's sample (`ids`, after every transform) into the
@@ -272,14 +300,16 @@ impl<T: TokenId> Collator<T> {
         }
     }
 
-    /// Writes one padded row's sample at the start of `out`; returns its length.
+    /// Writes one padded row's sample (`slice`, found by [`Collator::look_ahead`]) at the
+    /// start of `out`; returns its length.
     fn fill_row(
         &self,
         piece: &mut DocRef,
+        slice: Option<TokenSlice<'_>>,
         out: &mut [T],
         scratch: &mut Vec<T>,
     ) -> Result<usize, String> {
-        let slice = self.slice(piece)?;
+        let slice = slice.ok_or_else(|| outside(piece))?;
         let content = match self.transform.shape(slice.len(), self.max_len())? {
             Shape::Dropped => {
                 piece.flags |= DocRef::DROPPED;
@@ -436,7 +466,7 @@ impl<T: TokenId> Collator<T> {
     fn slice(&self, p: &DocRef) -> Result<TokenSlice<'_>, String> {
         self.dataset(p)
             .get(p.sample as usize)
-            .ok_or_else(|| format!("sample {} is outside the dataset", p.sample))
+            .ok_or_else(|| outside(p))
     }
 
     pub fn sample_error(&self, step: u64, p: &DocRef, reason: String) -> Error {
@@ -447,6 +477,11 @@ impl<T: TokenId> Collator<T> {
             reason,
         }
     }
+}
+
+/// Why a piece's sample could not be read: its index lies outside its dataset.
+fn outside(p: &DocRef) -> String {
+    format!("sample {} is outside the dataset", p.sample)
 }
 
 /// The layout of a padded batch's `tokens` once its rows are written: ragged (`stride` `None`:

@@ -408,23 +408,37 @@ impl Aggregator {
         self.entries.is_empty()
     }
 
-    fn slot(&mut self, dataset: &str, metric: &str, kind: Kind) -> Result<&mut State> {
-        if !self.entries.contains_key(dataset) {
-            self.entries.insert(dataset.to_string(), BTreeMap::new());
+    /// Runs `f` on the state of `dataset`'s `metric`, created empty of `kind` when new.
+    ///
+    /// A metric recorded before (every metric of every batch after the first) costs one map
+    /// lookup per level. The state is lent to `f` rather than returned: a returned borrow
+    /// would keep the first lookup's borrow alive over the insert of a new metric, which the
+    /// borrow checker refuses, and was worked around with a second lookup per level.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Metric`] when the metric holds another kind.
+    fn with_slot<R>(
+        &mut self,
+        dataset: &str,
+        metric: &str,
+        kind: Kind,
+        f: impl FnOnce(&mut State) -> R,
+    ) -> Result<R> {
+        if let Some(state) = self
+            .entries
+            .get_mut(dataset)
+            .and_then(|m| m.get_mut(metric))
+        {
+            return of_kind(state, dataset, metric, kind).map(f);
         }
-        let metrics = self.entries.get_mut(dataset).expect("inserted above");
-        if !metrics.contains_key(metric) {
-            metrics.insert(metric.to_string(), State::empty(kind));
-        }
-        let state = metrics.get_mut(metric).expect("inserted above");
-        if state.kind() != kind {
-            return Err(Error::Metric {
-                dataset: dataset.into(),
-                metric: metric.into(),
-                reason: format!("recorded as {:?} before, now as {kind:?}", state.kind()),
-            });
-        }
-        Ok(state)
+        let state = self
+            .entries
+            .entry(dataset.to_string())
+            .or_default()
+            .entry(metric.to_string())
+            .or_insert_with(|| State::empty(kind));
+        of_kind(state, dataset, metric, kind).map(f)
     }
 
     /// Records a numeric value.
@@ -441,22 +455,24 @@ impl Aggregator {
         };
         finite(dataset, metric, value)?;
         let map = self.map;
-        match self.slot(dataset, metric, kind)? {
-            State::Sum { sum } => *sum += value,
-            State::Mean { sum, count } => {
-                *sum += value;
-                *count += 1.0;
+        self.with_slot(dataset, metric, kind, |state| {
+            match state {
+                State::Sum { sum } => *sum += value,
+                State::Mean { sum, count } => {
+                    *sum += value;
+                    *count += 1.0;
+                }
+                State::Max { max } => *max = max.max(value),
+                State::Min { min } => *min = min.min(value),
+                State::Distribution { sketch } => sketch.add(&map, value),
+                State::Categorical { .. } => {
+                    return Err(bad(
+                        "a categorical metric takes category names, not numbers".into(),
+                    ));
+                }
             }
-            State::Max { max } => *max = max.max(value),
-            State::Min { min } => *min = min.min(value),
-            State::Distribution { sketch } => sketch.add(&map, value),
-            State::Categorical { .. } => {
-                return Err(bad(
-                    "a categorical metric takes category names, not numbers".into(),
-                ));
-            }
-        }
-        Ok(())
+            Ok(())
+        })?
     }
 
     /// Counts one occurrence of `category`.
@@ -480,17 +496,18 @@ impl Aggregator {
         metric: &str,
         categories: impl Iterator<Item = &'c str>,
     ) -> Result<()> {
-        if let State::Categorical { counts } = self.slot(dataset, metric, Kind::Categorical)? {
-            for category in categories {
-                match counts.get_mut(category) {
-                    Some(n) => *n += 1,
-                    None => {
-                        counts.insert(category.to_string(), 1);
+        self.with_slot(dataset, metric, Kind::Categorical, |state| {
+            if let State::Categorical { counts } = state {
+                for category in categories {
+                    match counts.get_mut(category) {
+                        Some(n) => *n += 1,
+                        None => {
+                            counts.insert(category.to_string(), 1);
+                        }
                     }
                 }
             }
-        }
-        Ok(())
+        })
     }
 
     /// Records one observation.
@@ -523,12 +540,14 @@ impl Aggregator {
         values: impl Iterator<Item = f64>,
     ) -> Result<()> {
         let map = self.map;
-        if let State::Distribution { sketch } = self.slot(dataset, metric, Kind::Distribution)? {
-            for v in values {
-                sketch.add(&map, finite(dataset, metric, v)?);
+        self.with_slot(dataset, metric, Kind::Distribution, |state| {
+            if let State::Distribution { sketch } = state {
+                for v in values {
+                    sketch.add(&map, finite(dataset, metric, v)?);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })?
     }
 
     /// Merges a whole sketch into a distribution metric.
@@ -537,10 +556,11 @@ impl Aggregator {
     ///
     /// [`Error::Metric`] on a kind conflict.
     pub fn add_sketch(&mut self, dataset: &str, metric: &str, sketch: &Sketch) -> Result<()> {
-        if let State::Distribution { sketch: s } = self.slot(dataset, metric, Kind::Distribution)? {
-            s.merge(sketch);
-        }
-        Ok(())
+        self.with_slot(dataset, metric, Kind::Distribution, |state| {
+            if let State::Distribution { sketch: s } = state {
+                s.merge(sketch);
+            }
+        })
     }
 
     /// Adds `count` values summing to `sum` to the MEAN metric `metric` (the shader sink's loss
@@ -554,11 +574,12 @@ impl Aggregator {
         count: f64,
     ) -> Result<()> {
         finite(dataset, metric, sum)?;
-        if let State::Mean { sum: s, count: c } = self.slot(dataset, metric, Kind::Mean)? {
-            *s += sum;
-            *c += count;
-        }
-        Ok(())
+        self.with_slot(dataset, metric, Kind::Mean, |state| {
+            if let State::Mean { sum: s, count: c } = state {
+                *s += sum;
+                *c += count;
+            }
+        })
     }
 
     /// Merges another aggregator (a per-batch partial, or another rank's state).
@@ -579,7 +600,7 @@ impl Aggregator {
         }
         for (d, metrics) in &other.entries {
             for (m, state) in metrics {
-                self.slot(d, m, state.kind())?.merge(state);
+                self.with_slot(d, m, state.kind(), |s| s.merge(state))?;
             }
         }
         Ok(())
@@ -652,6 +673,28 @@ impl Aggregator {
 }
 
 /// `value`, or [`Error::Metric`] when it is not finite.
+/// `state`, if it holds `kind`.
+///
+/// # Errors
+///
+/// [`Error::Metric`] naming both kinds when it holds another.
+fn of_kind<'s>(
+    state: &'s mut State,
+    dataset: &str,
+    metric: &str,
+    kind: Kind,
+) -> Result<&'s mut State> {
+    if state.kind() != kind {
+        return Err(Error::Metric {
+            dataset: dataset.into(),
+            metric: metric.into(),
+            reason: format!("recorded as {:?} before, now as {kind:?}", state.kind()),
+        });
+    }
+    Ok(state)
+}
+
+#[inline]
 fn finite(dataset: &str, metric: &str, value: f64) -> Result<f64> {
     if value.is_finite() {
         return Ok(value);

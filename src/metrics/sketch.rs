@@ -82,7 +82,7 @@ impl Mapping {
         let bits = v.to_bits();
         let exponent = ((bits >> 52) & 0x7ff) as i64 - 1023;
         let m = f64::from_bits((bits & ((1u64 << 52) - 1)) | 0x3ff0_0000_0000_0000) - 1.0;
-        ((exponent as f64 + p(m)) * self.k).floor() as i32
+        floor_i32((exponent as f64 + p(m)) * self.k)
     }
 
     /// The magnitude where bucket `i` starts.
@@ -103,6 +103,19 @@ impl Mapping {
     pub fn value(&self, i: i32) -> f64 {
         let (lo, hi) = (self.lower(i), self.lower(i + 1));
         2.0 * lo * hi / (lo + hi)
+    }
+}
+
+/// `x.floor() as i32`, saturating, for every `x` (NaN gives 0), without a call: baseline
+/// x86-64 has no rounding instruction, so `floor` is a call into libm, once per value a sketch
+/// records. Truncation, then one step down for a negative value with a fraction.
+#[inline]
+fn floor_i32(x: f64) -> i32 {
+    let t = x as i32;
+    if (t as f64) > x {
+        t.saturating_sub(1)
+    } else {
+        t
     }
 }
 
@@ -350,6 +363,50 @@ impl Sketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floor_without_a_call_is_floor_as_i32_everywhere() {
+        let mut cases = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            2.5,
+            -2.5,
+            -1e-300,
+            1e-300,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+            i32::MAX as f64,
+            i32::MAX as f64 + 0.5,
+            i32::MAX as f64 + 1.0,
+            i32::MIN as f64,
+            i32::MIN as f64 - 0.5,
+            i32::MIN as f64 + 0.5,
+            i32::MIN as f64 - 1.0,
+            3e9,
+            -3e9,
+            f64::MAX,
+            f64::MIN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        // Values around every integer a mapping's indices reach, and a spread of others.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = (x >> 11) as f64 / (1u64 << 53) as f64 * 20_000.0 - 10_000.0;
+            cases.extend([v, v.round(), v.round() - f64::EPSILON * v.abs(), v * 1e6]);
+        }
+        for v in cases {
+            assert_eq!(floor_i32(v), v.floor() as i32, "{v:e}");
+        }
+    }
 
     #[test]
     fn buckets_grow_both_ways_and_merge_by_index() {
