@@ -7,9 +7,7 @@
 mod common;
 
 use shardflow::TokenId;
-use shardflow::collate::{
-    Batch, CollateConfig, DocRef, Layout, Padding, Pool, StagedBatch, pad_host,
-};
+use shardflow::collate::{Batch, CollateConfig, DocRef, Padding, Pool, StagedBatch, pad_host};
 use shardflow::device::{DeviceSink, Field, WgpuSink};
 
 use common::device_suite as suite;
@@ -349,30 +347,9 @@ fn staged_with<T: TokenId>(
             lens.push(fill);
         }
     }
-    let total: usize = lens.iter().sum();
-    let mut tokens = pool.take::<T>(total);
-    for (i, tok) in tokens.iter_mut().enumerate() {
-        *tok = T::try_from(((i as u64).wrapping_mul(2_654_435_761) >> 5) as i64 % 50_000)
-            .ok()
-            .expect("small ids fit");
-    }
-    let mut offsets = pool.take::<u32>(rows + 1);
-    offsets[0] = 0;
-    for r in 0..rows {
-        offsets[r + 1] = offsets[r] + lens[r] as u32;
-    }
-    let mut pieces = pool.take::<DocRef>(docs.len());
-    pieces.copy_from_slice(&docs);
-    StagedBatch {
-        step: seed,
-        rows,
-        width: config.width(lens.iter().copied().max().unwrap_or(0)),
-        tokens,
-        offsets,
-        docs: pieces,
-        packed: config.pack,
-        layout: Layout::Ragged,
-    }
+    common::conformance::assemble(seed, config, &lens, &docs, pool, |i| {
+        ((i as u64).wrapping_mul(2_654_435_761) >> 5) % 50_000
+    })
 }
 
 /// A sample index for a piece: any number the host and the device copy alike.

@@ -1,7 +1,30 @@
 //! Rank, world size and local rank as launchers set them ([`World::from_env`]), and the job id
 //! that names a job's file store ([`JobId::from_env`]).
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
+
+/// The duration the environment variable `var` gives in seconds (a positive number, fractions
+/// allowed), `None` when it is unset.
+///
+/// # Errors
+///
+/// [`Error::Environment`] naming the variable when it is set but not a positive number.
+pub(crate) fn seconds_from_env(var: &str) -> Result<Option<Duration>> {
+    let Ok(secs) = std::env::var(var) else {
+        return Ok(None);
+    };
+    secs.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::Environment(format!("{var}={secs} is not a positive number of seconds"))
+        })
+}
 
 /// Where this process sits in a job of several processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -133,18 +133,7 @@ impl Rendezvous {
             }
         };
         let mut rendezvous = Rendezvous::new(root, job, rank, world);
-        if let Ok(secs) = std::env::var(STORE_TIMEOUT_ENV) {
-            let deadline = secs
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|s| *s > 0.0)
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .ok_or_else(|| {
-                    Error::Environment(format!(
-                        "{STORE_TIMEOUT_ENV}={secs} is not a positive number of seconds"
-                    ))
-                })?;
+        if let Some(deadline) = super::env::seconds_from_env(STORE_TIMEOUT_ENV)? {
             rendezvous.deadline = deadline;
         }
         Ok(rendezvous)

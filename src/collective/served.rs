@@ -51,20 +51,7 @@ const AFTER_ABORT: Duration = Duration::from_secs(30);
 ///
 /// [`Error::Environment`] when the variable is set but not a positive number of seconds.
 pub fn collective_deadline() -> Result<Duration> {
-    match std::env::var(COLLECTIVE_TIMEOUT_ENV) {
-        Err(_) => Ok(DEFAULT_DEADLINE),
-        Ok(secs) => secs
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| *s > 0.0)
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .ok_or_else(|| {
-                Error::Environment(format!(
-                    "{COLLECTIVE_TIMEOUT_ENV}={secs} is not a positive number of seconds"
-                ))
-            }),
-    }
+    Ok(super::env::seconds_from_env(COLLECTIVE_TIMEOUT_ENV)?.unwrap_or(DEFAULT_DEADLINE))
 }
 
 /// How long [`Served`] waits for an answer: the deadline and a grace of a tenth of it (20 ms to

@@ -96,12 +96,24 @@ pub fn staged<T: TokenId>(
             lens.push(fill);
         }
     }
+    assemble(seed, config, &lens, &docs, pool, |_| next(50_000))
+}
+
+/// The staged batch of rows of `lens` real tokens and their `docs`, token i being `token(i)`
+/// (below 50 000, so every id type holds it).
+pub fn assemble<T: TokenId>(
+    seed: u64,
+    config: &CollateConfig,
+    lens: &[usize],
+    docs: &[DocRef],
+    pool: &Pool,
+    mut token: impl FnMut(usize) -> u64,
+) -> StagedBatch<T> {
+    let rows = lens.len();
     let total: usize = lens.iter().sum();
     let mut tokens = pool.take::<T>(total);
-    for tok in tokens.iter_mut() {
-        *tok = T::try_from(next(50_000) as i64)
-            .ok()
-            .expect("small ids fit");
+    for (i, tok) in tokens.iter_mut().enumerate() {
+        *tok = T::try_from(token(i) as i64).ok().expect("small ids fit");
     }
     let mut offsets = pool.take::<u32>(rows + 1);
     offsets[0] = 0;
@@ -109,7 +121,7 @@ pub fn staged<T: TokenId>(
         offsets[r + 1] = offsets[r] + lens[r] as u32;
     }
     let mut pieces = pool.take::<DocRef>(docs.len());
-    pieces.copy_from_slice(&docs);
+    pieces.copy_from_slice(docs);
     StagedBatch {
         step: seed,
         rows,
