@@ -276,6 +276,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// An input file, or a row of a Parquet input, cannot be used: an input pattern that matches
+    /// nothing, a file that is not Parquet, a column that is missing or holds no strings, a bad
+    /// row (`row` is `Some((row group, row))`, both 0-based).
+    #[error("{path}{at}: {reason}", path = .path.display(), at = row_place(*.row))]
+    InputFile {
+        /// The input file (or the pattern).
+        path: PathBuf,
+        /// The row group and the row within it, both 0-based, when one row is concerned.
+        row: Option<(usize, usize)>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Two or more datasets share a name.
     #[error("duplicate dataset names: {}; every dataset needs a unique name", .names.join(", "))]
     DuplicateDatasets {
@@ -633,4 +646,10 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// `" row group G row R"` for [`Error::InputFile`], or nothing.
+fn row_place(row: Option<(usize, usize)>) -> String {
+    row.map(|(group, row)| format!(" row group {group} row {row}"))
+        .unwrap_or_default()
 }

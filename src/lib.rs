@@ -98,6 +98,8 @@ pub mod gpu;
 pub(crate) mod hash;
 #[cfg(feature = "history")]
 pub mod history;
+#[cfg(feature = "ingest")]
+pub mod ingest;
 pub mod loader;
 pub mod metrics;
 pub mod order;

@@ -20,20 +20,20 @@ fn jsonl_write_inspect_cat() {
     let input = dir.path().join("docs.jsonl");
     std::fs::write(
         &input,
-        "{\"text\": \"hi\", \"id\": 1}\n\n{\"text\": \"h\u{e9}llo\"}\n{\"text\": \"\"}\n",
+        "{\"text\": \"hi\", \"id\": 1}\n\n{\"text\": \"h\u{e9}llo\"}\n{\"text\": \"!\"}\n",
     )
     .unwrap();
     let prefix = dir.path().join("out");
     let said = ok(&["write", "--input", p(&input), "--output", p(&prefix)]);
     assert!(
-        said.contains("3 documents, 3 sequences, 11 tokens, dtype u16"),
+        said.contains("3 documents, 3 sequences, 12 tokens, dtype u16"),
         "{said}"
     );
 
     let cat = ok(&["cat", p(&prefix), "--range", "0..3"]);
     assert_eq!(
         cat,
-        format!("{}\n{}\n{}\n", ids("hi"), ids("h\u{e9}llo"), ids(""))
+        format!("{}\n{}\n{}\n", ids("hi"), ids("h\u{e9}llo"), ids("!"))
     );
     assert_eq!(
         ok(&["cat", p(&prefix), "--range", "1..2"]),
@@ -46,10 +46,15 @@ fn jsonl_write_inspect_cat() {
     assert_eq!(r["sequences"], 3);
     assert_eq!(r["documents"], 3);
     assert_eq!(r["dtype"], "u16");
-    assert_eq!(r["tokens"], 11);
+    assert_eq!(r["tokens"], 12);
     assert_eq!(
         (r["min"].as_u64(), r["p50"].as_u64(), r["max"].as_u64()),
-        (Some(1), Some(3), Some(7))
+        (Some(2), Some(3), Some(7))
+    );
+    // The token ids: `!` (33) to the end-of-document id.
+    assert_eq!(
+        (r["min_id"].as_i64(), r["max_id"].as_i64()),
+        (Some(33), Some(256))
     );
 
     let table = ok(&["inspect", p(&prefix)]);
@@ -58,6 +63,48 @@ fn jsonl_write_inspect_cat() {
         "{table}"
     );
     assert!(table.contains("u16"), "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[10..], ["33", "256", "sampled"], "{table}");
+
+    // Byte-level ids fit a vocabulary of 257; 256 is the first id past one of 256.
+    ok(&["inspect", p(&prefix), "--vocab-size", "257"]);
+    let out = shardflow(&["inspect", p(&prefix), "--vocab-size", "256", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["max_id"], 256);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: {}: sequence 0 position 2: token id 256 is outside the vocabulary \
+             (--vocab-size 256: ids 0..256)\n",
+            prefix.display()
+        )
+    );
+}
+
+#[test]
+fn an_empty_document_is_named_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("docs.jsonl");
+    std::fs::write(&input, "{\"text\": \"hi\"}\n{\"text\": \"\"}\n").unwrap();
+    let prefix = dir.path().join("out");
+    let out = shardflow(&["write", "--input", p(&input), "--output", p(&prefix)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("docs.jsonl line 2: "), "{err}");
+    let said = ok(&[
+        "write",
+        "--input",
+        p(&input),
+        "--output",
+        p(&prefix),
+        "--skip-bad",
+    ]);
+    assert!(
+        said.ends_with("skipped 1 bad record: 1 empty document\n"),
+        "{said}"
+    );
+    assert_eq!(ok(&["cat", p(&prefix)]), format!("{}\n", ids("hi")));
 }
 
 #[test]

@@ -1,12 +1,30 @@
 //! `shardflow cat`: sequences as JSON arrays of token ids, one per line, of one shard or of a
-//! directory of shards (one dataset over all of them, in name order, as `plan` numbers them).
+//! directory of shards (one dataset over all of them, in name order, as `plan` numbers them);
+//! with `--tokenizer`, as their decoded text, one JSON string per line.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Args;
+
 use super::Out;
+use crate::ingest::encode::Encoder;
 use crate::{Dataset, Error, Result};
+
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// The shard prefix, or a directory of shards (one dataset over all of them, in name
+    /// order).
+    prefix: PathBuf,
+    /// Sequences A..B (B exclusive; `A..` runs to the end).
+    #[arg(long, default_value = "0..", value_parser = parse_range)]
+    range: SeqRange,
+    /// A Hugging Face tokenizer.json: print each sequence's decoded text, as a JSON string,
+    /// instead of its ids.
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+}
 
 /// `--range A..B` or `A..`, checked for its form while the arguments are parsed; against the
 /// shard's length once it is open.
@@ -74,13 +92,22 @@ impl SeqRange {
     }
 }
 
-/// Prints sequences `range` of the shard at `prefix`, or of the shards in directory `prefix`.
+/// Prints sequences `--range` of the shard at `prefix`, or of the shards in directory `prefix`:
+/// their ids, or with `--tokenizer` their decoded text.
 ///
 /// # Errors
 ///
-/// The shards' open errors; [`Error::Config`] for a range past the end; a write error on
-/// stdout.
-pub fn run(prefix: &Path, range: SeqRange) -> Result<ExitCode> {
+/// The shards' open errors; the tokenizer's load error; [`Error::Config`] for a range past the
+/// end; [`Error::TokenOutOfRange`] for an id the tokenizer cannot hold (negative, or past
+/// u32); the tokenizer's decode error; a write error on stdout.
+pub fn run(args: CatArgs) -> Result<ExitCode> {
+    let CatArgs {
+        prefix,
+        range,
+        tokenizer,
+    } = args;
+    let prefix = prefix.as_path();
+    let encoder = tokenizer.as_deref().map(Encoder::from_file).transpose()?;
     let (data, what) = if prefix.is_dir() {
         let data = Dataset::open_dir(prefix)?;
         let what = match data.shards().len() {
@@ -94,11 +121,29 @@ pub fn run(prefix: &Path, range: SeqRange) -> Result<ExitCode> {
     let (a, b) = range.within(data.len(), &what)?;
     let mut out = Out::new();
     let mut line = String::new();
+    let mut ids = Vec::new();
     for i in a..b {
         let seq = data
             .get(i)
             .expect("the range was checked against the dataset length");
         line.clear();
+        if let Some(encoder) = &encoder {
+            ids.clear();
+            for (j, id) in seq.iter().enumerate() {
+                let id = u32::try_from(id).map_err(|_| Error::TokenOutOfRange {
+                    path: seq.path().to_path_buf(),
+                    offset: seq.offset() + (j * seq.dtype().size()) as u64,
+                    token: id,
+                    target: "u32 (a tokenizer id)",
+                })?;
+                ids.push(id);
+            }
+            let text = encoder.decode(&ids)?;
+            line.push_str(&serde_json::to_string(&text).expect("a string serializes"));
+            line.push('\n');
+            out.text(&line)?;
+            continue;
+        }
         line.push('[');
         for (j, t) in seq.iter().enumerate() {
             if j > 0 {

@@ -1,14 +1,17 @@
 //! Entry points for the fuzz targets in `fuzz/`: the command's argument parsing into configs,
 //! and its input tokenizing, with no effect outside the directory they are given.
 
-use std::io::BufReader;
 use std::path::Path;
 
 use clap::Parser;
 
-use super::{Args, Command, write};
+use super::{Args, Command};
+use crate::ingest::Document;
+use crate::ingest::encode::{BYTE_LEVEL_EOD, Encoder};
+use crate::ingest::input::{Documents, InputConfig, InputFormat};
+use crate::ingest::pipeline::{IngestConfig, ingest};
 use crate::loader::Source;
-use crate::{IndexedShard, IndexedWriter, Result, Shard};
+use crate::{Error, IndexedShard, Result, Shard};
 
 /// Parses `argv` (without the program name) as the command line would. For `plan`, plans and
 /// prints up to 20 steps into a sink; for `bench`, builds its loader over `sources` (not its
@@ -38,9 +41,9 @@ pub fn args(argv: &[String], sources: &[Source]) {
     }
 }
 
-/// Tokenizes `input` as `shardflow write` does (JSON lines when `mode % 3 == 0`, text when 1,
-/// detected from the content when 2) into a shard in `dir`, reads it back, and checks that
-/// every document came back as written.
+/// Tokenizes `input` as `shardflow write` does byte-level (JSON lines when `mode % 3 == 0`,
+/// text when 1, detected from the content when 2) into a shard in `dir`, reads it back, and
+/// checks that every document came back as written.
 ///
 /// # Errors
 ///
@@ -50,39 +53,42 @@ pub fn args(argv: &[String], sources: &[Source]) {
 ///
 /// When the shard read back differs from what was written: a finding.
 pub fn write_input(input: &[u8], mode: u8, dir: &Path) -> Result<()> {
-    let path = Path::new("<fuzz input>");
-    let mut reader = BufReader::new(input);
-    let jsonl = match mode % 3 {
-        0 => true,
-        1 => false,
-        _ => write::detect_jsonl(path, &mut reader)?,
+    // No known extension, so that mode 2 detects the format from the content.
+    let path = dir.join("fuzz.input");
+    std::fs::write(&path, input).map_err(|e| Error::io(&path, "write", e))?;
+    let format = match mode % 3 {
+        0 => InputFormat::Jsonl,
+        1 => InputFormat::Text,
+        _ => InputFormat::Auto,
     };
+    let config = InputConfig {
+        inputs: vec![path],
+        field: "text".into(),
+        format,
+        skip_bad: false,
+    };
+    let docs: Vec<Document> = Documents::open(&config)?.collect::<Result<_>>()?;
     let prefix = dir.join("fuzz");
-    let mut writer = IndexedWriter::create(&prefix, None)?;
-    let mut docs: Vec<Vec<i64>> = Vec::new();
-    let mut emit = |text: &[u8], _read: u64| -> Result<()> {
-        let tokens: Vec<u16> = text
-            .iter()
-            .map(|&b| b as u16)
-            .chain([write::END_OF_DOCUMENT])
-            .collect();
-        writer.add_sequence(&tokens)?;
-        writer.end_document()?;
-        docs.push(tokens.iter().map(|&t| t as i64).collect());
-        Ok(())
-    };
-    if jsonl {
-        write::read_jsonl(reader, path, "text", &mut emit)?;
-    } else {
-        write::read_paragraphs(reader, path, &mut emit)?;
-    }
-    writer.finish()?;
+    let mut ingest_config = IngestConfig::new(&prefix);
+    ingest_config.eod = Some(BYTE_LEVEL_EOD);
+    ingest(
+        docs.clone().into_iter().map(Ok),
+        &Encoder::byte_level(),
+        &ingest_config,
+        |_| {},
+    )?;
     let shard = IndexedShard::open(&prefix)?;
     assert_eq!(shard.len(), docs.len(), "documents read back");
     for (i, doc) in docs.iter().enumerate() {
+        let expected: Vec<i64> = doc
+            .text
+            .bytes()
+            .map(i64::from)
+            .chain([i64::from(BYTE_LEVEL_EOD)])
+            .collect();
         assert_eq!(
-            &shard.get(i).expect("in range").to_vec(),
-            doc,
+            shard.get(i).expect("in range").to_vec(),
+            expected,
             "document {i}"
         );
     }

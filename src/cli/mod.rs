@@ -63,21 +63,11 @@ enum Command {
         #[arg(long)]
         world_from_env: bool,
     },
-    /// Tokenize JSON lines or plain text byte-level into a Megatron shard.
+    /// Tokenize JSON lines, plain text or Parquet (byte-level, or with a Hugging Face
+    /// tokenizer.json) into Megatron shards.
     Write(write::WriteArgs),
-    /// Print sequence, document and length statistics of shards.
-    Inspect {
-        /// Shard prefixes (PREFIX.idx + PREFIX.bin; `PREFIX.idx` is accepted too), or
-        /// directories of shards.
-        #[arg(required = true)]
-        prefixes: Vec<PathBuf>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Read every .bin whole and check it against the hash its .idx records.
-        #[arg(long)]
-        verify: bool,
-    },
+    /// Print sequence, document, length and token id statistics of shards.
+    Inspect(inspect::InspectArgs),
     /// Measure loader throughput against a memcpy of the same bytes.
     #[command(allow_negative_numbers = true)]
     Bench(bench::BenchArgs),
@@ -90,16 +80,10 @@ enum Command {
     Launch(launch::LaunchArgs),
     /// Summarize a metrics history (`history DIR`), or merge its parts (`history compact DIR`).
     History(history::HistoryArgs),
-    /// Print sequences as JSON arrays of token ids, one per line.
+    /// Print sequences as JSON arrays of token ids (or, with --tokenizer, as decoded text),
+    /// one per line.
     #[command(allow_negative_numbers = true)]
-    Cat {
-        /// The shard prefix, or a directory of shards (one dataset over all of them, in name
-        /// order).
-        prefix: PathBuf,
-        /// Sequences A..B (B exclusive; `A..` runs to the end).
-        #[arg(long, default_value = "0..", value_parser = cat::parse_range)]
-        range: cat::SeqRange,
-    },
+    Cat(cat::CatArgs),
 }
 
 /// The command's entry point: parses the arguments, runs the command and reports its error.
@@ -150,14 +134,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         } => demo_world::run(),
         Command::Demo { dir, .. } => demo::run(dir),
         Command::Write(w) => write::run(w),
-        Command::Inspect {
-            prefixes,
-            json,
-            verify,
-        } => inspect::run(&prefixes, json, verify),
+        Command::Inspect(i) => inspect::run(i),
         Command::Plan(p) => plan::run(p),
         Command::Bench(b) => bench::run(b),
-        Command::Cat { prefix, range } => cat::run(&prefix, range),
+        Command::Cat(c) => cat::run(c),
         Command::Launch(l) => launch::run(l),
         Command::Devices => devices::run(),
         Command::History(h) => history::run(h),

@@ -1,50 +1,78 @@
-//! `shardflow write`: JSON lines or plain text, tokenized byte-level, into a Megatron shard.
+//! `shardflow write`: JSON lines, plain text or Parquet, tokenized byte-level or with a Hugging
+//! Face `tokenizer.json`, into Megatron shards (one pair, or `PREFIX_00000`, ... when split).
+//!
+//! The work is [`crate::ingest`]'s; this file turns the arguments into its configs, draws the
+//! progress bar and prints the summary: one `wrote` line per shard pair and the skipped records
+//! on stdout (the same for every run over the same input), the time and rate on stderr.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use indicatif::ProgressBar;
 
 use super::{Out, note};
-use crate::{Dtype, Error, IndexedWriter, Result};
-
-/// The end-of-document id appended after each document's bytes.
-pub const END_OF_DOCUMENT: u16 = 256;
-
-/// The most bytes one document may hold: its ids and the end-of-document id form one sequence,
-/// whose length is an i32 in the Megatron index. A longer document is refused as soon as its
-/// text passes this, before it is held in memory whole.
-pub const MAX_DOCUMENT_BYTES: usize = i32::MAX as usize - 1;
-
-/// A JSON line may be this much longer than [`MAX_DOCUMENT_BYTES`] (its other fields, escapes);
-/// a longer one is refused while it is read.
-const MAX_JSON_LINE: usize = 2 * MAX_DOCUMENT_BYTES;
-
-/// The UTF-8 byte order mark that some editors write at the start of a file.
-const BOM: &[u8] = b"\xef\xbb\xbf";
+use crate::ingest::encode::{BYTE_LEVEL_EOD, Encoder};
+use crate::ingest::input::{Documents, InputConfig, InputFormat};
+use crate::ingest::pipeline::{IngestConfig, IngestProgress, ingest};
+use crate::ingest::{BadKind, Document};
+use crate::{Dtype, Error, Result};
 
 #[derive(Debug, Args)]
 pub struct WriteArgs {
-    /// The input file, or `-` for stdin: JSON lines or plain text (see --format).
-    #[arg(long)]
-    input: PathBuf,
+    /// An input: a file, a directory (its files, recursively), a glob (`data/*.jsonl.zst`), or
+    /// `-` for stdin. Repeat it for several; files are read in sorted path order.
+    #[arg(long, required = true, value_name = "PATH")]
+    input: Vec<PathBuf>,
     /// The output prefix: PREFIX.idx and PREFIX.bin are written (an existing pair is replaced
-    /// atomically).
-    #[arg(long)]
+    /// atomically); with --max-tokens-per-shard, PREFIX_00000.idx/.bin, PREFIX_00001, ...
+    #[arg(long, value_name = "PREFIX")]
     output: PathBuf,
-    /// The JSON field that holds a document's text.
+    /// The JSON field (a dotted path for a nested one: `meta.text`), or the Parquet string
+    /// column, that holds a document's text.
     #[arg(long, default_value = "text")]
     field: String,
-    /// The stored id type: auto (u16 while every id fits), u16, i16, i32, i64. (u8 and i8
-    /// cannot hold the end-of-document id 256.)
-    #[arg(long, value_enum, default_value_t = StoredDtype::Auto)]
-    dtype: StoredDtype,
-    /// The input format. auto: JSON lines for a .jsonl, .json or .ndjson file (any case), plain
-    /// text for .txt, .text or .md; otherwise JSON lines when the first non-blank byte is `{`.
+    /// The input format. auto: by extension (.jsonl, .json, .ndjson, also .gz or .zst
+    /// compressed: JSON lines; .txt, .text, .md: text; .parquet: Parquet), otherwise JSON lines
+    /// when the first non-blank byte is `{`.
     #[arg(long, value_enum, default_value_t = Format::Auto)]
     format: Format,
+    /// A Hugging Face tokenizer.json to encode with; without it, byte-level: each UTF-8 byte
+    /// is its own id and 256 ends a document.
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    /// The id appended after each document: a token of the vocabulary (`<|endoftext|>`) or an
+    /// id (all digits). Default: 256 without --tokenizer; none with one.
+    #[arg(long, value_name = "TOKEN|ID")]
+    eod: Option<String>,
+    /// The id put in front of each document: a token of the vocabulary or an id (all digits).
+    #[arg(long, value_name = "TOKEN|ID")]
+    bos: Option<String>,
+    /// The stored id type: auto (u16 for vocabularies below 65 500 ids, else i32, as
+    /// Megatron-LM chooses), u16, i16, i32, i64.
+    #[arg(long, value_enum, default_value_t = StoredDtype::Auto)]
+    dtype: StoredDtype,
+    /// Threads that tokenize (the output is the same for any number). Default: the available
+    /// cores.
+    #[arg(long, value_name = "N")]
+    threads: Option<NonZeroUsize>,
+    /// At most N tokens per shard pair (a document is never split: one that would not fit
+    /// starts the next pair): PREFIX_00000, PREFIX_00001, ..., read as one dataset by
+    /// `--data DIR`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_tokens_per_shard: Option<u64>,
+    /// Count and skip bad records (malformed JSON, a missing or non-string field, invalid
+    /// UTF-8, an empty document) instead of stopping at the first; the summary lists them.
+    #[arg(long)]
+    skip_bad: bool,
+    /// No progress bar, no timing line (the summary on stdout stays).
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -52,6 +80,18 @@ enum Format {
     Auto,
     Jsonl,
     Text,
+    Parquet,
+}
+
+impl Format {
+    fn input_format(self) -> InputFormat {
+        match self {
+            Format::Auto => InputFormat::Auto,
+            Format::Jsonl => InputFormat::Jsonl,
+            Format::Text => InputFormat::Text,
+            Format::Parquet => InputFormat::Parquet,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -76,81 +116,128 @@ impl StoredDtype {
 }
 
 pub fn run(args: WriteArgs) -> Result<ExitCode> {
-    let stdin = args.input.as_os_str() == "-";
-    let (file, size): (Box<dyn Read>, Option<u64>) = if stdin {
-        (Box::new(std::io::stdin().lock()), None)
-    } else {
-        let file = open_input(&args.input)?;
-        let size = file
-            .metadata()
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len());
-        (Box::new(file), size)
+    let encoder = match &args.tokenizer {
+        Some(path) => Encoder::from_file(path)?,
+        None => Encoder::byte_level(),
     };
-    // Errors name stdin as such, not `-`.
-    let input = if stdin {
-        PathBuf::from("<stdin>")
-    } else {
-        args.input.clone()
+    let eod = match (&args.eod, &args.tokenizer) {
+        (Some(token), _) => Some(token_id(&encoder, "--eod", token)?),
+        (None, None) => Some(BYTE_LEVEL_EOD),
+        (None, Some(_)) => None,
     };
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let jsonl = match args.format {
-        Format::Jsonl => true,
-        Format::Text => false,
-        Format::Auto => detect_jsonl(&args.input, &mut reader)?,
+    let bos = args
+        .bos
+        .as_deref()
+        .map(|token| token_id(&encoder, "--bos", token))
+        .transpose()?;
+    let threads = args
+        .threads
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, NonZeroUsize::get);
+    let docs = Documents::open(&InputConfig {
+        inputs: args.input.clone(),
+        field: args.field.clone(),
+        format: args.format.input_format(),
+        skip_bad: args.skip_bad,
+    })?;
+    let config = IngestConfig {
+        output: args.output.clone(),
+        eod,
+        bos,
+        dtype: args.dtype.dtype(),
+        threads,
+        max_tokens_per_shard: args.max_tokens_per_shard,
+        window: IngestConfig::default_window(threads),
     };
-    let bar = super::progress_bar(
-        size,
-        "{spinner} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg} ({elapsed})",
-    );
     create_parent(&args.output)?;
-    let mut writer = IndexedWriter::create(&args.output, args.dtype.dtype())?;
-    // Removed by `finish`, once the new pair is in place; said afterwards.
-    let leftovers = writer.removed_stale().to_vec();
-    let mut tokens = Vec::new();
-    let mut records = 0u64;
-    let mut emit = |text: &[u8], bytes_read: u64| -> Result<()> {
-        tokens.clear();
-        tokens.extend(text.iter().map(|&b| b as u16));
-        tokens.push(END_OF_DOCUMENT);
-        writer.add_sequence(&tokens)?;
-        writer.end_document()?;
-        records += 1;
-        if records.is_multiple_of(256) {
-            bar.set_position(bytes_read);
-            bar.set_message(format!("{records} records"));
-        }
-        Ok(())
-    };
-    if jsonl {
-        read_jsonl(reader, &input, &args.field, &mut emit)?;
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
     } else {
-        read_paragraphs(reader, &input, &mut emit)?;
-    }
+        let template = match docs.total_bytes() {
+            Some(_) => "{spinner} [{bar:30}] {bytes}/{total_bytes} {msg} ({elapsed}, ETA {eta})",
+            None => "{spinner} {bytes} {msg} ({elapsed})",
+        };
+        super::progress_bar(docs.total_bytes(), template)
+    };
+    // The reader runs inside `ingest`; it leaves what the bar and the summary need here.
+    let read = Arc::new(ReadState::default());
+    let counted = Counted {
+        docs,
+        read: Arc::clone(&read),
+    };
+    let started = std::time::Instant::now();
+    // `ingest` calls this on this thread, a few times a second at most.
+    let summary = ingest(counted, &encoder, &config, |p: &IngestProgress| {
+        bar.set_position(read.bytes.load(Ordering::Relaxed));
+        bar.set_message(format!(
+            "{} documents, {} tokens/s",
+            p.documents,
+            rate(p.tokens, started.elapsed())
+        ));
+    });
     bar.finish_and_clear();
-    let summary = writer.finish()?;
-    for (path, bytes) in leftovers {
+    let summary = summary?;
+    for (path, bytes) in &summary.removed_stale {
         note(format_args!(
             "removed {} ({bytes} bytes), left by an interrupted write",
             path.display()
         ));
     }
+    for path in &summary.removed_shards {
+        note(format_args!(
+            "removed {}, a shard of an earlier write to this prefix that split into more",
+            path.display()
+        ));
+    }
+
     let mut out = Out::new();
-    out.print(format_args!(
-        "wrote {}.idx/.bin: {} documents, {} sequences, {} tokens, dtype {}\n",
-        summary.prefix.display(),
-        summary.documents,
-        summary.sequences,
-        summary.tokens,
-        summary.dtype
-    ))?;
+    for s in &summary.shards {
+        out.print(format_args!(
+            "wrote {}.idx/.bin: {} documents, {} sequences, {} tokens, dtype {}\n",
+            s.prefix.display(),
+            s.documents,
+            s.sequences,
+            s.tokens,
+            s.dtype
+        ))?;
+    }
+    if summary.shards.len() > 1 {
+        out.print(format_args!(
+            "total: {} documents, {} tokens in {} shards\n",
+            summary.documents,
+            summary.tokens,
+            summary.shards.len()
+        ))?;
+    }
+    let skipped = read.skipped.lock().expect("no holder panics").clone();
+    if let Some(line) = skipped_line(&skipped) {
+        out.print(format_args!("{line}\n"))?;
+    }
     out.finish()?;
+    if !args.quiet {
+        let seconds = summary.seconds;
+        note(format_args!(
+            "{} documents, {} tokens in {seconds:.2} s: {} tokens/s",
+            summary.documents,
+            summary.tokens,
+            rate(summary.tokens, Duration::from_secs_f64(seconds))
+        ));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Creates the directory the shard at `prefix` goes into, as `demo` and `launch` create theirs.
-/// A prefix that names a directory is left to [`IndexedWriter::create`] to refuse.
+/// `--eod`/`--bos` as an id ([`Encoder::id_of`]: all digits is an id, anything else a token of
+/// the vocabulary); its error names the option.
+fn token_id(encoder: &Encoder, option: &str, token: &str) -> Result<u32> {
+    encoder.id_of(token).map_err(|e| match e {
+        Error::Config(reason) => Error::Config(format!("{option} {token}: {reason}")),
+        e => e,
+    })
+}
+
+/// Creates the directory the shards at `prefix` go into, as `demo` and `launch` create theirs.
+/// A prefix that names a directory is left to the writer to refuse.
 fn create_parent(prefix: &Path) -> Result<()> {
     if prefix.as_os_str().to_string_lossy().ends_with(['/', '\\']) {
         return Ok(());
@@ -163,186 +250,68 @@ fn create_parent(prefix: &Path) -> Result<()> {
     }
 }
 
-/// Opens the input, refusing what is not a readable file or pipe.
-fn open_input(path: &Path) -> Result<File> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "open", e))?;
-    if meta.is_dir() {
-        return Err(Error::NotAFile {
-            path: path.to_path_buf(),
-            found: "a directory",
-        });
+/// `skipped 3 bad records: 2 malformed JSON, 1 empty document`, or `None` when none was.
+fn skipped_line(skipped: &BTreeMap<BadKind, u64>) -> Option<String> {
+    let total: u64 = skipped.values().sum();
+    if total == 0 {
+        return None;
     }
-    File::open(path).map_err(|e| Error::io(path, "open", e))
+    let kinds: Vec<String> = BadKind::ALL
+        .iter()
+        .filter_map(|k| {
+            skipped
+                .get(k)
+                .filter(|&&n| n > 0)
+                .map(|n| format!("{n} {}", k.name()))
+        })
+        .collect();
+    let records = if total == 1 { "record" } else { "records" };
+    Some(format!(
+        "skipped {total} bad {records}: {}",
+        kinds.join(", ")
+    ))
 }
 
-/// Whether the input is JSON lines: by its extension (any case), else by its first non-blank
-/// byte, peeked without consuming it.
-pub(super) fn detect_jsonl(path: &Path, reader: &mut impl BufRead) -> Result<bool> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("jsonl" | "json" | "ndjson") => return Ok(true),
-        Some("txt" | "text" | "md") => return Ok(false),
-        _ => {}
+/// `n` per second over `elapsed`, rounded, with thousands grouped for reading (`1 234 567`).
+fn rate(n: u64, elapsed: Duration) -> String {
+    let per_second = (n as f64 / elapsed.as_secs_f64().max(1e-9)).round() as u64;
+    let digits = per_second.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(' ');
+        }
+        grouped.push(c);
     }
-    let head = reader.fill_buf().map_err(|e| Error::io(path, "read", e))?;
-    let head = head
-        .strip_prefix(b"\xef\xbb\xbf".as_slice())
-        .unwrap_or(head);
-    Ok(head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
+    grouped
 }
 
-/// How [`read_line`] ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Line {
-    /// A line, complete (its newline dropped, or the input's last line).
-    Read,
-    /// The end of the input, nothing read.
-    End,
-    /// The line passed the cap: `buf` holds `cap + 1` bytes, the rest is unread.
-    TooLong,
+/// What the reader leaves for the progress bar and the summary.
+#[derive(Debug, Default)]
+struct ReadState {
+    /// Input bytes read so far.
+    bytes: AtomicU64,
+    /// Records skipped, by kind (set when the input ends).
+    skipped: Mutex<BTreeMap<BadKind, u64>>,
 }
 
-/// Appends the next line, without its `\n`, to `buf`, reading no more than one byte past the
-/// point where `buf` would exceed `cap` bytes.
-fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<Line> {
-    let room = cap.saturating_sub(buf.len()) as u64 + 1;
-    // std's `read_until` finds the newline with its optimized memchr, also in a debug build.
-    let n = reader.by_ref().take(room).read_until(b'\n', buf)?;
-    Ok(if n == 0 {
-        Line::End
-    } else if buf.last() == Some(&b'\n') {
-        buf.pop();
-        Line::Read
-    } else if buf.len() > cap {
-        Line::TooLong
-    } else {
-        Line::Read
-    })
+/// The documents, leaving the bytes read and, at the end, the skipped counts in a [`ReadState`].
+struct Counted {
+    docs: Documents,
+    read: Arc<ReadState>,
 }
 
-/// The error for a document longer than [`MAX_DOCUMENT_BYTES`], at `line`.
-fn too_long(path: &Path, line: u64, what: &str) -> Error {
-    Error::Input {
-        path: path.to_path_buf(),
-        line,
-        reason: format!(
-            "{what} passes {MAX_DOCUMENT_BYTES} bytes, the most one document can hold (with its \
-             end-of-document id, the i32 length of a Megatron sequence); split it"
-        ),
-    }
-}
+impl Iterator for Counted {
+    type Item = Result<Document>;
 
-/// Calls `emit` with each JSON line's `field` text; blank lines are skipped, and so is a UTF-8
-/// byte order mark at the start of the input.
-pub(super) fn read_jsonl(
-    mut reader: impl BufRead,
-    path: &Path,
-    field: &str,
-    emit: &mut impl FnMut(&[u8], u64) -> Result<()>,
-) -> Result<()> {
-    let mut read = 0u64;
-    let mut line = Vec::new();
-    for line_no in 1u64.. {
-        line.clear();
-        let bad = |reason: String| Error::Input {
-            path: path.to_path_buf(),
-            line: line_no,
-            reason,
-        };
-        match read_line(&mut reader, &mut line, MAX_JSON_LINE)
-            .map_err(|e| Error::io(path, "read", e))?
-        {
-            Line::End => break,
-            Line::TooLong => return Err(too_long(path, line_no, "the line")),
-            Line::Read => {}
+    fn next(&mut self) -> Option<Result<Document>> {
+        let next = self.docs.next();
+        self.read
+            .bytes
+            .store(self.docs.bytes_read(), Ordering::Relaxed);
+        if next.is_none() {
+            *self.read.skipped.lock().expect("no holder panics") = self.docs.skipped().clone();
         }
-        read += line.len() as u64 + 1;
-        let mut text = line.as_slice();
-        if line_no == 1 {
-            text = text.strip_prefix(BOM).unwrap_or(text);
-        }
-        if text.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
-            if text.starts_with(BOM) {
-                bad(format!(
-                    "not valid JSON: it starts with a UTF-8 byte order mark, which only the \
-                     first line may carry ({e})"
-                ))
-            } else {
-                bad(format!("not valid JSON: {e}"))
-            }
-        })?;
-        let text = value
-            .get(field)
-            .ok_or_else(|| {
-                bad(format!(
-                    "no field \"{field}\" (use --field to pick another)"
-                ))
-            })?
-            .as_str()
-            .ok_or_else(|| bad(format!("field \"{field}\" is not a string")))?;
-        if text.len() > MAX_DOCUMENT_BYTES {
-            return Err(too_long(path, line_no, &format!("field \"{field}\"")));
-        }
-        emit(text.as_bytes(), read)?;
+        next
     }
-    Ok(())
-}
-
-/// Calls `emit` with each paragraph: lines up to a blank line, joined by newlines (a `\r`
-/// before a newline dropped, and a UTF-8 byte order mark at the start of the input). A
-/// paragraph is refused as soon as it passes [`MAX_DOCUMENT_BYTES`].
-pub(super) fn read_paragraphs(
-    mut reader: impl BufRead,
-    path: &Path,
-    emit: &mut impl FnMut(&[u8], u64) -> Result<()>,
-) -> Result<()> {
-    let mut paragraph = Vec::new();
-    let (mut read, mut first) = (0u64, 0u64);
-    for line_no in 1u64.. {
-        // The line is read straight into the paragraph, after its separating newline.
-        let start = paragraph.len() + usize::from(!paragraph.is_empty());
-        if !paragraph.is_empty() {
-            paragraph.push(b'\n');
-        }
-        let got = read_line(&mut reader, &mut paragraph, MAX_DOCUMENT_BYTES)
-            .map_err(|e| Error::io(path, "read", e))?;
-        match got {
-            Line::End => {
-                paragraph.truncate(start.saturating_sub(1));
-                break;
-            }
-            Line::TooLong => {
-                let what = format!("the paragraph starting at line {}", first.max(1));
-                return Err(too_long(path, line_no, &what));
-            }
-            Line::Read => {}
-        }
-        read += (paragraph.len() - start) as u64 + 1;
-        if line_no == 1 && paragraph.starts_with(BOM) {
-            paragraph.drain(..BOM.len());
-        }
-        if paragraph.last() == Some(&b'\r') && paragraph.len() > start {
-            paragraph.pop();
-        }
-        if paragraph[start..].iter().all(u8::is_ascii_whitespace) {
-            paragraph.truncate(start.saturating_sub(1));
-            if !paragraph.is_empty() {
-                emit(&paragraph, read)?;
-                paragraph.clear();
-            }
-            continue;
-        }
-        if start == 0 {
-            first = line_no;
-        }
-    }
-    if !paragraph.is_empty() {
-        emit(&paragraph, read)?;
-    }
-    Ok(())
 }
