@@ -195,6 +195,19 @@ const DOCS: [&str; 6] = [
     "Tokens, tokens, tokens: the quick brown fox again.",
 ];
 
+/// Each document's ids as the tokenizer itself gives them, then the end-of-text id: what
+/// `write --tokenizer T --eod EOT` must store.
+fn expected_with_eot(tokenizer: &Path, docs: &[&str]) -> Vec<Vec<i64>> {
+    let eot = eot_id(tokenizer);
+    docs.iter()
+        .map(|d| {
+            let mut ids = reference_ids(tokenizer, d);
+            ids.push(eot);
+            ids
+        })
+        .collect()
+}
+
 /// Trains a small byte-level BPE (GPT-2 style: no prefix space, `<|endoftext|>` special) on
 /// `DOCS` and saves it as `dir/tokenizer.json`.
 fn train_tokenizer(dir: &Path) -> PathBuf {
@@ -294,14 +307,7 @@ fn a_tokenizer_and_an_eod_token_give_tokenizers_own_ids() {
         "--quiet",
     ]);
     let eot = eot_id(&tokenizer);
-    let expected: Vec<Vec<i64>> = DOCS
-        .iter()
-        .map(|d| {
-            let mut ids = reference_ids(&tokenizer, d);
-            ids.push(eot);
-            ids
-        })
-        .collect();
+    let expected = expected_with_eot(&tokenizer, &DOCS);
     let tokens: usize = expected.iter().map(Vec::len).sum();
     assert_eq!(
         said,
@@ -718,14 +724,6 @@ fn parquet_and_zstd_json_lines_by_glob_are_read_in_sorted_order() {
         p(&prefix),
         "--quiet",
     ]);
-    let eot = eot_id(&tokenizer);
-    let expected: Vec<Vec<i64>> = DOCS
-        .iter()
-        .map(|d| {
-            let mut ids = reference_ids(&tokenizer, d);
-            ids.push(eot);
-            ids
-        })
-        .collect();
+    let expected = expected_with_eot(&tokenizer, &DOCS);
     assert_eq!(sequences(&prefix), expected);
 }
