@@ -727,3 +727,78 @@ fn parquet_and_zstd_json_lines_by_glob_are_read_in_sorted_order() {
     let expected = expected_with_eot(&tokenizer, &DOCS);
     assert_eq!(sequences(&prefix), expected);
 }
+
+#[test]
+fn the_engines_write_the_same_shards_and_say_which_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = train_tokenizer(dir.path());
+    let input = dir.path().join("docs.jsonl");
+    let docs: Vec<String> = (0..200)
+        .map(|i| {
+            format!(
+                "{}  naïve café 42 {}\n",
+                DOCS[i % DOCS.len()],
+                "x".repeat(i % 7)
+            )
+        })
+        .collect();
+    let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+    write_jsonl(&input, &refs);
+    let write = |tokenizer: &Path, engine: &str, name: &str| {
+        let prefix = dir.path().join(name);
+        let out = run(&[
+            "write",
+            "--input",
+            p(&input),
+            "--tokenizer",
+            p(tokenizer),
+            "--eod",
+            EOT,
+            "--engine",
+            engine,
+            "--output",
+            p(&prefix),
+        ]);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(out.status.success(), "--engine {engine}: {stderr}");
+        (std::fs::read(prefix.with_extension("bin")).unwrap(), stderr)
+    };
+    let (fast, said) = write(&tokenizer, "fast", "fast");
+    assert!(said.contains("(engine fast)"), "{said}");
+    let (hf, said) = write(&tokenizer, "hf", "hf");
+    assert!(said.contains("(engine hf)"), "{said}");
+    let (auto, said) = write(&tokenizer, "auto", "auto");
+    assert!(said.contains("(engine fast)"), "{said}");
+    assert!(fast == hf && auto == hf, "the engines' shards differ");
+    assert_eq!(
+        sequences(&dir.path().join("fast")),
+        expected_with_eot(&tokenizer, &refs)
+    );
+
+    // A normalizer is beyond the fast engine: auto says so and encodes with tokenizers, fast
+    // refuses, naming the file and the reason.
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tokenizer).unwrap()).unwrap();
+    json["normalizer"] = serde_json::json!({"type": "NFC"});
+    let nfc = dir.path().join("nfc.json");
+    std::fs::write(&nfc, json.to_string()).unwrap();
+    let (_, said) = write(&nfc, "auto", "nfc");
+    assert!(said.contains("(engine hf)"), "{said}");
+    assert!(said.contains("normalizer (NFC)"), "{said}");
+    let err = fails(&[
+        "write",
+        "--input",
+        p(&input),
+        "--tokenizer",
+        p(&nfc),
+        "--engine",
+        "fast",
+        "--output",
+        p(&dir.path().join("refused")),
+    ]);
+    assert!(
+        err.contains(p(&nfc)) && err.contains("normalizer (NFC)"),
+        "{err}"
+    );
+    assert!(!dir.path().join("refused.bin").exists());
+}

@@ -477,12 +477,12 @@ fn an_error_mid_stream_leaves_no_shard() {
     let encoder = Encoder::from_file(tokenizer_json()).unwrap();
     let eod = encoder.id_of(EOT).unwrap();
     let texts = corpus(60, 3);
-    let failing = || {
-        documents(&texts).enumerate().map(|(i, d)| {
-            if i == 45 {
+    let failing = |at: usize| {
+        documents(&texts).enumerate().map(move |(i, d)| {
+            if i == at {
                 Err(Error::Input {
                     path: PathBuf::from("in.jsonl"),
-                    line: 46,
+                    line: at as u64 + 1,
                     reason: "not valid JSON".into(),
                 })
             } else {
@@ -490,7 +490,21 @@ fn an_error_mid_stream_leaves_no_shard() {
             }
         })
     };
-    for threads in [1, 4] {
+    // The error first, mid-batch, on a batch boundary (windows of 1 and 5 documents make
+    // batches of 1; the default one batch of all 60), last.
+    for (threads, window, at) in [
+        (1, 5, 45),
+        (4, 5, 45),
+        (1, 5, 0),
+        (4, 1, 0),
+        (2, 1, 30),
+        (2, 8, 2),
+        (2, 8, 4),
+        (4, IngestConfig::default_window(4), 0),
+        (4, IngestConfig::default_window(4), 45),
+        (1, IngestConfig::default_window(1), 59),
+    ] {
+        let line = format!("in.jsonl line {}", at + 1);
         let dir = tempfile::tempdir().unwrap();
         // One shard: an existing pair stays as it was.
         let prefix = dir.path().join("web");
@@ -502,14 +516,13 @@ fn an_error_mid_stream_leaves_no_shard() {
         )
         .unwrap();
         let before = pair(&prefix);
-        let e = ingest(
-            failing(),
-            &encoder,
-            &config(prefix.clone(), eod, threads),
-            |_| {},
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("in.jsonl line 46"), "{e}");
+        let mut cfg = config(prefix.clone(), eod, threads);
+        cfg.window = window;
+        let e = ingest(failing(at), &encoder, &cfg, |_| {}).unwrap_err();
+        assert!(
+            e.to_string().contains(&line),
+            "{threads} threads, window {window}: {e}"
+        );
         assert_eq!(pair(&prefix), before);
         assert_eq!(files_in(dir.path()), ["web.bin", "web.idx"]);
 
@@ -517,9 +530,13 @@ fn an_error_mid_stream_leaves_no_shard() {
         let split = dir.path().join("split");
         std::fs::create_dir(&split).unwrap();
         let mut cfg = config(split.join("web"), eod, threads);
+        cfg.window = window;
         cfg.max_tokens_per_shard = Some(200);
-        let e = ingest(failing(), &encoder, &cfg, |_| {}).unwrap_err();
-        assert!(e.to_string().contains("line 46"), "{e}");
+        let e = ingest(failing(at), &encoder, &cfg, |_| {}).unwrap_err();
+        assert!(
+            e.to_string().contains(&line),
+            "{threads} threads, window {window}: {e}"
+        );
         assert_eq!(files_in(&split), Vec::<String>::new());
     }
 }

@@ -7,11 +7,46 @@
 //! templates, nothing for GPT-2-style byte-level BPE), and special tokens written in the text
 //! are matched as the added vocabulary says. Truncation and padding stored in the file are
 //! turned off, as `transformers` does for a plain call: a document is never cut.
+//!
+//! Two engines give those ids ([`Engine`]): `tokenizers` itself, and for byte-level BPE
+//! tokenizers (GPT-2, Llama 3, Qwen and most current ones) the [`fast_bpe`](super::fast_bpe)
+//! engine compiled from the same file, several times faster and proven identical by
+//! `tests/fast_bpe.rs`. [`Engine::Auto`] takes the fast one where it reproduces the tokenizer
+//! exactly and says why not otherwise ([`Encoder::fallback_reason`]).
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
+use super::fast_bpe::{FastBpe, FastSession};
 use crate::Dtype;
 use crate::error::{Error, Result};
+
+/// Which engine encodes with a tokenizer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// Hugging Face `tokenizers`.
+    Hf,
+    /// The fast byte-level BPE engine; an error for a tokenizer it does not reproduce.
+    Fast,
+    /// The fast engine where it reproduces the tokenizer exactly, else `tokenizers`.
+    #[default]
+    Auto,
+}
+
+impl FromStr for Engine {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "hf" => Ok(Engine::Hf),
+            "fast" => Ok(Engine::Fast),
+            "auto" => Ok(Engine::Auto),
+            other => Err(Error::Config(format!(
+                "engine {other:?}: expected hf, fast or auto"
+            ))),
+        }
+    }
+}
 
 /// The byte-level end-of-document id (after ids 0-255, one per byte).
 pub const BYTE_LEVEL_EOD: u32 = 256;
@@ -35,6 +70,11 @@ enum Kind {
     Tokenizer {
         tokenizer: Box<tokenizers::Tokenizer>,
         path: PathBuf,
+        /// The fast engine, when it encodes.
+        fast: Option<Box<FastBpe>>,
+        /// Why the fast engine does not encode (`tokenizers` chosen, or the fast engine
+        /// cannot reproduce this tokenizer).
+        not_fast: Option<String>,
     },
 }
 
@@ -48,7 +88,8 @@ impl Encoder {
         }
     }
 
-    /// Loads a Hugging Face `tokenizer.json`.
+    /// Loads a Hugging Face `tokenizer.json`, to encode with the fast engine where it
+    /// reproduces the tokenizer ([`Engine::Auto`]; see [`Encoder::with_engine`]).
     ///
     /// # Errors
     ///
@@ -79,13 +120,80 @@ impl Encoder {
         })?;
         tokenizer.with_padding(None);
         let vocab_size = tokenizer.get_vocab_size(true);
-        Ok(Encoder {
+        Encoder {
             kind: Kind::Tokenizer {
                 tokenizer: Box::new(tokenizer),
                 path: path.to_path_buf(),
+                fast: None,
+                not_fast: None,
             },
             vocab_size,
-        })
+        }
+        .with_engine(Engine::Auto)
+    }
+
+    /// Chooses the engine a tokenizer encodes with (the byte-level encoder has none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the tokenizer and the reason for [`Engine::Fast`] with a
+    /// tokenizer the fast engine does not reproduce exactly.
+    pub fn with_engine(mut self, engine: Engine) -> Result<Self> {
+        if let Kind::Tokenizer {
+            tokenizer,
+            path,
+            fast,
+            not_fast,
+        } = &mut self.kind
+        {
+            let compiled = match engine {
+                Engine::Hf => Err("the hf engine was asked for".to_owned()),
+                Engine::Fast | Engine::Auto => FastBpe::new(tokenizer),
+            };
+            match compiled {
+                Ok(bpe) => (*fast, *not_fast) = (Some(Box::new(bpe)), None),
+                Err(reason) if engine == Engine::Fast => {
+                    return Err(Error::Config(format!(
+                        "tokenizer {}: the fast engine cannot reproduce it exactly: {reason} \
+                         (use --engine hf or auto)",
+                        path.display()
+                    )));
+                }
+                Err(reason) => (*fast, *not_fast) = (None, Some(reason)),
+            }
+        }
+        Ok(self)
+    }
+
+    /// The engine that encodes: `byte-level`, `hf` or `fast`.
+    pub fn engine(&self) -> &'static str {
+        match &self.kind {
+            Kind::ByteLevel => "byte-level",
+            Kind::Tokenizer { fast: Some(_), .. } => "fast",
+            Kind::Tokenizer { fast: None, .. } => "hf",
+        }
+    }
+
+    /// Why a tokenizer encodes through `tokenizers` rather than the fast engine.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Tokenizer { not_fast, .. } => not_fast.as_deref(),
+            Kind::ByteLevel => None,
+        }
+    }
+
+    /// An encoding session: one per thread, it keeps the fast engine's word cache.
+    pub fn session(&self) -> EncodeSession<'_> {
+        let fast = match &self.kind {
+            Kind::Tokenizer {
+                fast: Some(bpe), ..
+            } => Some(bpe.session()),
+            _ => None,
+        };
+        EncodeSession {
+            encoder: self,
+            fast,
+        }
     }
 
     /// How many ids the vocabulary holds, added tokens included (byte-level: 257).
@@ -126,14 +234,14 @@ impl Encoder {
                 "token {token_or_id:?}: the byte-level encoder has no named tokens; give an id \
                  (0-255 for a byte, {BYTE_LEVEL_EOD} for the end of a document)"
             ))),
-            Kind::Tokenizer { tokenizer, path } => {
-                tokenizer.token_to_id(token_or_id).ok_or_else(|| {
-                    Error::Config(format!(
-                        "token {token_or_id:?} is not in the vocabulary of tokenizer {}",
-                        path.display()
-                    ))
-                })
-            }
+            Kind::Tokenizer {
+                tokenizer, path, ..
+            } => tokenizer.token_to_id(token_or_id).ok_or_else(|| {
+                Error::Config(format!(
+                    "token {token_or_id:?} is not in the vocabulary of tokenizer {}",
+                    path.display()
+                ))
+            }),
         }
     }
 
@@ -142,32 +250,9 @@ impl Encoder {
     /// # Errors
     ///
     /// [`Error::Config`] naming the tokenizer and its reason when it cannot encode the text.
+    /// For many texts, [`Encoder::session`] keeps a cache between them.
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
-        self.try_encode(text, out)
-            .map_err(|reason| match &self.kind {
-                Kind::ByteLevel => Error::Config(reason),
-                Kind::Tokenizer { path, .. } => {
-                    Error::Config(format!("tokenizer {}: {reason}", path.display()))
-                }
-            })
-    }
-
-    /// [`Encoder::encode`], its error as a bare reason (the pipeline names the document).
-    pub(crate) fn try_encode(&self, text: &str, out: &mut Vec<u32>) -> Result<(), String> {
-        match &self.kind {
-            Kind::ByteLevel => {
-                out.extend(text.bytes().map(u32::from));
-                Ok(())
-            }
-            Kind::Tokenizer { tokenizer, .. } => {
-                // `encode_fast` skips the offsets; the ids are `encode`'s.
-                let encoding = tokenizer
-                    .encode_fast(text, true)
-                    .map_err(|e| format!("cannot encode: {e}"))?;
-                out.extend_from_slice(encoding.get_ids());
-                Ok(())
-            }
-        }
+        self.session().encode(text, out)
     }
 
     /// The text of `ids`. Byte-level: the bytes as UTF-8 (invalid sequences replaced), the
@@ -190,7 +275,9 @@ impl Encoder {
                 let bytes: Vec<u8> = ids.iter().filter_map(|&id| u8::try_from(id).ok()).collect();
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
-            Kind::Tokenizer { tokenizer, path } => tokenizer.decode(ids, false).map_err(|e| {
+            Kind::Tokenizer {
+                tokenizer, path, ..
+            } => tokenizer.decode(ids, false).map_err(|e| {
                 Error::Config(format!("tokenizer {}: cannot decode: {e}", path.display()))
             }),
         }
@@ -203,6 +290,52 @@ impl Encoder {
             Dtype::U16
         } else {
             Dtype::I32
+        }
+    }
+}
+
+/// One thread's encoder: [`Encoder::encode`] with the fast engine's word cache kept between
+/// texts.
+pub struct EncodeSession<'a> {
+    encoder: &'a Encoder,
+    fast: Option<FastSession<'a>>,
+}
+
+impl EncodeSession<'_> {
+    /// Appends the ids of `text` to `out`, as [`Encoder::encode`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the tokenizer and its reason when it cannot encode the text.
+    pub fn encode(&mut self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        self.try_encode(text, out)
+            .map_err(|reason| match &self.encoder.kind {
+                Kind::ByteLevel => Error::Config(reason),
+                Kind::Tokenizer { path, .. } => {
+                    Error::Config(format!("tokenizer {}: {reason}", path.display()))
+                }
+            })
+    }
+
+    /// [`EncodeSession::encode`], its error as a bare reason (the pipeline names the document).
+    pub(crate) fn try_encode(&mut self, text: &str, out: &mut Vec<u32>) -> Result<(), String> {
+        if let Some(fast) = &mut self.fast {
+            fast.encode(text, out);
+            return Ok(());
+        }
+        match &self.encoder.kind {
+            Kind::ByteLevel => {
+                out.extend(text.bytes().map(u32::from));
+                Ok(())
+            }
+            Kind::Tokenizer { tokenizer, .. } => {
+                // `encode_fast` skips the offsets; the ids are `encode`'s.
+                let encoding = tokenizer
+                    .encode_fast(text, true)
+                    .map_err(|e| format!("cannot encode: {e}"))?;
+                out.extend_from_slice(encoding.get_ids());
+                Ok(())
+            }
         }
     }
 }

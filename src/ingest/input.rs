@@ -27,6 +27,7 @@ use parquet::column::reader::{ColumnReader, ColumnReaderImpl};
 use parquet::data_type::{ByteArray, ByteArrayType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
+use super::json_field::{self, Field, FieldPath};
 use super::{BadKind, Document, Location};
 use crate::{Error, Result};
 
@@ -355,6 +356,8 @@ type Record = std::result::Result<Document, Bad>;
 pub struct Documents {
     paths: std::vec::IntoIter<PathBuf>,
     field: String,
+    /// `field`, split for JSON lines.
+    json_field: FieldPath,
     format: InputFormat,
     skip_bad: bool,
     current: Option<Source>,
@@ -386,6 +389,7 @@ impl Documents {
         Ok(Documents {
             paths: paths.into_iter(),
             field: config.field.clone(),
+            json_field: FieldPath::new(&config.field),
             format: config.format,
             skip_bad: config.skip_bad,
             current: None,
@@ -443,7 +447,7 @@ impl Iterator for Documents {
                 }
             };
             let got = match source {
-                Source::Lines(lines) if lines.jsonl => lines.next_json(&self.field),
+                Source::Lines(lines) if lines.jsonl => lines.next_json(&self.json_field),
                 Source::Lines(lines) => lines.next_paragraph(),
                 Source::Parquet(table) => table.next_row(&self.field),
             };
@@ -685,7 +689,7 @@ impl Lines {
 
     /// The next JSON line's document; blank lines are skipped, and so is a UTF-8 byte order
     /// mark at the start of the input.
-    fn next_json(&mut self, field: &str) -> Result<Option<Record>> {
+    fn next_json(&mut self, field: &FieldPath) -> Result<Option<Record>> {
         loop {
             self.buf.clear();
             self.line += 1;
@@ -789,7 +793,8 @@ impl Lines {
 }
 
 /// The document in `field` of the JSON object `line` (at `at`).
-fn json_document(line: &[u8], field: &str, at: Location) -> Result<Record> {
+fn json_document(line: &[u8], path: &FieldPath, at: Location) -> Result<Record> {
+    let field = path.name();
     let bad = |kind, reason: String| {
         Ok(Err(Bad {
             kind,
@@ -804,8 +809,8 @@ fn json_document(line: &[u8], field: &str, at: Location) -> Result<Record> {
             return bad(BadKind::InvalidUtf8, reason);
         }
     };
-    let mut value: serde_json::Value = match serde_json::from_str(line) {
-        Ok(value) => value,
+    let found = match json_field::extract(line, path) {
+        Ok(found) => found,
         Err(e) if line.as_bytes().starts_with(BOM) => {
             let reason = format!(
                 "not valid JSON: it starts with a UTF-8 byte order mark, which only the first \
@@ -815,18 +820,20 @@ fn json_document(line: &[u8], field: &str, at: Location) -> Result<Record> {
         }
         Err(e) => return bad(BadKind::MalformedJson, format!("not valid JSON: {e}")),
     };
-    if !value.is_object() {
-        let reason = format!("not a JSON object but {}", json_kind(&value));
-        return bad(BadKind::MalformedJson, reason);
-    }
-    let text = match lookup(&mut value, field) {
-        None | Some(serde_json::Value::Null) => {
+    let text = match found {
+        Field::Text(text) => text,
+        Field::NotObject(kind) => {
+            return bad(
+                BadKind::MalformedJson,
+                format!("not a JSON object but {kind}"),
+            );
+        }
+        Field::Missing => {
             let reason = format!("no field \"{field}\" (use --field to pick another)");
             return bad(BadKind::MissingField, reason);
         }
-        Some(serde_json::Value::String(text)) => std::mem::take(text),
-        Some(other) => {
-            let reason = format!("field \"{field}\" is not a string but {}", json_kind(other));
+        Field::Other(kind) => {
+            let reason = format!("field \"{field}\" is not a string but {kind}");
             return bad(BadKind::NotAString, reason);
         }
     };
@@ -851,29 +858,6 @@ fn empty_reason(what: &str, text: &str) -> String {
         format!("{what} is empty")
     } else {
         format!("{what} holds only whitespace")
-    }
-}
-
-/// `field` of `value`: the key itself when the object has it, else the dotted path through
-/// nested objects.
-fn lookup<'a>(value: &'a mut serde_json::Value, field: &str) -> Option<&'a mut serde_json::Value> {
-    if value.get(field).is_some() {
-        return value.get_mut(field);
-    }
-    field
-        .split('.')
-        .try_fold(value, |v, key| v.as_object_mut()?.get_mut(key))
-}
-
-/// What a JSON value is, for messages: "a number", "an array", ...
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
     }
 }
 

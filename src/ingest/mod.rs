@@ -8,7 +8,9 @@
 //! writes them in input order, so the shards are byte-identical for any thread count.
 
 pub mod encode;
+mod fast_bpe;
 pub mod input;
+mod json_field;
 pub mod pipeline;
 
 use std::path::PathBuf;

@@ -1,25 +1,29 @@
 //! Ordered parallel encoding into one shard or a numbered series of shards.
 //!
 //! ```text
-//! reader thread ──(seq, document)──▶ workers (encode) ──(seq, ids)──▶ writer (this thread)
-//!       ▲                                                              │ in seq order
-//!       └──────────────── one credit back per document written ───────┘
+//! reader thread ──(seq, documents)──▶ workers (encode) ──(seq, ids)──▶ writer (this thread)
+//!       ▲                                                                │ in seq order
+//!       └──────────────── one credit back per batch written ────────────┘
 //! ```
 //!
-//! The reader takes a credit before it reads each document; the writer gives one back after
-//! it writes one. So at most `window` documents are read and not yet written (their text or
-//! their ids in memory, in channels or in the writer's reorder buffer), whatever the input
-//! size: memory is bounded by `window` times the largest document. The writer writes in input
-//! order, so the shards are byte-identical for any thread count, and the error it reports is
-//! the first one in input order.
+//! Documents travel in numbered batches (at most 64 documents and about 1 MiB of text: one
+//! message per document would cost more than the fast engine takes to encode a short one).
+//! The reader takes a credit before it reads each batch; the writer gives one back after it
+//! writes one. Credits times documents per batch is at most `window`, so at most `window`
+//! documents are read and not yet written (their text or their ids in memory, in channels or
+//! in the writer's reorder buffer), whatever the input size: memory is bounded by `window`
+//! times the largest document, and by the number of batches in flight times 1 MiB plus one
+//! document (with the defaults, 8 batches on 2 threads: about 16 MiB of text and ids). The
+//! writer writes in input order, so the shards are byte-identical for any thread count, and
+//! the error it reports is the first one in input order.
 //!
 //! Each document becomes one sequence and one document of the `.idx`: `[bos] + ids + [eod]`,
 //! as Megatron-LM's `preprocess_data.py --append-eod` writes it (without sentence splitting).
 //! A document whose text encodes to no id is written as Megatron writes it: an empty
 //! document (no sequence, no bos or eod).
 //!
-//! Each worker encodes one document at a time (`Tokenizer::encode_fast`, which never uses
-//! the `tokenizers` rayon pool), so `threads` is the whole parallelism.
+//! Each worker encodes one document at a time (with `tokenizers`, `Tokenizer::encode_fast`,
+//! which never uses its rayon pool), so `threads` is the whole parallelism.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -29,7 +33,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::encode::Encoder;
+use super::encode::{EncodeSession, Encoder};
 use super::{Document, Location};
 use crate::error::{Error, Result};
 use crate::shard::{ShardSummary, shard_prefixes};
@@ -38,6 +42,14 @@ use crate::{Dtype, IndexedWriter};
 /// The most shards a split output may have: five digits keep `PREFIX_NNNNN` sorting by name
 /// in number order, which is how a directory of shards is read.
 pub const MAX_SHARDS: usize = 100_000;
+
+/// A batch of documents (what one channel message carries) holds about this much text at
+/// most, besides the document that crosses it.
+const BATCH_BYTES: usize = 256 << 10;
+
+/// A batch holds at most this many documents: per-document messages would cost more than
+/// encoding short documents with the fast engine.
+const BATCH_DOCS: usize = 1024;
 
 /// How often the progress callback is called at most.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
@@ -65,7 +77,7 @@ pub struct IngestConfig {
 
 impl IngestConfig {
     /// One shard at `output`, no bos or eod, the encoder's dtype, one thread per available
-    /// core and a window of 64 documents per thread.
+    /// core and a window of 16 384 documents per thread.
     pub fn new(output: impl Into<PathBuf>) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         IngestConfig {
@@ -79,9 +91,9 @@ impl IngestConfig {
         }
     }
 
-    /// The default window for `threads` threads: 64 documents each.
+    /// The default window for `threads` threads: 16 384 documents each (up to 16 batches).
     pub fn default_window(threads: usize) -> usize {
-        64 * threads.max(1)
+        16384 * threads.max(1)
     }
 
     /// The prefix of shard `k` of a split output: `PREFIX_0000k`.
@@ -89,6 +101,13 @@ impl IngestConfig {
         let mut s = OsString::from(self.output.as_os_str());
         s.push(format!("_{k:05}"));
         PathBuf::from(s)
+    }
+
+    /// Documents per batch and batches in flight: at most `window` documents together, and
+    /// at least two batches per thread where the window allows.
+    fn batching(&self) -> (usize, usize) {
+        let batch_docs = (self.window / (2 * self.threads)).clamp(1, BATCH_DOCS);
+        (batch_docs, (self.window / batch_docs).max(1))
     }
 
     fn check(&self) -> Result<()> {
@@ -160,11 +179,12 @@ pub fn ingest(
     let start = Instant::now();
     let mut out = Output::create(config, config.dtype.unwrap_or(encoder.default_dtype()))?;
     let stop = AtomicBool::new(false);
-    let (work_tx, work_rx) = sync_channel::<(u64, Document)>(config.window);
+    let (batch_docs, credits) = config.batching();
+    let (work_tx, work_rx) = sync_channel::<Batch>(credits);
     let work_rx = Arc::new(Mutex::new(work_rx));
-    let (done_tx, done_rx) = channel::<(u64, Result<Vec<u32>>)>();
-    let (credit_tx, credit_rx) = sync_channel::<()>(config.window);
-    for _ in 0..config.window {
+    let (done_tx, done_rx) = channel::<(u64, Encoded)>();
+    let (credit_tx, credit_rx) = sync_channel::<()>(credits);
+    for _ in 0..credits {
         credit_tx
             .send(())
             .expect("the credit channel holds a whole window");
@@ -174,7 +194,9 @@ pub fn ingest(
         let reader_done = done_tx.clone();
         std::thread::Builder::new()
             .name("ingest-reader".into())
-            .spawn_scoped(s, move || read(docs, credit_rx, work_tx, reader_done, stop))
+            .spawn_scoped(s, move || {
+                read(docs, batch_docs, credit_rx, work_tx, reader_done, stop)
+            })
             .map_err(|error| Error::Spawn {
                 what: "the ingest reader thread".into(),
                 error,
@@ -216,83 +238,149 @@ pub fn ingest(
     Ok(summary)
 }
 
-/// The reader thread: numbers the documents and hands them to the workers, one credit each.
-/// An input error goes straight to the writer with its number, and ends the reading.
+/// The reader thread: hands the documents to the workers in numbered batches of at most
+/// `batch_docs` documents (and about [`BATCH_BYTES`] of text), one credit each. An input
+/// error ends the reading: the batch before it goes to the workers, the error straight to the
+/// writer as a batch of its own.
 fn read(
-    docs: impl Iterator<Item = Result<Document>>,
+    mut docs: impl Iterator<Item = Result<Document>>,
+    batch_docs: usize,
     credits: Receiver<()>,
-    work: SyncSender<(u64, Document)>,
-    done: Sender<(u64, Result<Vec<u32>>)>,
+    work: SyncSender<Batch>,
+    done: Sender<(u64, Encoded)>,
     stop: &AtomicBool,
 ) {
-    for (seq, doc) in (0u64..).zip(docs) {
+    for seq in 0u64.. {
         if credits.recv().is_err() || stop.load(Ordering::Relaxed) {
             return;
         }
-        match doc {
-            Ok(doc) => {
-                if work.send((seq, doc)).is_err() {
-                    return;
+        let mut batch = Vec::with_capacity(batch_docs);
+        let mut bytes = 0;
+        let mut failed = None;
+        while batch.len() < batch_docs && bytes < BATCH_BYTES {
+            match docs.next() {
+                Some(Ok(doc)) => {
+                    bytes += doc.text.len();
+                    batch.push(doc);
                 }
+                Some(Err(e)) => {
+                    failed = Some(e);
+                    break;
+                }
+                None => break,
             }
-            Err(e) => {
-                let _ = done.send((seq, Err(e)));
+        }
+        let end = failed.is_some() || batch.len() < batch_docs && bytes < BATCH_BYTES;
+        let mut error_seq = seq;
+        if !batch.is_empty() {
+            if work.send((seq, batch)).is_err() {
                 return;
             }
+            error_seq += 1;
+        }
+        if let Some(e) = failed {
+            let _ = done.send((error_seq, Encoded::failed(e)));
+        }
+        if end {
+            return;
         }
     }
 }
 
-/// A worker thread: encodes documents into their whole sequence, `[bos] + ids + [eod]`.
+/// A worker thread: encodes batches of documents into their whole sequences,
+/// `[bos] + ids + [eod]` each.
 fn encode(
     encoder: &Encoder,
     config: &IngestConfig,
-    work: Arc<Mutex<Receiver<(u64, Document)>>>,
-    done: Sender<(u64, Result<Vec<u32>>)>,
+    work: Arc<Mutex<Receiver<Batch>>>,
+    done: Sender<(u64, Encoded)>,
     stop: &AtomicBool,
 ) {
+    let mut session = encoder.session();
     loop {
-        // The lock is held only to take one document; a poisoned lock means a sibling
+        // The lock is held only to take one batch; a poisoned lock means a sibling
         // panicked, and the scope re-raises that panic.
         let next = match work.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok((seq, doc)) = next else { return };
+        let Ok((seq, batch)) = next else { return };
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let ids = sequence_of(encoder, config, &doc);
-        if done.send((seq, ids)).is_err() {
+        let mut encoded = Encoded {
+            ids: Vec::with_capacity(batch.iter().map(|d| d.text.len() / 3 + 2).sum()),
+            ends: Vec::with_capacity(batch.len()),
+            error: None,
+        };
+        for doc in &batch {
+            match append_sequence(&mut session, encoder, config, doc, &mut encoded.ids) {
+                Ok(()) => encoded.ends.push(encoded.ids.len()),
+                Err(e) => {
+                    encoded.error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(batch);
+        if done.send((seq, encoded)).is_err() {
             return;
         }
     }
 }
 
-/// The sequence stored for `doc`.
-fn sequence_of(encoder: &Encoder, config: &IngestConfig, doc: &Document) -> Result<Vec<u32>> {
-    let mut ids = Vec::with_capacity(doc.text.len() / 3 + 2);
+/// A numbered batch of documents, as the reader hands them out.
+type Batch = (u64, Vec<Document>);
+
+/// A batch's sequences, end to end in `ids`, each ending at its entry of `ends`; or, after
+/// the sequences before it, the first error of the batch.
+struct Encoded {
+    ids: Vec<u32>,
+    ends: Vec<usize>,
+    error: Option<Error>,
+}
+
+impl Encoded {
+    /// A batch of one error (the input's).
+    fn failed(error: Error) -> Self {
+        Encoded {
+            ids: Vec::new(),
+            ends: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
+/// Appends the sequence stored for `doc` to `ids`.
+fn append_sequence(
+    session: &mut EncodeSession<'_>,
+    encoder: &Encoder,
+    config: &IngestConfig,
+    doc: &Document,
+    ids: &mut Vec<u32>,
+) -> Result<()> {
+    let start = ids.len();
     ids.extend(config.bos);
-    encoder
-        .try_encode(&doc.text, &mut ids)
+    session
+        .try_encode(&doc.text, ids)
         .map_err(|reason| at_document(&doc.at, format!("{}: {reason}", encoder.describe())))?;
-    if ids.len() == usize::from(config.bos.is_some()) {
+    if ids.len() == start + usize::from(config.bos.is_some()) {
         // Megatron appends nothing to a document of no ids.
-        ids.clear();
-        return Ok(ids);
+        ids.truncate(start);
+        return Ok(());
     }
     ids.extend(config.eod);
-    if ids.len() > i32::MAX as usize {
+    let len = ids.len() - start;
+    if len > i32::MAX as usize {
         return Err(at_document(
             &doc.at,
             format!(
-                "the document encodes to {} ids, more than a Megatron sequence's i32 length \
-                 holds; split it",
-                ids.len()
+                "the document encodes to {len} ids, more than a Megatron sequence's i32 length \
+                 holds; split it"
             ),
         ));
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// An error about the document at `at`.
@@ -311,21 +399,28 @@ fn at_document(at: &Location, reason: String) -> Error {
     }
 }
 
-/// The writer loop: sequences in input order, one credit back for each.
+/// The writer loop: batches of sequences in input order, one credit back for each.
 fn write(
     out: &mut Output,
-    done: Receiver<(u64, Result<Vec<u32>>)>,
+    done: Receiver<(u64, Encoded)>,
     credits: SyncSender<()>,
     progress: &mut impl FnMut(&IngestProgress),
 ) -> Result<()> {
-    let mut pending: BTreeMap<u64, Result<Vec<u32>>> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, Encoded> = BTreeMap::new();
     let mut next = 0u64;
     let mut last_report = Instant::now();
     // Ends when every sender is gone: the reader has read all and the workers are done.
-    for (seq, ids) in done.iter() {
-        pending.insert(seq, ids);
-        while let Some(ids) = pending.remove(&next) {
-            out.add(&ids?)?;
+    for (seq, encoded) in done.iter() {
+        pending.insert(seq, encoded);
+        while let Some(encoded) = pending.remove(&next) {
+            let mut start = 0;
+            for &end in &encoded.ends {
+                out.add(&encoded.ids[start..end])?;
+                start = end;
+            }
+            if let Some(e) = encoded.error {
+                return Err(e);
+            }
             next += 1;
             // The reader may have ended (all read): a credit nobody takes is fine.
             let _ = credits.try_send(());
@@ -339,10 +434,9 @@ fn write(
         }
     }
     match pending.into_iter().next() {
-        // A worker that panicked took its document with it; the scope re-raises the panic.
+        // A worker that panicked took its batch with it; the scope re-raises the panic.
         Some((seq, _)) => Err(Error::CheckFailed(format!(
-            "ingest: document {next} never came back from the encoding threads (document \
-             {seq} did)"
+            "ingest: batch {next} never came back from the encoding threads (batch {seq} did)"
         ))),
         None => Ok(()),
     }

@@ -152,6 +152,23 @@ impl Dtype {
     pub(crate) fn write_le(self, token: i64, out: &mut Vec<u8>) {
         out.extend_from_slice(&token.to_le_bytes()[..self.size()]);
     }
+
+    /// [`Dtype::write_le`] for each of `tokens`, one width chosen for the whole slice.
+    pub(crate) fn extend_le<T: Copy + Into<i64>>(self, tokens: &[T], out: &mut Vec<u8>) {
+        fn put<T: Copy + Into<i64>, const N: usize>(tokens: &[T], out: &mut Vec<u8>) {
+            let start = out.len();
+            out.resize(start + tokens.len() * N, 0);
+            for (bytes, &t) in out[start..].chunks_exact_mut(N).zip(tokens) {
+                bytes.copy_from_slice(&t.into().to_le_bytes()[..N]);
+            }
+        }
+        match self.size() {
+            1 => put::<T, 1>(tokens, out),
+            2 => put::<T, 2>(tokens, out),
+            4 => put::<T, 4>(tokens, out),
+            _ => put::<T, 8>(tokens, out),
+        }
+    }
 }
 
 impl std::fmt::Display for Dtype {

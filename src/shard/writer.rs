@@ -168,9 +168,7 @@ impl IndexedWriter {
             })?;
         }
         self.scratch.clear();
-        for &t in tokens {
-            self.dtype.write_le(t.into(), &mut self.scratch);
-        }
+        self.dtype.extend_le(tokens, &mut self.scratch);
         self.bin.write_all(&self.scratch)?;
         self.lengths.push(length);
         self.tokens += tokens.len() as u64;
