@@ -8,6 +8,12 @@ mod common;
 #[path = "../examples/burn_train/model.rs"]
 mod model;
 
+// The example's data module; its built-in mixture is not used here.
+#[cfg(feature = "ingest")]
+#[allow(dead_code)]
+#[path = "../examples/burn_train/data.rs"]
+mod data;
+
 use std::path::Path;
 
 use burn::data::dataloader::DataLoader;
@@ -663,7 +669,18 @@ fn train(
     metrics: &mut Aggregator,
     stop: usize,
 ) -> Run {
-    let mut model = model::NextToken::new(128, 32, device);
+    train_vocab(loader, device, metrics, stop, 128)
+}
+
+/// [`train`] with a model over `vocab` ids.
+fn train_vocab(
+    loader: &BurnLoader<BurnBatch>,
+    device: &Device,
+    metrics: &mut Aggregator,
+    stop: usize,
+    vocab: usize,
+) -> Run {
+    let mut model = model::NextToken::new(vocab, 32, device);
     let mut optim = AdamConfig::new().init();
     let mut run = Run {
         losses: Vec::new(),
@@ -714,6 +731,78 @@ fn a_short_training_run_on_flex_lowers_the_loss() {
         .map(|d| report.number(d, "loss_samples").unwrap_or(0.0))
         .sum();
     assert_eq!(samples, 320.0);
+}
+
+/// The Burn example's `--data DIR`: shards written from text by the ingest pipeline (split into
+/// numbered pairs), read as one dataset with the vocabulary found in them, train.
+#[cfg(feature = "ingest")]
+#[test]
+fn the_example_trains_on_shards_written_from_text() {
+    use shardflow::ingest::encode::{BYTE_LEVEL_EOD, Encoder};
+    use shardflow::ingest::pipeline::{IngestConfig, ingest};
+    use shardflow::ingest::{Document, Location};
+
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = (0..400)
+        .map(|i| {
+            format!(
+                "the {} fox jumps over the {} dog.",
+                ["quick", "lazy"][i % 2],
+                i % 7
+            )
+        })
+        .collect();
+    let docs = texts.into_iter().enumerate().map(|(i, text)| {
+        Ok(Document {
+            text,
+            at: Location::Line {
+                path: "docs.txt".into(),
+                line: i as u64 + 1,
+            },
+        })
+    });
+    let config = IngestConfig {
+        eod: Some(BYTE_LEVEL_EOD),
+        max_tokens_per_shard: Some(4000),
+        ..IngestConfig::new(dir.path().join("web"))
+    };
+    let summary = ingest(docs, &Encoder::byte_level(), &config, |_| {}).unwrap();
+    assert!(summary.shards.len() > 1, "a split output");
+
+    let data = data::from_dir(dir.path(), None).unwrap();
+    assert_eq!(data.vocab, BYTE_LEVEL_EOD as usize + 1);
+    let err = data::from_dir(dir.path(), Some(200))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("id 256") && err.contains("--vocab"), "{err}");
+    assert_eq!(
+        data::from_dir(dir.path(), Some(50_000)).unwrap().vocab,
+        50_000
+    );
+
+    let mut config = LoaderConfig::new(data.datasets)
+        .with_batch_size(8)
+        .with_seed(3)
+        .with_workers(1)
+        .with_collate(CollateConfig {
+            seq_len: 32,
+            padding: Padding::Fixed,
+            ..Default::default()
+        });
+    config.order.limit = StreamLimit::Samples(8 * 30);
+    let device = Device::flex().autodiff();
+    device.seed(2);
+    let loader = BurnLoader::new(config, 0, 1, &device, |b| b).unwrap();
+    let mut metrics = Aggregator::new(MetricsConfig::default());
+    let run = train_vocab(&loader, &device, &mut metrics, usize::MAX, data.vocab);
+    assert_eq!(run.losses.len(), 30);
+    let mean = |l: &[f32]| l.iter().sum::<f32>() / l.len() as f32;
+    let (first, last) = (mean(&run.losses[..5]), mean(&run.losses[25..]));
+    assert!(
+        last < 0.85 * first,
+        "the loss fell from {first} to {last} only"
+    );
 }
 
 #[test]

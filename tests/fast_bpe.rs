@@ -19,6 +19,8 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer, TokenizerBuilder};
 
 const EOT: &str = "<|endoftext|>";
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const O200K_PATTERN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Fragments that exercise every branch of the split patterns, the added tokens and the
@@ -111,6 +113,9 @@ const FRAGMENTS: &[&str] = &[
     "ab",
     "abc",
     "bcbc",
+    "quickbrown",
+    " quickbrown",
+    "<sn>",
 ];
 
 /// Training text: the fragments in many combinations, so merges exist across all of them.
@@ -185,6 +190,45 @@ fn shape(name: &str) -> Tokenizer {
                 ],
             });
             json["model"]["ignore_merges"] = json!(true);
+            // Whole words merges never build, which `ignore_merges` takes as they are.
+            let next_id = json["model"]["vocab"].as_object().unwrap().len() as u64;
+            json["model"]["vocab"]["quickbrown"] = json!(next_id);
+            json["model"]["vocab"]["Ġquickbrown"] = json!(next_id + 1);
+        }
+        "split-then-gpt2" => {
+            // A Split before ByteLevel's own regex, with a prefix space added to each piece.
+            json["pre_tokenizer"] = json!({
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": r"\S+|\s+"},
+                     "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                     "use_regex": true},
+                ],
+            });
+            json["normalizer"] = json!({"type": "Sequence", "normalizers": []});
+            json["post_processor"] = json!({
+                "type": "RobertaProcessing", "sep": [EOT, 0], "cls": ["<|endo", 1],
+                "trim_offsets": true, "add_prefix_space": true,
+            });
+        }
+        "qwen2" | "o200k" => {
+            let pattern = if name == "qwen2" {
+                QWEN2_PATTERN
+            } else {
+                O200K_PATTERN
+            };
+            json["pre_tokenizer"] = json!({
+                "type": "Sequence",
+                "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": pattern},
+                     "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                     "use_regex": false},
+                ],
+            });
+            json["post_processor"] =
+                json!({"type": "BertProcessing", "sep": ["|>", 2], "cls": ["<|", 3]});
         }
         "prefix-space" => {
             json["pre_tokenizer"]["add_prefix_space"] = json!(true);
@@ -227,10 +271,13 @@ fn shape(name: &str) -> Tokenizer {
         }
         "prefix-space" => {
             // A non-special token matched on "normalized" text, one on the raw text that
-            // overlaps the special one, and a template with a token after the sequence.
+            // overlaps the special one, a special one matched on "normalized" text, one the
+            // model's vocabulary has, and a template with a token after the sequence.
             tokenizer.add_tokens(&[AddedToken::from("the quick", false)]);
             tokenizer.add_tokens(&[AddedToken::from("<|endo", false).normalized(false)]);
             tokenizer.add_special_tokens(&[AddedToken::from("<pad>", true)]);
+            tokenizer.add_special_tokens(&[AddedToken::from("<sn>", true).normalized(true)]);
+            tokenizer.add_tokens(&[AddedToken::from("fox", false)]);
             let eot = tokenizer.token_to_id(EOT).unwrap();
             tokenizer.with_post_processor(Some(
                 TemplateProcessing::builder()
@@ -246,7 +293,15 @@ fn shape(name: &str) -> Tokenizer {
     tokenizer
 }
 
-const SHAPES: [&str; 4] = ["gpt2", "llama3", "prefix-space", "duplicate-merges"];
+const SHAPES: [&str; 7] = [
+    "gpt2",
+    "llama3",
+    "prefix-space",
+    "duplicate-merges",
+    "split-then-gpt2",
+    "qwen2",
+    "o200k",
+];
 
 /// The reference tokenizer and both engines for each shape, built once.
 fn engines() -> &'static Vec<(&'static str, Tokenizer, Encoder)> {
@@ -434,4 +489,184 @@ fn what_the_fast_engine_does_not_reproduce_falls_back() {
             .to_string()
             .contains("turbo")
     );
+}
+
+/// A tokenizer splitting with `pattern` (`Split`, then `ByteLevel` without its regex).
+fn split_shape(pattern: &str) -> Tokenizer {
+    let mut json = gpt2().clone();
+    json["pre_tokenizer"] = json!({
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
+             "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+             "use_regex": false},
+        ],
+    });
+    tokenizer_of(&json)
+}
+
+/// The ids of `texts` from the fast engine and from `tokenizers`, which must agree.
+fn assert_same_ids(tokenizer: &Tokenizer, fast: &Encoder, texts: &[String], what: &str) {
+    let mut session = fast.session();
+    for text in texts {
+        let expected = tokenizer
+            .encode_fast(text.as_str(), true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let mut got = Vec::new();
+        session.encode(text, &mut got).unwrap();
+        assert_eq!(got, expected, "{what}: {text:?}");
+    }
+}
+
+/// Every character class of the split patterns, over every Unicode scalar value: where the
+/// two regex engines put a character in different classes the pieces differ, and so do the
+/// ids. (Their Unicode versions must agree for this to pass.)
+#[test]
+fn every_code_point_is_classed_as_oniguruma_classes_it() {
+    let pattern = r"\p{Lu}+|\p{Ll}+|\p{Lt}+|\p{Lm}+|\p{Lo}+|\p{M}+|\p{Nd}+|\p{Nl}+|\p{No}+|\p{P}+|\p{S}+|\p{Zs}+|\p{Cc}+|\p{Cf}+|\p{Co}+|\d+|[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    let tokenizer = split_shape(pattern);
+    let fast = Encoder::from_tokenizer(tokenizer.clone(), Path::new("classes"))
+        .unwrap()
+        .with_engine(Engine::Fast)
+        .unwrap();
+    let chars: Vec<char> = (0..=0x10_FFFF).filter_map(char::from_u32).collect();
+    let texts: Vec<String> = chars.chunks(4096).map(|c| c.iter().collect()).collect();
+    assert_same_ids(&tokenizer, &fast, &texts, "all code points");
+}
+
+/// Patterns whose meaning Oniguruma and the `regex` crate do not share are refused (and
+/// `auto` falls back to `tokenizers`); those they share split identically.
+#[test]
+fn split_patterns_are_taken_only_where_both_engines_agree() {
+    let refused = [
+        r"ab(?i)c|def|\S|\s",
+        r"(?i:ss)|\S|\s",
+        r"(?i:fi)|\S|\s",
+        r"(?i)\p{Lu}|\S|\s",
+        r"(?m).+|\s",
+        r"(?x)[a ]+|\S|\s",
+        r"[[:alpha:]]+|\S|\s",
+        r"\pL+|\S|\s",
+        r"\<x\>|\S|\s",
+        r"\U00000041|\S|\s",
+        r"ab{2}?c|\S|\s",
+        r"[a~~b]|\S|\s",
+        r"\w+|\S|\s",
+        r"a++|\S|\s",
+        r"(?=a)b|\S|\s",
+    ];
+    let texts: Vec<String> = FRAGMENTS
+        .iter()
+        .map(|f| f.to_string())
+        .chain(["DEF def aß ẞ ﬆ ﬁ ﬀ U00000041 <x> ac abbc a~b naïve café\na\nb".to_owned()])
+        .collect();
+    for pattern in refused {
+        let tokenizer = split_shape(pattern);
+        let auto = Encoder::from_tokenizer(tokenizer.clone(), Path::new("p")).unwrap();
+        assert_eq!(auto.engine(), "hf", "{pattern} should be refused");
+        assert!(
+            auto.fallback_reason().unwrap().contains("split pattern"),
+            "{pattern}"
+        );
+    }
+    for pattern in [
+        LLAMA3_PATTERN,
+        QWEN2_PATTERN,
+        O200K_PATTERN,
+        r"[$^.]+|\S+|\s+",
+        r"\\b|[\x41-\x5a]+|\x{e9}+|[^\s]+|\s+",
+        r"(?:ab){2}|a{2,}|\d{1,3}|\S|\s",
+    ] {
+        let tokenizer = split_shape(pattern);
+        let fast = Encoder::from_tokenizer(tokenizer.clone(), Path::new("p"))
+            .unwrap()
+            .with_engine(Engine::Fast)
+            .unwrap_or_else(|e| panic!("{pattern}: {e}"));
+        assert_same_ids(&tokenizer, &fast, &texts, pattern);
+    }
+}
+
+#[test]
+fn added_vocabularies_and_vocabularies_it_cannot_read_exactly() {
+    // Added tokens with single_word, lstrip or rstrip, and special tokens encoded as text.
+    for edit in [
+        |t: &mut Tokenizer| {
+            t.add_tokens(&[AddedToken::from("fox", false).single_word(true)]);
+        },
+        |t: &mut Tokenizer| {
+            t.add_special_tokens(&[AddedToken::from("<m>", true).lstrip(true)]);
+        },
+        |t: &mut Tokenizer| {
+            t.add_special_tokens(&[AddedToken::from("<m>", true).rstrip(true)]);
+        },
+        |t: &mut Tokenizer| t.set_encode_special_tokens(true),
+    ] {
+        let mut tokenizer = tokenizer_of(gpt2());
+        edit(&mut tokenizer);
+        let auto = Encoder::from_tokenizer(tokenizer, Path::new("t")).unwrap();
+        assert_eq!(auto.engine(), "hf");
+    }
+    // Split behaviours other than Isolated, an inverted Split, a Split after ByteLevel.
+    for pre in [
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": r"\s+"}, "behavior": "Removed", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": r"\s+"}, "behavior": "Isolated", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+            {"type": "Split", "pattern": {"Regex": r"\s+"}, "behavior": "Isolated", "invert": false}]}),
+    ] {
+        let mut json = gpt2().clone();
+        json["pre_tokenizer"] = pre;
+        let auto = Encoder::from_tokenizer(tokenizer_of(&json), Path::new("t")).unwrap();
+        assert_eq!(auto.engine(), "hf", "{}", json["pre_tokenizer"]);
+    }
+    // Two tokens sharing one id in a file: serialized again, one of them would be missing.
+    let mut json = gpt2().clone();
+    let shared = json["model"]["vocab"]["the"].clone();
+    json["model"]["vocab"]["zzqq"] = shared;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shared.json");
+    std::fs::write(&file, json.to_string()).unwrap();
+    let auto = Encoder::from_file(&file).unwrap();
+    assert!(
+        auto.fallback_reason().unwrap().contains("ids shared"),
+        "{:?}",
+        auto.fallback_reason()
+    );
+    let mut ids = Vec::new();
+    auto.encode("zzqq the", &mut ids).unwrap();
+    assert_eq!(
+        ids,
+        tokenizer_of(&json)
+            .encode_fast("zzqq the", true)
+            .unwrap()
+            .get_ids()
+    );
+
+    // An added vocabulary changed in memory so that it matches otherwise than its file says:
+    // both engines encode the tokenizer as its file would be read back, and agree.
+    let mut tokenizer = tokenizer_of(gpt2());
+    tokenizer.add_special_tokens(&[AddedToken::from("ab", true).normalized(false)]);
+    tokenizer.add_tokens(&[AddedToken::from("ab", false).normalized(true)]);
+    tokenizer.add_tokens(&[AddedToken::from("b", false).normalized(false)]);
+    let fast = Encoder::from_tokenizer(tokenizer.clone(), Path::new("t"))
+        .unwrap()
+        .with_engine(Engine::Fast)
+        .unwrap();
+    let hf = Encoder::from_tokenizer(tokenizer, Path::new("t"))
+        .unwrap()
+        .with_engine(Engine::Hf)
+        .unwrap();
+    for text in ["ab", "xaby", "abab b"] {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        fast.encode(text, &mut a).unwrap();
+        hf.encode(text, &mut b).unwrap();
+        assert_eq!(a, b, "{text}");
+    }
 }

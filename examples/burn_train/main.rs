@@ -5,12 +5,15 @@
 //!
 //! ```text
 //! cargo run --release --example burn_train --features burn -- [--steps 120] [--every 20]
-//!     [--dir target/burn_train] [--wgpu]
+//!     [--dir target/burn_train] [--wgpu] [--data DIR [--vocab N]]
 //! ```
 //!
 //! Flex (Burn's CPU device) by default; `--wgpu` trains on the wgpu adapter shardflow picks,
-//! registered with Burn as one shared device, and bins the losses there.
+//! registered with Burn as one shared device, and bins the losses there. `--data DIR` trains on
+//! the shards `shardflow write` put in `DIR` (text through a tokenizer) instead of the built-in
+//! mixture, with a vocabulary of `--vocab N` (the tokenizer's size) or the largest id plus one.
 
+mod data;
 mod model;
 
 use std::error::Error;
@@ -25,12 +28,9 @@ use shardflow::collate::{CollateConfig, Padding};
 use shardflow::loader::{DatasetConfig, LoaderConfig, LoaderState};
 use shardflow::metrics::{Aggregator, AggregatorState, MetricsConfig};
 use shardflow::order::StreamLimit;
-use shardflow::shard::synthetic::SyntheticCorpus;
 
 use model::NextToken;
 
-/// The corpus's vocabulary: small, so that a CPU step takes milliseconds.
-const VOCAB: u32 = 512;
 const BATCH: usize = 16;
 const SEQ_LEN: usize = 64;
 
@@ -39,6 +39,8 @@ struct Args {
     every: usize,
     dir: PathBuf,
     wgpu: bool,
+    data: Option<PathBuf>,
+    vocab: Option<usize>,
 }
 
 fn args() -> Result<Args, Box<dyn Error>> {
@@ -47,6 +49,8 @@ fn args() -> Result<Args, Box<dyn Error>> {
         every: 20,
         dir: PathBuf::from("target/burn_train"),
         wgpu: false,
+        data: None,
+        vocab: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,29 +60,15 @@ fn args() -> Result<Args, Box<dyn Error>> {
             "--every" => a.every = value()?.parse::<usize>()?.max(1),
             "--dir" => a.dir = value()?.into(),
             "--wgpu" => a.wgpu = true,
+            "--data" => a.data = Some(value()?.into()),
+            "--vocab" => a.vocab = Some(value()?.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
+    if a.vocab.is_some() && a.data.is_none() {
+        return Err("--vocab goes with --data (the built-in mixture's vocabulary is fixed)".into());
+    }
     Ok(a)
-}
-
-/// The built-in mixture with a 512-token vocabulary, written once under `dir/data`.
-fn corpus(dir: &Path) -> Result<Vec<DatasetConfig>, Box<dyn Error>> {
-    let mut corpus = SyntheticCorpus::demo();
-    for d in &mut corpus.datasets {
-        d.vocab = VOCAB;
-        d.documents /= 4;
-    }
-    let data = dir.join("data");
-    if !data.join("web.idx").exists() {
-        std::fs::create_dir_all(&data)?;
-        corpus.write(&data, |_| {})?;
-    }
-    let weights = [("web", 0.5), ("code", 0.3), ("books", 0.2)];
-    Ok(weights
-        .iter()
-        .map(|(name, w)| DatasetConfig::new(data.join(name)).with_weight(*w))
-        .collect())
 }
 
 fn config(datasets: Vec<DatasetConfig>, steps: usize) -> LoaderConfig {
@@ -134,9 +124,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
     let device = device.autodiff();
     device.seed(7);
-    let config = config(corpus(&args.dir)?, args.steps);
+    let data = match &args.data {
+        Some(dir) => data::from_dir(dir, args.vocab)?,
+        None => data::builtin(&args.dir)?,
+    };
+    let config = config(data.datasets, args.steps);
 
-    let mut model = NextToken::new(VOCAB as usize, 64, &device);
+    let mut model = NextToken::new(data.vocab, 64, &device);
     let mut losses = Aggregator::new(MetricsConfig::default());
     let mut resume = None;
     if let Some(at) = latest(&args.dir) {

@@ -103,15 +103,36 @@ impl Encoder {
                 path.display()
             ))
         })?;
-        Self::from_tokenizer(tokenizer, path)
+        Self::wrap(tokenizer, path)
     }
 
-    /// Wraps a tokenizer already in memory; `path` names it in messages.
+    /// Wraps a tokenizer already in memory, as its `tokenizer.json` would be read back;
+    /// `path` names it in messages.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when its truncation cannot be turned off.
-    pub fn from_tokenizer(mut tokenizer: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
+    /// [`Error::Config`] when it cannot be serialized and read back, or its truncation cannot
+    /// be turned off.
+    pub fn from_tokenizer(tokenizer: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
+        // What the file would hold: an added vocabulary changed in memory can match other
+        // tokens than its serialized form says, and both engines must see the same tokenizer.
+        // (`encode_special_tokens` is not serialized: it is carried over.)
+        let encode_special_tokens = tokenizer.get_encode_special_tokens();
+        let mut tokenizer: tokenizers::Tokenizer = tokenizer
+            .to_string(false)
+            .and_then(|json| json.parse())
+            .map_err(|e| {
+                Error::Config(format!(
+                    "tokenizer {}: cannot serialize and read it back: {e}",
+                    path.display()
+                ))
+            })?;
+        tokenizer.set_encode_special_tokens(encode_special_tokens);
+        Self::wrap(tokenizer, path)
+    }
+
+    /// A tokenizer as the file holds it, truncation and padding off.
+    fn wrap(mut tokenizer: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
         tokenizer.with_truncation(None).map_err(|e| {
             Error::Config(format!(
                 "tokenizer {}: cannot turn truncation off: {e}",

@@ -179,60 +179,176 @@ impl Splitter {
     }
 }
 
-/// The first construct in `pattern` whose meaning `regex` and Oniguruma might not share, or
-/// that `regex` lacks (anchors and look-around, which would also make splitting a piece
-/// depend on its neighbours).
-fn unsupported_construct(pattern: &str) -> Option<&'static str> {
-    const CONSTRUCTS: [(&str, &str); 21] = [
-        ("(?=", "look-ahead"),
-        ("(?!", "look-ahead"),
-        ("(?<", "look-behind or a named group"),
-        ("(?>", "an atomic group"),
-        ("(?#", "a comment group"),
-        ("\\b", "a word boundary"),
-        ("\\B", "a word boundary"),
-        ("\\w", "\\w (a different class in Oniguruma)"),
-        ("\\W", "\\W (a different class in Oniguruma)"),
-        ("\\G", "an anchor"),
-        ("\\A", "an anchor"),
-        ("\\z", "an anchor"),
-        ("\\Z", "an anchor"),
-        ("\\K", "\\K"),
-        ("\\h", "\\h (Oniguruma's hex digit)"),
-        ("\\X", "\\X"),
-        ("\\R", "\\R"),
-        ("\\k", "a back-reference"),
-        ("++", "a possessive quantifier"),
-        ("*+", "a possessive quantifier"),
-        ("?+", "a possessive quantifier"),
-    ];
-    if let Some((_, what)) = CONSTRUCTS.iter().find(|(c, _)| pattern.contains(c)) {
-        return Some(what);
+/// Why `pattern` might not split as Oniguruma splits it, if it might: the pattern is parsed
+/// and every node must be in the subset whose meaning the two engines share (the review of
+/// this engine found each construct refused here read differently by one of them):
+///
+/// - literals written plainly, as `\xHH`/`\x{..}`, `\t \n \r \f \v`, or escaped punctuation;
+/// - `\s`, `\S`, `\d`, `\D`, `.`, general categories written with braces (`\p{L}`, `\P{N}`);
+/// - bracketed classes of those (no POSIX `[:alpha:]` items, no nested classes, no `&&`,
+///   `--`, `~~`);
+/// - groups, `(?:..)`, alternation, repetition (but not `{n}?`, optional in Oniguruma, nor a
+///   repeated repetition, possessive there);
+/// - `(?i:..)` around ASCII literals only, without the pairs `ss st ff fi fl` (Oniguruma
+///   folds them to one character such as `ß`).
+///
+/// Refused: anchors and assertions, flags set mid-group (`(?i)`, which Oniguruma scopes to
+/// the rest of the group only), other flags, named groups, `\pL` without braces (the letters
+/// `pL` to Oniguruma), `\w`, `\u`/`\U` escapes, classes under `(?i)`, and whatever
+/// `regex-syntax` cannot parse (look-around, back-references, possessive quantifiers).
+fn unsupported_construct(pattern: &str) -> Option<String> {
+    use regex_syntax::ast::parse::Parser;
+    match Parser::new().parse(pattern) {
+        Ok(ast) => check_ast(&ast, false).err(),
+        Err(e) => Some(format!(
+            "syntax the regex engine does not share ({})",
+            e.kind()
+        )),
     }
-    let bytes = pattern.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        let escaped = i > 0 && bytes[i - 1] == b'\\';
-        if b == b'$' && !escaped {
-            return Some("an anchor");
+}
+
+/// The general categories `\p{..}` may name.
+const CATEGORIES: [&str; 38] = [
+    "L", "Lu", "Ll", "Lt", "Lm", "Lo", "M", "Mn", "Mc", "Me", "N", "Nd", "Nl", "No", "P", "Pc",
+    "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "S", "Sm", "Sc", "Sk", "So", "Z", "Zs", "Zl", "Zp", "C",
+    "Cc", "Cf", "Cs", "Co", "Cn", "LC",
+];
+
+fn check_ast(ast: &regex_syntax::ast::Ast, folded: bool) -> Result<(), String> {
+    use regex_syntax::ast::{
+        Ast, ClassPerlKind, Flag, FlagsItemKind, GroupKind, RepetitionKind, RepetitionRange,
+    };
+    match ast {
+        Ast::Empty(_) => Ok(()),
+        Ast::Literal(lit) => check_literal(lit, folded),
+        Ast::Dot(_) | Ast::ClassPerl(_) | Ast::ClassUnicode(_) | Ast::ClassBracketed(_)
+            if folded =>
+        {
+            Err("a class inside (?i:..), which Oniguruma folds differently".into())
         }
-        if b == b'^' && !escaped && !(i > 0 && bytes[i - 1] == b'[') {
-            return Some("an anchor");
-        }
-        if b.is_ascii_digit() && escaped && b != b'0' {
-            return Some("a back-reference");
-        }
-        // `{n,m}+` (but not `\p{L}+`).
-        if b == b'}' && bytes.get(i + 1) == Some(&b'+') {
-            let open = pattern[..i].rfind('{').map_or(0, |o| o + 1);
-            if pattern[open..i]
-                .bytes()
-                .all(|c| c.is_ascii_digit() || c == b',')
+        Ast::Dot(_) => Ok(()),
+        Ast::ClassPerl(c) => match c.kind {
+            ClassPerlKind::Digit | ClassPerlKind::Space => Ok(()),
+            ClassPerlKind::Word => Err("\\w (a different class in Oniguruma)".into()),
+        },
+        Ast::ClassUnicode(c) => check_unicode_class(c),
+        Ast::ClassBracketed(c) => check_set(&c.kind),
+        Ast::Repetition(r) => {
+            if matches!(
+                r.op.kind,
+                RepetitionKind::Range(RepetitionRange::Exactly(_))
+            ) && !r.greedy
             {
-                return Some("a possessive quantifier");
+                return Err("`{n}?` (optional in Oniguruma)".into());
+            }
+            if matches!(*r.ast, Ast::Repetition(_)) {
+                return Err("a repeated repetition (`a++` is possessive in Oniguruma)".into());
+            }
+            check_ast(&r.ast, folded)
+        }
+        Ast::Group(g) => match &g.kind {
+            GroupKind::CaptureIndex(_) => check_ast(&g.ast, folded),
+            GroupKind::CaptureName { .. } => Err("a named group".into()),
+            GroupKind::NonCapturing(flags) => match flags.items.as_slice() {
+                [] => check_ast(&g.ast, folded),
+                [item] if item.kind == FlagsItemKind::Flag(Flag::CaseInsensitive) => {
+                    check_ast(&g.ast, true)
+                }
+                _ => Err("group flags other than (?i:..)".into()),
+            },
+        },
+        Ast::Alternation(a) => a.asts.iter().try_for_each(|x| check_ast(x, folded)),
+        Ast::Concat(c) => {
+            if folded {
+                let text: String = c
+                    .asts
+                    .iter()
+                    .map(|x| match x {
+                        Ast::Literal(l) => l.c.to_ascii_lowercase(),
+                        _ => '\0',
+                    })
+                    .collect();
+                if let Some(pair) = ["ss", "st", "ff", "fi", "fl"]
+                    .iter()
+                    .find(|p| text.contains(*p))
+                {
+                    return Err(format!(
+                        "\"{pair}\" inside (?i:..), one character to Oniguruma"
+                    ));
+                }
+            }
+            c.asts.iter().try_for_each(|x| check_ast(x, folded))
+        }
+        Ast::Flags(_) => Err("flags set mid-group (Oniguruma scopes them differently)".into()),
+        Ast::Assertion(_) => Err("an anchor or word boundary".into()),
+    }
+}
+
+fn check_literal(lit: &regex_syntax::ast::Literal, folded: bool) -> Result<(), String> {
+    use regex_syntax::ast::{HexLiteralKind, LiteralKind, SpecialLiteralKind as S};
+    let plain = match &lit.kind {
+        LiteralKind::Verbatim | LiteralKind::Meta => true,
+        LiteralKind::Superfluous => lit.c.is_ascii_punctuation(),
+        LiteralKind::HexFixed(HexLiteralKind::X) | LiteralKind::HexBrace(HexLiteralKind::X) => true,
+        LiteralKind::Special(k) => matches!(
+            k,
+            S::Tab | S::LineFeed | S::CarriageReturn | S::FormFeed | S::VerticalTab
+        ),
+        _ => false,
+    };
+    if !plain {
+        return Err(format!(
+            "the escape for {:?}, read differently by Oniguruma",
+            lit.c
+        ));
+    }
+    if folded && !lit.c.is_ascii() {
+        return Err(format!(
+            "{:?} inside (?i:..), folded differently by Oniguruma",
+            lit.c
+        ));
+    }
+    Ok(())
+}
+
+fn check_unicode_class(c: &regex_syntax::ast::ClassUnicode) -> Result<(), String> {
+    use regex_syntax::ast::ClassUnicodeKind;
+    match &c.kind {
+        ClassUnicodeKind::Named(name) if CATEGORIES.contains(&name.as_str()) => Ok(()),
+        ClassUnicodeKind::OneLetter(l) => Err(format!(
+            "\\p{l} without braces (the letters p{l} to Oniguruma)"
+        )),
+        _ => Err("a Unicode class other than a general category".into()),
+    }
+}
+
+fn check_set(set: &regex_syntax::ast::ClassSet) -> Result<(), String> {
+    use regex_syntax::ast::{ClassPerlKind, ClassSet, ClassSetItem};
+    let ClassSet::Item(item) = set else {
+        return Err("a class set operation (&&, --, ~~)".into());
+    };
+    let items = match item {
+        ClassSetItem::Union(u) => u.items.as_slice(),
+        one => std::slice::from_ref(one),
+    };
+    for item in items {
+        match item {
+            ClassSetItem::Empty(_) => {}
+            ClassSetItem::Literal(l) => check_literal(l, false)?,
+            ClassSetItem::Range(r) => {
+                check_literal(&r.start, false)?;
+                check_literal(&r.end, false)?;
+            }
+            ClassSetItem::Unicode(c) => check_unicode_class(c)?,
+            ClassSetItem::Perl(p) if p.kind != ClassPerlKind::Word => {}
+            ClassSetItem::Perl(_) => return Err("\\w (a different class in Oniguruma)".into()),
+            ClassSetItem::Ascii(_) => return Err("a POSIX class (ASCII-only to regex)".into()),
+            ClassSetItem::Bracketed(_) | ClassSetItem::Union(_) => {
+                return Err("a nested class".into());
             }
         }
     }
-    None
+    Ok(())
 }
 
 /// Added tokens matched on the text (one trie of `tokenizers`' `AddedVocabulary`).
@@ -295,6 +411,16 @@ impl FastBpe {
         check_normalizer(&json["normalizer"])?;
         let (splitters, byte_level_at, add_prefix_space) = pre_tokenizer(&json["pre_tokenizer"])?;
         let (byte_ids, words, merges) = model(&json["model"])?;
+        // A vocabulary giving one id to two tokens serializes one of them: the model's own
+        // lookups would then differ from the file's.
+        let listed = json["model"]["vocab"].as_object().map_or(0, |v| v.len());
+        let held = tokenizers::Model::get_vocab_size(tokenizer.get_model());
+        if listed != held {
+            return Err(format!(
+                "its vocabulary gives {} tokens but lists {listed} (ids shared by tokens)",
+                held
+            ));
+        }
         let added = added_tokens(tokenizer)?;
         let (before, after) = wrap(tokenizer, &json["post_processor"])?;
         Ok(FastBpe {
@@ -408,7 +534,7 @@ fn pre_tokenizer(pt: &Value) -> Result<(Vec<Splitter>, usize, bool), String> {
         }
         let pattern = match (&split["pattern"]["Regex"], &split["pattern"]["String"]) {
             (Value::String(re), _) => re.clone(),
-            (_, Value::String(s)) => regex::escape(s),
+            (_, Value::String(s)) => regex_syntax::escape(s),
             _ => {
                 return Err(format!(
                     "its Split pattern {} is not readable",
@@ -472,8 +598,9 @@ fn model(model: &Value) -> Result<Model, String> {
     let mut merges = FxHashMap::default();
     merges.reserve(list.len());
     for (rank, merge) in list.iter().enumerate() {
+        // `tokenizers` writes merges as pairs; the older "a b" strings are ambiguous when a
+        // token holds a space.
         let (a, b) = match merge {
-            Value::String(s) => s.split_once(' ').ok_or_else(|| format!("merge {s:?}"))?,
             Value::Array(pair) => match (
                 pair.first().and_then(Value::as_str),
                 pair.get(1).and_then(Value::as_str),
