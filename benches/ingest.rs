@@ -215,14 +215,13 @@ fn hf_batch(tokenizer: &Tokenizer, texts: &[String], threads: usize) -> Vec<Vec<
 /// reports for the ingest itself (reading, encoding, writing; the tokenizer's load is before),
 /// its peak RSS in MiB.
 struct CommandRun {
+    /// Tokens written (documents' ids and end-of-text ids).
+    tokens: u64,
     wall: f64,
     ingest: f64,
     max_rss_mib: f64,
 }
 
-// The child is reaped by `wait4`, which `Child::wait` cannot replace: it gives the child's own
-// peak RSS.
-#[allow(clippy::zombie_processes)]
 fn command(input: &Path, tokenizer: &Path, threads: usize, out: &Path) -> CommandRun {
     let t = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardflow"))
@@ -239,24 +238,34 @@ fn command(input: &Path, tokenizer: &Path, threads: usize, out: &Path) -> Comman
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    // wait4, not `Child::wait`: it gives this child's own peak RSS (Linux: KiB).
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pid is our unwaited child; `status` and `usage` are valid and writable.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut stderr = String::new();
+        pipe.read_to_string(&mut stderr).unwrap();
+        stderr
+    });
+    // The peak RSS of the command's own memory: VmHWM of /proc/PID/status, read until it
+    // exits (it only grows). Not the rusage of the child: Linux counts there what the process
+    // held before its exec, a copy of this bench's memory.
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file)
+            && let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     let wall = t.elapsed().as_secs_f64();
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "shardflow write failed: {stderr}"
-    );
+    let stderr = reader.join().unwrap();
+    assert!(status.success(), "shardflow write failed: {stderr}");
     // "N documents, T tokens in S s: R tokens/s (engine fast)"
     let ingest = stderr
         .lines()
@@ -270,10 +279,18 @@ fn command(input: &Path, tokenizer: &Path, threads: usize, out: &Path) -> Comman
                 .ok()
         })
         .unwrap_or_else(|| panic!("no timing line in: {stderr}"));
+    let tokens = stderr
+        .lines()
+        .find_map(|l| {
+            let before = l.split(" tokens in ").next()?;
+            before.rsplit(", ").next()?.replace(' ', "").parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no token count in: {stderr}"));
     CommandRun {
+        tokens,
         wall,
         ingest,
-        max_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        max_rss_mib: peak_kib as f64 / 1024.0,
     }
 }
 
@@ -419,10 +436,17 @@ fn main() {
         let out = dir.join("out_big");
         std::fs::create_dir_all(&out).unwrap();
         let run = command(&big, &tokenizer_path, 2, &out.join("big"));
+        let engine = rows
+            .last()
+            .map_or(f64::NAN, |r| r["fast_engine_mtok_s"].as_f64().unwrap());
+        let wall_rate = mtok(run.tokens, run.wall);
         println!(
-            "write on {:.2} GB at 2 threads: {:.1} s, peak RSS {:.0} MiB (on {:.0} MB: {:.0} MiB)",
+            "write on {:.2} GB at 2 threads: {:.1} s, {:.3} M tokens/s wall-clock ({:.3} of the \
+             engine alone), peak RSS {:.0} MiB (on {:.0} MB: {:.0} MiB)",
             size as f64 / 1e9,
             run.wall,
+            wall_rate,
+            wall_rate / engine,
             run.max_rss_mib,
             bytes as f64 / 1e6,
             rows.last()
@@ -430,7 +454,9 @@ fn main() {
         );
         results.insert(
             "big".into(),
-            serde_json::json!({"bytes": size, "seconds": run.wall, "max_rss_mib": run.max_rss_mib}),
+            serde_json::json!({"bytes": size, "tokens": run.tokens, "seconds": run.wall,
+                "wall_mtok_s": wall_rate, "wall_over_engine": wall_rate / engine,
+                "max_rss_mib": run.max_rss_mib}),
         );
         std::fs::remove_dir_all(&out).unwrap();
     }

@@ -1,7 +1,8 @@
 //! Text to shards: input readers ([`input`]: JSON lines, plain text, gzip and zstd, Parquet, in
 //! sorted path order), the encoder ([`encode`]: byte-level, or a Hugging Face `tokenizer.json`
-//! through the `tokenizers` crate), ordered parallel encoding and split outputs ([`pipeline`]),
-//! written through the shard writer (atomic pairs, Megatron layout).
+//! through the `tokenizers` crate or, for byte-level BPE, shardflow's exact fast engine),
+//! ordered parallel encoding and split outputs ([`pipeline`]), written through the shard writer
+//! (atomic pairs, Megatron layout).
 //!
 //! Data flows one way: [`input::Documents`] yields [`Document`]s (text and where it came from) in
 //! input order; [`pipeline::ingest`] encodes them on `threads` threads within a bounded window and

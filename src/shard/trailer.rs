@@ -49,6 +49,20 @@ pub(crate) enum TrailerError {
 
 impl Trailer {
     /// The trailer of `bin` for an index whose bytes before the trailer hash to `idx_hash`.
+    /// The trailer of a `.bin` whose [`bin_hashes`] are `(bin_len, bin_hash, bin_sample)`.
+    pub(crate) fn with_hashes(
+        (bin_len, bin_hash, bin_sample): (u64, u64, u64),
+        idx_hash: u64,
+    ) -> Self {
+        Trailer {
+            bin_len,
+            bin_hash,
+            bin_sample,
+            idx_hash,
+        }
+    }
+
+    #[cfg(test)]
     pub(crate) fn of(bin: &[u8], idx_hash: u64) -> Self {
         Trailer {
             bin_len: bin.len() as u64,
@@ -95,23 +109,78 @@ impl Trailer {
 /// XXH64 of a sample of `bin`: its length, then 16 blocks of 4096
 /// bytes at evenly spaced offsets (first and last included), or the whole of a small file.
 pub(crate) fn sample_hash(bin: &[u8]) -> u64 {
+    sample_hash_with(bin.len(), |at, out| {
+        out.copy_from_slice(&bin[at..at + out.len()]);
+        Ok(())
+    })
+    .expect("reading a slice cannot fail")
+}
+
+/// [`sample_hash`] of a `len`-byte file whose bytes `read(offset, buffer)` fills in.
+fn sample_hash_with(
+    len: usize,
+    mut read: impl FnMut(usize, &mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
     let mut h = Xxh64::new(0);
-    h.update(&(bin.len() as u64).to_le_bytes());
-    if bin.len() <= SAMPLE_BLOCKS * SAMPLE_BLOCK {
-        h.update(bin);
+    h.update(&(len as u64).to_le_bytes());
+    if len <= SAMPLE_BLOCKS * SAMPLE_BLOCK {
+        let mut all = vec![0; len];
+        read(0, &mut all)?;
+        h.update(&all);
     } else {
-        let span = (bin.len() - SAMPLE_BLOCK) as u128;
+        let span = (len - SAMPLE_BLOCK) as u128;
+        let mut block = [0u8; SAMPLE_BLOCK];
         for i in 0..SAMPLE_BLOCKS {
             let at = (i as u128 * span / (SAMPLE_BLOCKS - 1) as u128) as usize;
-            h.update(&bin[at..at + SAMPLE_BLOCK]);
+            read(at, &mut block)?;
+            h.update(&block);
         }
     }
-    h.finish()
+    Ok(h.finish())
+}
+
+/// The `.bin` part of a trailer, read from `file` in chunks rather than mapped, so that a large
+/// shard's pages never count in its writer's memory: the `.bin`'s length, XXH64 and sample hash.
+pub(crate) fn bin_hashes(file: &std::fs::File) -> std::io::Result<(u64, u64, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    const CHUNK: usize = 4 << 20;
+    let mut f = file;
+    let len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    let mut whole = Xxh64::new(0);
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut left = len as usize;
+    while left > 0 {
+        let n = CHUNK.min(left);
+        f.read_exact(&mut buf[..n])?;
+        whole.update(&buf[..n]);
+        left -= n;
+    }
+    let sample = sample_hash_with(len as usize, |at, out| {
+        f.seek(SeekFrom::Start(at as u64))?;
+        f.read_exact(out)
+    })?;
+    Ok((len, whole.finish(), sample))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_read_from_a_file_equal_those_of_its_bytes() {
+        for len in [0, 1, 31, 32, 4097, 65_536, 65_537, 1 << 20, (9 << 20) + 3] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+            let mut file = tempfile::tempfile().unwrap();
+            std::io::Write::write_all(&mut file, &bytes).unwrap();
+            let hashes = bin_hashes(&file).unwrap();
+            assert_eq!(
+                Trailer::with_hashes(hashes, 5),
+                Trailer::of(&bytes, 5),
+                "{len} bytes"
+            );
+        }
+    }
 
     #[test]
     fn a_trailer_round_trips_and_a_flipped_bit_is_caught() {

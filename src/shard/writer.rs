@@ -2,12 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-
 use super::dtype::Dtype;
 use super::indexed::recover_shard;
 use super::indexed::{HEADER_LEN, MAGIC, VERSION, shard_paths};
-use super::trailer::Trailer;
+use super::trailer::{self, Trailer};
 use crate::atomic::{AtomicFile, check_destination, commit_pair, find_stale};
 use crate::error::{Error, Result};
 use crate::hash::Xxh64;
@@ -198,9 +196,9 @@ impl IndexedWriter {
         }
         self.bin.flush()?;
         let (_, bin_dest) = shard_paths(&self.prefix);
-        // SAFETY: the temporary file is this writer's own (hidden name, exclusively locked), and
-        // nothing writes to it while the map lives.
-        let bin = unsafe { Mmap::map(self.bin.temp_file()) }
+        // Read back in chunks, not mapped: the temporary file is this writer's own (hidden
+        // name, exclusively locked), complete after the flush.
+        let bin_hashes = trailer::bin_hashes(self.bin.temp_file())
             .map_err(|e| Error::io(&bin_dest, "read back", e))?;
         let mut idx = IndexWriter {
             file: AtomicFile::create(&self.idx_dest)?,
@@ -226,8 +224,7 @@ impl IndexedWriter {
         });
         idx.put_all(pointers)?;
         idx.put_all(self.doc_idx.iter().map(|d| d.to_le_bytes()))?;
-        let trailer = Trailer::of(&bin, idx.hash.finish());
-        drop(bin);
+        let trailer = Trailer::with_hashes(bin_hashes, idx.hash.finish());
         idx.file.write_all(&trailer.to_bytes())?;
         commit_pair(self.bin, idx.file)?;
         Ok(ShardSummary {
