@@ -22,11 +22,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use shardflow::ingest::encode::{Encoder, Engine};
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer, TokenizerBuilder};
+use tokenizers::Tokenizer;
 
-const EOT: &str = "<|endoftext|>";
+#[path = "../tests/common/bpe.rs"]
+mod bpe;
+
+use bpe::EOT;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -117,28 +118,6 @@ fn read_texts(path: &Path) -> Vec<String> {
             v["text"].as_str().unwrap().to_owned()
         })
         .collect()
-}
-
-/// A 32k byte-level BPE trained on `texts` (GPT-2's settings).
-fn train(texts: &[String], path: &Path) {
-    let mut trainer = BpeTrainerBuilder::new()
-        .show_progress(false)
-        .vocab_size(32_000)
-        .min_frequency(2)
-        .special_tokens(vec![AddedToken::from(EOT, true)])
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .build();
-    let byte_level = ByteLevel::new(false, true, true);
-    let mut tokenizer = TokenizerBuilder::new()
-        .with_model(BPE::default())
-        .with_normalizer(None::<NormalizerWrapper>)
-        .with_pre_tokenizer(Some(byte_level))
-        .with_post_processor(Some(byte_level))
-        .with_decoder(Some(byte_level))
-        .build()
-        .unwrap();
-    tokenizer.train(&mut trainer, texts.iter()).unwrap();
-    tokenizer.save(path, false).unwrap();
 }
 
 /// The best (shortest) of `repeat` timings of `f`, and its last result.
@@ -318,7 +297,9 @@ fn main() {
     if !tokenizer_path.exists() {
         eprintln!("setup: training a 32k byte-level BPE on the corpus (minutes)");
         let t = Instant::now();
-        train(&texts, &tokenizer_path);
+        bpe::train_byte_level(texts.iter(), 32_000, 2)
+            .save(&tokenizer_path, false)
+            .unwrap();
         eprintln!("setup: trained in {:.0} s", t.elapsed().as_secs_f64());
     }
     let tokenizer = Tokenizer::from_file(&tokenizer_path).unwrap();

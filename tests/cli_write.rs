@@ -183,7 +183,7 @@ fn a_byte_order_mark_at_the_start_is_skipped_and_elsewhere_named() {
 }
 
 /// The end-of-text token of the test tokenizer.
-const EOT: &str = "<|endoftext|>";
+use common::bpe::EOT;
 
 /// Documents of prose with repeats, so that BPE learns merges from them.
 const DOCS: [&str; 6] = [
@@ -211,35 +211,7 @@ fn expected_with_eot(tokenizer: &Path, docs: &[&str]) -> Vec<Vec<i64>> {
 /// Trains a small byte-level BPE (GPT-2 style: no prefix space, `<|endoftext|>` special) on
 /// `DOCS` and saves it as `dir/tokenizer.json`.
 fn train_tokenizer(dir: &Path) -> PathBuf {
-    use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::{
-        AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
-        TokenizerBuilder,
-    };
-    let byte_level = ByteLevel::new(false, true, true);
-    let mut trainer = BpeTrainerBuilder::new()
-        .vocab_size(320)
-        .min_frequency(1)
-        .show_progress(false)
-        .special_tokens(vec![AddedToken::from(EOT, true)])
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .build();
-    let mut tokenizer = TokenizerBuilder::<
-        BPE,
-        NormalizerWrapper,
-        PreTokenizerWrapper,
-        PostProcessorWrapper,
-        DecoderWrapper,
-    >::new()
-    .with_model(BPE::default())
-    .with_normalizer(None)
-    .with_pre_tokenizer(Some(byte_level.into()))
-    .with_post_processor(Some(byte_level.into()))
-    .with_decoder(Some(byte_level.into()))
-    .build()
-    .unwrap();
-    tokenizer.train(&mut trainer, DOCS.iter()).unwrap();
+    let tokenizer = common::bpe::train_byte_level(DOCS.iter(), 320, 1);
     let path = dir.join("tokenizer.json");
     tokenizer.save(&path, false).unwrap();
     path

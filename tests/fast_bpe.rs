@@ -13,12 +13,12 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use shardflow::ingest::encode::{Encoder, Engine};
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer, TokenizerBuilder};
+use tokenizers::{AddedToken, Tokenizer};
 
-const EOT: &str = "<|endoftext|>";
+mod common;
+
+use common::bpe::{EOT, train_byte_level};
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const O200K_PATTERN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -149,23 +149,7 @@ fn corpus() -> Vec<String> {
 fn gpt2() -> &'static Value {
     static JSON: OnceLock<Value> = OnceLock::new();
     JSON.get_or_init(|| {
-        let mut trainer = BpeTrainerBuilder::new()
-            .show_progress(false)
-            .vocab_size(3000)
-            .min_frequency(0)
-            .special_tokens(vec![AddedToken::from(EOT, true)])
-            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-            .build();
-        let byte_level = ByteLevel::new(false, true, true);
-        let mut tokenizer = TokenizerBuilder::new()
-            .with_model(BPE::default())
-            .with_normalizer(None::<NormalizerWrapper>)
-            .with_pre_tokenizer(Some(byte_level))
-            .with_post_processor(Some(byte_level))
-            .with_decoder(Some(byte_level))
-            .build()
-            .unwrap();
-        tokenizer.train(&mut trainer, corpus().into_iter()).unwrap();
+        let tokenizer = train_byte_level(corpus().into_iter(), 3000, 0);
         serde_json::from_str(&tokenizer.to_string(false).unwrap()).unwrap()
     })
 }
@@ -322,20 +306,31 @@ fn engines() -> &'static Vec<(&'static str, Tokenizer, Encoder)> {
     })
 }
 
-/// Checks the fast engine's ids of `texts` against `tokenizers`', one session for all (so the
-/// word cache is exercised too).
+/// The first text of `texts` whose ids from the fast engine (one session for all, so that its
+/// word cache is exercised too) differ from `tokenizers`': the text, the fast ids, the reference.
+fn first_mismatch(
+    tokenizer: &Tokenizer,
+    fast: &Encoder,
+    texts: &[String],
+) -> Option<(String, Vec<u32>, Vec<u32>)> {
+    let mut session = fast.session();
+    texts.iter().find_map(|text| {
+        let expected = tokenizer
+            .encode_fast(text.as_str(), true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let mut got = Vec::new();
+        session.encode(text, &mut got).unwrap();
+        (got != expected).then(|| (text.clone(), got, expected))
+    })
+}
+
+/// Checks the fast engine's ids of `texts` against `tokenizers`' for every shape.
 fn check_all(texts: &[String]) -> Result<(), TestCaseError> {
     for (name, tokenizer, fast) in engines() {
-        let mut session = fast.session();
-        for text in texts {
-            let expected = tokenizer
-                .encode_fast(text.as_str(), true)
-                .unwrap()
-                .get_ids()
-                .to_vec();
-            let mut got = Vec::new();
-            session.encode(text, &mut got).unwrap();
-            prop_assert_eq!(&got, &expected, "shape {}, text {:?}", name, text);
+        if let Some((text, got, expected)) = first_mismatch(tokenizer, fast, texts) {
+            prop_assert_eq!(got, expected, "shape {}, text {:?}", name, text);
         }
     }
     Ok(())
@@ -508,15 +503,7 @@ fn split_shape(pattern: &str) -> Tokenizer {
 
 /// The ids of `texts` from the fast engine and from `tokenizers`, which must agree.
 fn assert_same_ids(tokenizer: &Tokenizer, fast: &Encoder, texts: &[String], what: &str) {
-    let mut session = fast.session();
-    for text in texts {
-        let expected = tokenizer
-            .encode_fast(text.as_str(), true)
-            .unwrap()
-            .get_ids()
-            .to_vec();
-        let mut got = Vec::new();
-        session.encode(text, &mut got).unwrap();
+    if let Some((text, got, expected)) = first_mismatch(tokenizer, fast, texts) {
         assert_eq!(got, expected, "{what}: {text:?}");
     }
 }

@@ -13,12 +13,10 @@ use shardflow::ingest::pipeline::{IngestConfig, ingest};
 use shardflow::ingest::{Document, Location};
 use shardflow::loader::Source;
 use shardflow::shard::{Dataset, IndexedShard, TRAILER_LEN};
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-use tokenizers::normalizers::NormalizerWrapper;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, TokenizerBuilder};
 
-const EOT: &str = "<|endoftext|>";
+mod common;
+
+use common::bpe::{EOT, train_byte_level};
 
 /// Deterministic prose-like text: words from a small lexicon (some non-ASCII), punctuation,
 /// newlines, and now and then the special token written in the text.
@@ -104,26 +102,7 @@ fn tokenizer_json() -> &'static Path {
     &PATH
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            let mut trainer = BpeTrainerBuilder::new()
-                .show_progress(false)
-                .vocab_size(1000)
-                .min_frequency(0)
-                .special_tokens(vec![AddedToken::from(EOT, true)])
-                .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-                .build();
-            // GPT-2's settings: no space added in front of the text.
-            let gpt2 = ByteLevel::new(false, true, true);
-            let mut tokenizer = TokenizerBuilder::new()
-                .with_model(BPE::default())
-                .with_normalizer(None::<NormalizerWrapper>)
-                .with_pre_tokenizer(Some(gpt2))
-                .with_post_processor(Some(gpt2))
-                .with_decoder(Some(gpt2))
-                .build()
-                .unwrap();
-            tokenizer
-                .train(&mut trainer, corpus(400, 1).into_iter())
-                .unwrap();
+            let tokenizer = train_byte_level(corpus(400, 1).into_iter(), 1000, 0);
             let path = dir.path().join("tokenizer.json");
             tokenizer.save(&path, false).unwrap();
             (dir, path)

@@ -1,6 +1,8 @@
 //! Test corpora whose token ids say where they come from, and the command's runners.
 #![allow(dead_code)]
 
+#[cfg(feature = "ingest")]
+pub mod bpe;
 pub mod cmd;
 pub mod conformance;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
